@@ -1,0 +1,126 @@
+//! The storage contract: a small key-value interface every storage backend implements.
+//!
+//! Tree semantics (dotted paths, subtrees, parents that must exist) are built once on top of this
+//! contract in the `clusterfy` facade, so every backend behaves the same.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+/// What a backend guarantees beyond the contract.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// A write is on stable storage once [`StorageBackend::flush`] returns: it survives a crash of
+    /// the process.
+    pub durable: bool,
+    /// Other programs can read the data while the cluster runs (for example Redis).
+    pub visible_outside: bool,
+}
+
+impl Capabilities {
+    /// Capabilities of a volatile, private backend (nothing beyond the contract).
+    pub const fn volatile() -> Self {
+        Capabilities { durable: false, visible_outside: false }
+    }
+
+    /// Sets [`Capabilities::durable`].
+    #[must_use]
+    pub const fn with_durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Sets [`Capabilities::visible_outside`].
+    #[must_use]
+    pub const fn with_visible_outside(mut self, visible: bool) -> Self {
+        self.visible_outside = visible;
+        self
+    }
+}
+
+/// One operation of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` (no effect if absent).
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// A lost compare-and-swap: the value found instead of the expected one.
+///
+/// Not an [`Error`](crate::Error): losing a race is an ordinary outcome callers retry on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasConflict {
+    /// The current value of the key (`None` if absent).
+    pub current: Option<Vec<u8>>,
+}
+
+/// A key-value store of byte strings, ordered by key.
+///
+/// Implement this to add a storage backend; depend on `clusterfy-core` only. Every method has to be
+/// implemented (there are no defaults), and the conformance suite in `clusterfy-testkit` checks the
+/// contract below with one macro call.
+///
+/// # Contract
+///
+/// - `get` of a key never written returns `Ok(None)`, not an error (`get_of_missing_key_is_none`).
+/// - `put` then `get` returns the value put; a second `put` replaces it (`put_then_get_returns_value`,
+///   `put_replaces_previous_value`).
+/// - `delete` removes the key; deleting a missing key is `Ok(())` (`delete_removes_key`,
+///   `delete_of_missing_key_is_ok`).
+/// - `compare_and_swap(key, expected, new)` writes `new` (`None` deletes) only if the current value
+///   equals `expected` (`None` means absent); otherwise it writes nothing and returns
+///   `Ok(Err(CasConflict { current }))` (`cas_succeeds_when_expected_matches`,
+///   `cas_conflict_reports_current_value_and_writes_nothing`, `cas_with_none_expected_creates_only_if_absent`).
+/// - `scan_prefix` returns every pair whose key starts with the prefix, in ascending byte order of
+///   the key, and nothing else; the empty prefix returns everything (`scan_prefix_is_ordered_and_exact`).
+/// - `apply_batch` applies all of its operations or none, in order, so a later operation on the same
+///   key wins; no reader sees part of a batch (`batch_applies_in_order`, `batch_is_atomic_for_readers`).
+/// - Keys and values are arbitrary bytes, including empty ones and NUL bytes (`keys_and_values_are_binary_safe`).
+/// - `flush` returns once every write that returned before it was called is as durable as
+///   [`Capabilities::durable`] promises (`flush_after_writes_succeeds`; durability itself:
+///   `durable_writes_survive_reopen`).
+/// - All methods may be called concurrently from many tasks (`concurrent_writers_lose_nothing`).
+#[async_trait]
+pub trait StorageBackend: Send + Sync + Debug + 'static {
+    /// What this backend guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The value of `key`, or `None` if absent.
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Sets `key` to `value`.
+    async fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
+
+    /// Removes `key`; absent keys are fine.
+    async fn delete(&self, key: &[u8]) -> Result<()>;
+
+    /// Atomically replaces the value of `key` with `new` if it currently equals `expected`.
+    async fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Result<(), CasConflict>>;
+
+    /// All pairs whose key starts with `prefix`, ordered by key.
+    async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Applies every operation atomically, in order.
+    async fn apply_batch(&self, ops: Vec<BatchOp>) -> Result<()>;
+
+    /// Makes every completed write durable (a no-op for volatile backends).
+    async fn flush(&self) -> Result<()>;
+}
