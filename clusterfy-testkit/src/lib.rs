@@ -1,0 +1,1 @@
+//! Conformance suites for Clusterfy transports and storage backends.

@@ -1,0 +1,54 @@
+#![doc = include_str!("../../README.md")]
+
+mod commands;
+mod events;
+mod link;
+mod primary;
+pub mod storage;
+mod worker;
+
+pub use clusterfy_core::{
+    Command, Error, ErrorKind, Origin, Path, Result, Target, Value, WorkerId, WorkerSelector, WorkerStatus, from_value,
+    to_value, value,
+};
+pub use commands::BroadcastReply;
+pub use events::{Event, EventStream, ExitReason, WorkerRef};
+pub use primary::{
+    DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Primary, PrimaryBuilder, PrimaryContext,
+    Program, RestartPolicy, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions, WorkerState,
+};
+pub use worker::{
+    DEFAULT_WORKER_REQUEST_TIMEOUT, SHUTDOWN_HOOKS_TIMEOUT, Worker, WorkerBuilder, WorkerContext, WorkerEvent,
+};
+
+/// The contracts, for writing your own transport or storage backend.
+pub use clusterfy_core as core;
+
+/// Transports: how workers talk to the primary.
+pub mod transport {
+    pub use clusterfy_core::{Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
+    #[cfg(feature = "transport-uds")]
+    pub use clusterfy_transport_uds::UdsTransport;
+}
+
+/// Environment variable with the worker's name (informational; the handshake is authoritative).
+pub const ENV_WORKER_NAME: &str = "CLUSTERFY_WORKER_NAME";
+/// Environment variable with the largest frame the primary accepts.
+pub const ENV_MAX_FRAME_LEN: &str = "CLUSTERFY_MAX_FRAME_LEN";
+/// Exit code of a worker whose primary went away.
+pub const PRIMARY_LOST_EXIT_CODE: i32 = 70;
+
+/// Which side of the cluster this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Started by hand: the primary.
+    Primary,
+    /// Started by a primary's `fork`.
+    Worker,
+}
+
+/// Whether this process is the primary or a worker (the original's
+/// `isCurrentProcessPrimary`), judged by the `CLUSTERFY_WORKER_ID` variable a primary sets.
+pub fn role() -> Role {
+    if std::env::var_os(clusterfy_core::transport::ENV_WORKER_ID).is_some() { Role::Worker } else { Role::Primary }
+}

@@ -1,0 +1,125 @@
+//! What the primary does with a worker's requests and notices.
+
+use std::sync::Arc;
+
+use clusterfy_core::protocol::{BroadcastEntry, CommandRequest, Destination, Notice, Reply, Request, RequestId};
+use clusterfy_core::session::Route;
+use clusterfy_core::{Error, ErrorKind, Origin, Result, WireError};
+
+use super::{Primary, PrimaryContext, PrimaryInner, WorkerState};
+use crate::events::{Event, WorkerRef};
+use crate::link::{Inbound, Link};
+
+pub(super) struct PrimaryInbound {
+    inner: Arc<PrimaryInner>,
+    worker: WorkerRef,
+}
+
+impl PrimaryInbound {
+    pub(super) fn new(inner: Arc<PrimaryInner>, worker: WorkerRef) -> Self {
+        PrimaryInbound { inner, worker }
+    }
+
+    fn origin(&self) -> Origin {
+        Origin::Worker { id: self.worker.id, name: self.worker.name.clone() }
+    }
+
+    async fn handle(&self, body: Request) -> Result<Reply> {
+        match body {
+            Request::Storage(request) => self.inner.storage.handle(request).await,
+            Request::Command(command) => self.route_command(command).await,
+            Request::Shutdown => Err(Error::new(
+                ErrorKind::InvalidInput,
+                "cy_shutdown goes from the primary to a worker; a worker ends itself with Worker::exit",
+            )),
+        }
+    }
+
+    async fn route_command(&self, mut command: CommandRequest) -> Result<Reply> {
+        // The sender is who the connection says, whatever the frame claims.
+        command.origin = self.origin();
+        let route = self.inner.route(&command.destination)?;
+        let to = match (&route, &command.destination) {
+            (Route::Primary, _) => "primary".to_owned(),
+            (Route::Broadcast(_), _) => "all workers".to_owned(),
+            (Route::Worker(_), Destination::Worker(selector)) => selector.to_string(),
+            (Route::Worker(id), _) => format!("worker #{id}"),
+        };
+        self.inner.emit(Event::Command { from: command.origin.clone(), name: command.name.clone(), to });
+        match route {
+            Route::Primary => {
+                let ctx = PrimaryContext { primary: Primary { inner: Arc::clone(&self.inner) }, origin: command.origin };
+                self.inner.commands.run(&command.name, command.payload, ctx).await.map(Reply::Command)
+            }
+            Route::Worker(id) => {
+                command.destination = Destination::Here;
+                self.inner.command_to_worker(id, command).await.map(Reply::Command)
+            }
+            Route::Broadcast(ids) => {
+                command.destination = Destination::Here;
+                let replies = self.inner.fan_out(ids, command).await;
+                Ok(Reply::Broadcast(
+                    replies
+                        .into_iter()
+                        .map(|(worker, result)| BroadcastEntry {
+                            worker_id: worker.id,
+                            name: worker.name,
+                            result: result.map_err(|e| WireError::from(&e)),
+                        })
+                        .collect(),
+                ))
+            }
+        }
+    }
+}
+
+impl Inbound for PrimaryInbound {
+    fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request) {
+        let link = Arc::clone(link);
+        tokio::spawn(async move {
+            let result = self.handle(body).await;
+            // A failed reply means the worker is gone; its supervisor reports that.
+            let _ = link.reply(id, result).await;
+        });
+    }
+
+    fn on_notice(&self, notice: Notice) {
+        let worker = self.worker.clone();
+        match notice {
+            Notice::Status(status) => {
+                let accepted = self.inner.update_slot(worker.id, |s| {
+                    let ok = s.status.can_become(status);
+                    if ok {
+                        s.status = status;
+                    }
+                    (ok, s.status)
+                });
+                match accepted {
+                    Some((true, _)) => self.inner.emit(Event::Status { worker, status }),
+                    Some((false, current)) => {
+                        let err = Error::new(
+                            ErrorKind::Protocol,
+                            format!("worker reported an illegal status change {current} -> {status}; ignored"),
+                        )
+                        .with_context("worker", &worker);
+                        self.inner.emit(Event::Error { worker: Some(worker), error: Arc::new(err) });
+                    }
+                    None => {}
+                }
+            }
+            Notice::Ready => {
+                self.inner.update_slot(worker.id, |s| {
+                    s.state = WorkerState::Ready;
+                    s.ever_ready = true;
+                    if s.status.can_become(clusterfy_core::WorkerStatus::Idle) {
+                        s.status = clusterfy_core::WorkerStatus::Idle;
+                    }
+                });
+                self.inner.emit(Event::Ready { worker });
+            }
+            Notice::Error(err) => {
+                self.inner.emit(Event::Error { worker: Some(worker), error: Arc::new(Error::from(err)) });
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! When to revive a crashed worker: exponential backoff and an intensity limit, as OTP
+//! supervisors do (at most `max_restarts` within `window`, then give up).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How a worker with revival is restarted after a crash (non-zero exit code or a signal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Most restarts allowed within [`RestartPolicy::window`]; one more crash gives up.
+    pub max_restarts: u32,
+    /// The sliding window for [`RestartPolicy::max_restarts`].
+    pub window: Duration,
+    /// Delay before the first restart after a stable run.
+    pub initial_backoff: Duration,
+    /// Longest delay between restarts; the delay doubles per crash in a row up to this.
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    /// 5 restarts within 60 s; backoff from 50 ms doubling up to 5 s.
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What to do after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RestartDecision {
+    /// Restart after this delay.
+    RestartAfter(Duration),
+    /// Too many restarts in the window: stop reviving.
+    GiveUp,
+}
+
+/// The restart history of one worker (sans-IO: the caller passes the clock).
+#[derive(Debug)]
+pub(crate) struct RestartTracker {
+    policy: RestartPolicy,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartTracker {
+    pub(crate) fn new(policy: RestartPolicy) -> Self {
+        RestartTracker { policy, recent: VecDeque::new() }
+    }
+
+    /// Records a crash at `now` and decides.
+    pub(crate) fn on_crash(&mut self, now: Instant) -> RestartDecision {
+        while self.recent.front().is_some_and(|t| now.saturating_duration_since(*t) > self.policy.window) {
+            self.recent.pop_front();
+        }
+        let in_window = self.recent.len() as u32;
+        if in_window >= self.policy.max_restarts {
+            return RestartDecision::GiveUp;
+        }
+        self.recent.push_back(now);
+        let doubling = 2u32.saturating_pow(in_window.min(16));
+        let delay = self.policy.initial_backoff.saturating_mul(doubling).min(self.policy.max_backoff);
+        RestartDecision::RestartAfter(delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RestartPolicy {
+        RestartPolicy {
+            max_restarts: 3,
+            window: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(300),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_then_gives_up() {
+        let mut tracker = RestartTracker::new(policy());
+        let t = Instant::now();
+        assert_eq!(tracker.on_crash(t), RestartDecision::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(tracker.on_crash(t), RestartDecision::RestartAfter(Duration::from_millis(200)));
+        assert_eq!(tracker.on_crash(t), RestartDecision::RestartAfter(Duration::from_millis(300)));
+        assert_eq!(tracker.on_crash(t), RestartDecision::GiveUp);
+    }
+
+    #[test]
+    fn crashes_outside_the_window_are_forgotten() {
+        let mut tracker = RestartTracker::new(policy());
+        let t = Instant::now();
+        for _ in 0..3 {
+            assert!(matches!(tracker.on_crash(t), RestartDecision::RestartAfter(_)));
+        }
+        let later = t + Duration::from_secs(11);
+        assert_eq!(tracker.on_crash(later), RestartDecision::RestartAfter(Duration::from_millis(100)));
+    }
+}

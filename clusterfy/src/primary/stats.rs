@@ -1,0 +1,132 @@
+//! What the primary reports about its workers, and the printed table.
+
+use std::time::Duration;
+
+use clusterfy_core::{WorkerId, WorkerStatus};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+
+use super::Slot;
+use crate::events::ExitReason;
+
+/// Where a worker is in its supervision cycle (its process, not its self-reported status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkerState {
+    /// Spawned, not yet connected.
+    Starting,
+    /// Connected and authenticated, not yet ready.
+    Connected,
+    /// Ready for work.
+    Ready,
+    /// Crashed; waiting for its restart backoff.
+    Restarting,
+    /// Exited and not revived (clean exit, or no restart policy).
+    Exited,
+    /// Crashed too often; not revived any more.
+    GaveUp,
+    /// Exited after a shutdown request.
+    Stopped,
+}
+
+impl WorkerState {
+    /// True when no process runs and none will be started for this worker.
+    pub fn is_final(self) -> bool {
+        matches!(self, WorkerState::Exited | WorkerState::GaveUp | WorkerState::Stopped)
+    }
+
+    /// Lower-case name for tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Connected => "connected",
+            WorkerState::Ready => "ready",
+            WorkerState::Restarting => "restarting",
+            WorkerState::Exited => "exited",
+            WorkerState::GaveUp => "gave up",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A snapshot of one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Its id.
+    pub id: WorkerId,
+    /// Its name.
+    pub name: String,
+    /// The process id of its current process, if one runs.
+    pub pid: Option<u32>,
+    /// The status the worker reported last.
+    pub status: WorkerStatus,
+    /// Where supervision stands.
+    pub state: WorkerState,
+    /// How often it was revived.
+    pub restarts: u32,
+    /// Time since its current process started (zero if none runs).
+    pub uptime: Duration,
+    /// How its last process ended, if one did.
+    pub last_exit: Option<ExitReason>,
+}
+
+impl WorkerInfo {
+    pub(crate) fn of(slot: &Slot) -> Self {
+        let running = slot.pid.is_some();
+        WorkerInfo {
+            id: slot.worker.id,
+            name: slot.worker.name.clone(),
+            pid: slot.pid,
+            status: slot.status,
+            state: slot.state,
+            restarts: slot.restarts,
+            uptime: if running { slot.started.elapsed() } else { Duration::ZERO },
+            last_exit: slot.last_exit,
+        }
+    }
+
+    /// True while a process runs for this worker.
+    pub fn is_running(&self) -> bool {
+        self.pid.is_some()
+    }
+}
+
+/// Statistics about the workers (the original's `getStatistics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statistics {
+    /// Every worker, in id order.
+    pub workers: Vec<WorkerInfo>,
+}
+
+impl Statistics {
+    pub(crate) fn new(workers: Vec<WorkerInfo>) -> Self {
+        Statistics { workers }
+    }
+
+    /// Workers with a running process.
+    pub fn running(&self) -> usize {
+        self.workers.iter().filter(|w| w.is_running()).count()
+    }
+
+    /// Restarts of all workers together.
+    pub fn total_restarts(&self) -> u64 {
+        self.workers.iter().map(|w| u64::from(w.restarts)).sum()
+    }
+
+    /// The statistics as a text table with a summary line.
+    pub fn table(&self) -> String {
+        let mut table = Table::new();
+        table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+        table.set_header(["id", "name", "pid", "status", "state", "restarts", "uptime"]);
+        for w in &self.workers {
+            table.add_row([
+                w.id.to_string(),
+                w.name.clone(),
+                w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                w.status.to_string(),
+                w.state.as_str().to_owned(),
+                w.restarts.to_string(),
+                format!("{:.1}s", w.uptime.as_secs_f64()),
+            ]);
+        }
+        format!("{table}\nRunning workers: {}", self.running())
+    }
+}

@@ -1,0 +1,306 @@
+//! The task that owns one worker: spawns its process, completes the connection, watches it, and
+//! revives it after a crash as its restart policy says.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clusterfy_core::codec::FrameDecoder;
+use clusterfy_core::protocol::{Message, Notice, PROTOCOL_VERSION, Welcome};
+use clusterfy_core::session::PrimaryHandshake;
+use clusterfy_core::transport::{
+    ENV_PRIMARY_PID, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, Rendezvous, SpawnInfo,
+};
+use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerStatus};
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::inbound::PrimaryInbound;
+use super::options::WorkerOptions;
+use super::restart::{RestartDecision, RestartTracker};
+use super::{Control, PrimaryInner, WorkerState};
+use crate::events::{Event, ExitReason, WorkerRef};
+use crate::link::{Link, LinkEnd, read_first, write_single};
+use crate::{ENV_MAX_FRAME_LEN, ENV_WORKER_NAME};
+
+/// Time a new connection has to present its `Hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a worker whose connection ended has to exit by itself before it is killed: a worker
+/// without its connection can do nothing useful.
+const DISCONNECTED_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs worker `worker` until it exits for good. `spawned` learns whether the first spawn worked.
+pub(super) async fn supervise(
+    inner: Arc<PrimaryInner>,
+    worker: WorkerRef,
+    options: WorkerOptions,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    spawned: oneshot::Sender<Result<()>>,
+) {
+    let mut spawned = Some(spawned);
+    let mut tracker = options.restart.clone().map(RestartTracker::new);
+    loop {
+        let outcome = run_once(&inner, &worker, &options, &mut control, &mut spawned).await;
+        let reason = match outcome {
+            Ok(reason) => Some(reason),
+            Err(err) => {
+                if let Some(tx) = spawned.take() {
+                    // The first spawn failed: fork() reports it and removes the slot.
+                    let _ = tx.send(Err(err));
+                    return;
+                }
+                inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err) });
+                None
+            }
+        };
+        let stop_requested = inner.slots().get(&worker.id).is_none_or(|s| s.stop_requested);
+        let crashed = reason.is_none_or(|r| !r.is_success());
+        let next = if stop_requested || inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            WorkerState::Stopped
+        } else if !crashed {
+            WorkerState::Exited
+        } else {
+            match tracker.as_mut().map(|t| t.on_crash(Instant::now())) {
+                None => WorkerState::Exited,
+                Some(RestartDecision::GiveUp) => WorkerState::GaveUp,
+                Some(RestartDecision::RestartAfter(delay)) => {
+                    record_exit(&inner, &worker, reason, WorkerState::Restarting);
+                    tokio::time::sleep(delay).await;
+                    let stopped = inner.slots().get(&worker.id).is_none_or(|s| s.stop_requested)
+                        || inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst);
+                    if stopped {
+                        inner.update_slot(worker.id, |s| s.state = WorkerState::Stopped);
+                        return;
+                    }
+                    let restarts = inner.update_slot(worker.id, |s| {
+                        s.restarts += 1;
+                        s.restarts
+                    });
+                    inner.emit(Event::Revived { worker: worker.clone(), restarts: restarts.unwrap_or(0) });
+                    continue;
+                }
+            }
+        };
+        record_exit(&inner, &worker, reason, next);
+        if next == WorkerState::GaveUp {
+            let restarts = inner.slots().get(&worker.id).map_or(0, |s| s.restarts);
+            inner.emit(Event::GaveUp { worker: worker.clone(), restarts });
+        }
+        return;
+    }
+}
+
+/// Records that the process ended, with the state supervision goes to, in one update so no
+/// waiter sees an in-between state.
+fn record_exit(inner: &PrimaryInner, worker: &WorkerRef, reason: Option<ExitReason>, state: WorkerState) {
+    inner.update_slot(worker.id, |s| {
+        s.state = state;
+        s.pid = None;
+        s.link = None;
+        if reason.is_some() {
+            s.last_exit = reason;
+        }
+    });
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn build_command(inner: &PrimaryInner, worker: &WorkerRef, options: &WorkerOptions, token: &str) -> Result<tokio::process::Command> {
+    let (path, args) = match &options.program {
+        Some(program) => (program.path.clone(), program.args.clone()),
+        None => {
+            let exe = std::env::current_exe()
+                .map_err(|e| Error::io("finding the current executable to re-execute as a worker", e))?;
+            (exe, std::env::args_os().skip(1).collect())
+        }
+    };
+    let mut command = tokio::process::Command::new(&path);
+    command
+        .args(&args)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
+        .env(ENV_WORKER_ID, worker.id.to_string())
+        .env(ENV_WORKER_NAME, &worker.name)
+        .env(ENV_TOKEN, token)
+        .env(ENV_TRANSPORT, inner.transport.name())
+        .env(ENV_PRIMARY_PID, std::process::id().to_string())
+        .env(ENV_MAX_FRAME_LEN, inner.max_frame_len.to_string())
+        .stdin(Stdio::null())
+        // No orphans even if the primary's runtime is dropped without a shutdown.
+        .kill_on_drop(true);
+    Ok(command)
+}
+
+/// Spawns one process of the worker and runs it until it exits.
+async fn run_once(
+    inner: &Arc<PrimaryInner>,
+    worker: &WorkerRef,
+    options: &WorkerOptions,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    spawned: &mut Option<oneshot::Sender<Result<()>>>,
+) -> Result<ExitReason> {
+    let token = new_token();
+    let mut command = build_command(inner, worker, options, &token)?;
+    let info = SpawnInfo { worker_id: worker.id, name: worker.name.clone() };
+    let mut rendezvous = inner.transport.prepare(&info, &mut command).await?;
+    let program = command.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = command.spawn().map_err(|e| {
+        Error::new(ErrorKind::Io, format!("could not start worker program {program:?}: {e}; check the path and its permissions"))
+            .with_source(e)
+    })?;
+    rendezvous.attach(&mut child)?;
+    let pid = child.id();
+    inner.update_slot(worker.id, |s| {
+        s.pid = pid;
+        s.incarnation += 1;
+        s.state = WorkerState::Starting;
+        s.status = WorkerStatus::Initializing;
+        s.started = Instant::now();
+        s.link = None;
+    });
+    if let Some(tx) = spawned.take() {
+        let _ = tx.send(Ok(()));
+    }
+    inner.emit(Event::Forked { worker: worker.clone(), pid: pid.unwrap_or(0) });
+
+    let (kill_tx, kill_rx) = oneshot::channel();
+    let (exit_tx, mut exit_rx) = oneshot::channel();
+    tokio::spawn(reap(child, kill_rx, exit_tx));
+    let mut kill = Some(kill_tx);
+    let mut kill_now = || {
+        if let Some(tx) = kill.take() {
+            let _ = tx.send(());
+        }
+    };
+
+    // Connect: the process must pass the handshake within the ready timeout.
+    let connecting = tokio::time::timeout(inner.ready_timeout, connect(inner, worker, rendezvous.as_mut(), token));
+    tokio::pin!(connecting);
+    let (link, mut reader) = loop {
+        tokio::select! {
+            connected = &mut connecting => match connected {
+                Ok(Ok(pair)) => break pair,
+                Ok(Err(err)) => {
+                    inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err) });
+                    kill_now();
+                    return Ok(wait_exit(&mut exit_rx).await);
+                }
+                Err(_) => {
+                    let err = Error::new(ErrorKind::Timeout, format!("worker did not connect within {:?}; killing it", inner.ready_timeout))
+                        .with_context("worker", worker);
+                    inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err) });
+                    kill_now();
+                    return Ok(wait_exit(&mut exit_rx).await);
+                }
+            },
+            exit = &mut exit_rx => return Ok(exit.unwrap_or(ExitReason::Code(-1))),
+            Some(Control::Kill) = control.recv() => kill_now(),
+        }
+    };
+    inner.update_slot(worker.id, |s| {
+        s.link = Some(Arc::clone(&link));
+        s.state = WorkerState::Connected;
+        s.status = WorkerStatus::Loaded;
+    });
+    inner.emit(Event::Online { worker: worker.clone() });
+
+    let mut reader_done = false;
+    let reason = loop {
+        tokio::select! {
+            end = &mut reader, if !reader_done => {
+                reader_done = true;
+                inner.update_slot(worker.id, |s| s.link = None);
+                inner.emit(Event::Disconnect { worker: worker.clone() });
+                if let Ok(LinkEnd::Failed(err)) = end {
+                    inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err.with_context("worker", worker)) });
+                }
+                match tokio::time::timeout(DISCONNECTED_GRACE, &mut exit_rx).await {
+                    Ok(exit) => break exit.unwrap_or(ExitReason::Code(-1)),
+                    Err(_) => kill_now(),
+                }
+            }
+            exit = &mut exit_rx => break exit.unwrap_or(ExitReason::Code(-1)),
+            Some(Control::Kill) = control.recv() => kill_now(),
+        }
+    };
+    // The process is gone: whatever was in flight to it fails now, not when a read notices.
+    link.close();
+    if !reader_done {
+        reader.abort();
+        inner.emit(Event::Disconnect { worker: worker.clone() });
+    }
+    inner.emit(Event::Exit { worker: worker.clone(), reason });
+    Ok(reason)
+}
+
+async fn wait_exit(exit_rx: &mut oneshot::Receiver<ExitReason>) -> ExitReason {
+    exit_rx.await.unwrap_or(ExitReason::Code(-1))
+}
+
+/// Owns the child: reports its exit, and kills it on request.
+async fn reap(mut child: tokio::process::Child, mut kill: oneshot::Receiver<()>, exit: oneshot::Sender<ExitReason>) {
+    let status = tokio::select! {
+        status = child.wait() => status,
+        Ok(()) = &mut kill => {
+            // SIGKILL, not SIGTERM: a worker that traps SIGTERM must not survive its timeout.
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    let reason = match status {
+        Ok(status) => ExitReason::from_status(status),
+        Err(err) => {
+            tracing::error!(error = %err, "waiting for a worker process failed");
+            ExitReason::Code(-1)
+        }
+    };
+    let _ = exit.send(reason);
+}
+
+/// Accepts connections until one passes the handshake; refused ones are reported and dropped.
+async fn connect(
+    inner: &Arc<PrimaryInner>,
+    worker: &WorkerRef,
+    rendezvous: &mut dyn Rendezvous,
+    token: String,
+) -> Result<(Arc<Link>, JoinHandle<LinkEnd>)> {
+    let mut handshake = PrimaryHandshake::new(worker.id, token);
+    loop {
+        let mut connection = rendezvous.accept().await?;
+        let mut decoder = FrameDecoder::new(inner.max_frame_len);
+        let checked = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_first(&mut connection.reader, &mut decoder)).await {
+            Ok(Ok(first)) => handshake.check_hello(first),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(Error::new(ErrorKind::Timeout, "connection sent no Hello in time")),
+        };
+        if let Err(err) = checked {
+            let err = err.with_context("worker", worker).with_context("connection", &connection.description);
+            let notice = Message::Notice(Notice::Error(WireError::from(&err)));
+            let _ = write_single(&mut connection.writer, &notice, inner.max_frame_len).await;
+            inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err) });
+            continue;
+        }
+        let restarts = inner.slots().get(&worker.id).map_or(0, |s| s.restarts);
+        let welcome = Message::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: worker.id,
+            name: worker.name.clone(),
+            restarts,
+        });
+        write_single(&mut connection.writer, &welcome, inner.max_frame_len).await?;
+        let (link, reader) = Link::new(
+            format!("worker {:?} (#{})", worker.name, worker.id),
+            connection.reader,
+            connection.writer,
+            decoder,
+            inner.max_frame_len,
+            ErrorKind::WorkerExited,
+        );
+        let reader = reader.spawn(Arc::new(PrimaryInbound::new(Arc::clone(inner), worker.clone())));
+        return Ok((link, reader));
+    }
+}

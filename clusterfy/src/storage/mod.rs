@@ -1,0 +1,171 @@
+//! Shared storage: the tree semantics over a [`StorageBackend`](clusterfy_core::StorageBackend)
+//! (in [`SharedStorage`]) and the typed handle both the primary and workers use.
+
+mod tree;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterfy_core::protocol::{Reply, Request, StorageRequest};
+use clusterfy_core::{Error, ErrorKind, Path, Result, Value, from_value, to_value};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use tree::SharedStorage;
+
+#[cfg(feature = "storage-mem")]
+pub use clusterfy_storage_mem::MemStorage;
+pub use clusterfy_core::{BatchOp, Capabilities, CasConflict, StorageBackend};
+
+use crate::link::Link;
+
+/// Attempts of [`Storage::update`] before it reports contention instead of spinning on.
+const UPDATE_ATTEMPTS: usize = 10_000;
+
+#[derive(Clone)]
+enum Access {
+    /// On the primary: the storage itself.
+    Local(Arc<SharedStorage>),
+    /// On a worker: requests to the primary.
+    Remote { link: Arc<Link>, deadline: Duration },
+}
+
+/// Typed access to the shared storage by dotted path, the same on the primary and on workers.
+///
+/// Values go in and out as any `serde` type; a map path reads or writes the whole subtree.
+#[derive(Clone)]
+pub struct Storage {
+    access: Access,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let access = match &self.access {
+            Access::Local(_) => "local",
+            Access::Remote { .. } => "remote",
+        };
+        f.debug_struct("Storage").field("access", &access).finish()
+    }
+}
+
+fn parse(path: &str) -> Result<Path> {
+    Path::parse(path)
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::new(ErrorKind::Protocol, format!("unexpected reply to a storage request: {reply:?}"))
+}
+
+impl Storage {
+    pub(crate) fn local(storage: Arc<SharedStorage>) -> Self {
+        Storage { access: Access::Local(storage) }
+    }
+
+    pub(crate) fn remote(link: Arc<Link>, deadline: Duration) -> Self {
+        Storage { access: Access::Remote { link, deadline } }
+    }
+
+    async fn exec(&self, request: StorageRequest) -> Result<Reply> {
+        match &self.access {
+            Access::Local(storage) => storage.handle(request).await,
+            Access::Remote { link, deadline } => link.request(Request::Storage(request), *deadline).await,
+        }
+    }
+
+    /// Saves `value` at `path` (the original's `saveToStorage`). The parent map must exist:
+    /// otherwise the error is [`ErrorKind::NotFound`] naming the missing prefix.
+    pub async fn save<T: Serialize + ?Sized>(&self, path: &str, value: &T) -> Result<()> {
+        self.save_value(path, to_value(value)?, false).await
+    }
+
+    /// Saves `value` at `path`, creating missing parent maps.
+    pub async fn save_with_parents<T: Serialize + ?Sized>(&self, path: &str, value: &T) -> Result<()> {
+        self.save_value(path, to_value(value)?, true).await
+    }
+
+    async fn save_value(&self, path: &str, value: Value, create_parents: bool) -> Result<()> {
+        let path = parse(path)?;
+        let request = StorageRequest::Save { path: path.as_str().to_owned(), value, create_parents };
+        match self.exec(request).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads the value at `path` as `T` (the original's `retrieveFromStorage`); `None` if nothing
+    /// is there.
+    pub async fn retrieve<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.retrieve_value(path).await? {
+            None => Ok(None),
+            Some(value) => from_value(value).map(Some).map_err(|e| e.with_context("path", path)),
+        }
+    }
+
+    /// Reads the value or subtree at `path` as a [`Value`].
+    pub async fn retrieve_value(&self, path: &str) -> Result<Option<Value>> {
+        let path = parse(path)?;
+        match self.exec(StorageRequest::Get { path: path.as_str().to_owned() }).await? {
+            Reply::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes the value or subtree at `path`; a missing path is fine.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        let path = parse(path)?;
+        match self.exec(StorageRequest::Delete { path: path.as_str().to_owned() }).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes `new` at `path` (`None` deletes) only if the current value equals `expected`
+    /// (`None`: nothing there). A lost race is `Ok(Err(current))`, not an error.
+    pub async fn compare_and_swap<T: Serialize>(
+        &self,
+        path: &str,
+        expected: Option<&T>,
+        new: Option<&T>,
+    ) -> Result<std::result::Result<(), Option<Value>>> {
+        let expected = expected.map(to_value).transpose()?;
+        let new = new.map(to_value).transpose()?;
+        self.compare_and_swap_value(path, expected, new).await
+    }
+
+    async fn compare_and_swap_value(
+        &self,
+        path: &str,
+        expected: Option<Value>,
+        new: Option<Value>,
+    ) -> Result<std::result::Result<(), Option<Value>>> {
+        let path = parse(path)?;
+        match self.exec(StorageRequest::CompareAndSwap { path: path.as_str().to_owned(), expected, new }).await? {
+            Reply::Swapped(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Read-modify-write without lost updates between workers: applies `f` to the current value
+    /// and retries on a concurrent change. `f` returning `None` deletes. Returns the value written.
+    pub async fn update<T, F>(&self, path: &str, mut f: F) -> Result<Option<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Option<T>,
+    {
+        let mut current = self.retrieve_value(path).await?;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let typed = current.clone().map(from_value::<T>).transpose().map_err(|e| e.with_context("path", path))?;
+            let next = f(typed);
+            let next_value = next.as_ref().map(to_value).transpose()?;
+            match self.compare_and_swap_value(path, current, next_value).await? {
+                Ok(()) => return Ok(next),
+                Err(seen) => current = seen,
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Storage,
+            format!("update gave up after {UPDATE_ATTEMPTS} attempts lost to concurrent writers; spread the writes over more paths"),
+        )
+        .with_context("path", path))
+    }
+}

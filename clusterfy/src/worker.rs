@@ -1,0 +1,480 @@
+//! The worker side: connect to the primary, report status, use the storage, send and handle
+//! commands, and shut down when asked.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, from_payload, to_payload};
+use clusterfy_core::protocol::{
+    CommandRequest, Destination, Hello, Message, Notice, PROTOCOL_VERSION, Reply, Request, RequestId, ShutdownAck,
+};
+use clusterfy_core::session::check_welcome;
+use clusterfy_core::transport::{ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
+use clusterfy_core::{
+    Command, Error, ErrorKind, Origin, Result, Target, Transport, WorkerEnv, WorkerId, WorkerSelector, WorkerStatus,
+};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, watch};
+
+use crate::commands::{BroadcastReply, CommandRegistry, expect_target};
+use crate::events::{EVENT_BUFFER, EventStream, WorkerRef, subscribe};
+use crate::link::{Inbound, Link, LinkEnd, read_first, write_single};
+use crate::storage::Storage;
+use crate::{ENV_MAX_FRAME_LEN, PRIMARY_LOST_EXIT_CODE};
+
+/// Default deadline of a worker's requests.
+pub const DEFAULT_WORKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time shutdown hooks may take before the worker exits anyway.
+pub const SHUTDOWN_HOOKS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Something that happened to this worker.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    /// A command arrived for this worker.
+    Command {
+        /// Who sent it.
+        from: Origin,
+        /// Its name.
+        name: String,
+    },
+    /// The primary asked this worker to shut down while it was busy: finish, then exit.
+    ShutdownRequested,
+    /// This worker's status changed.
+    Status(WorkerStatus),
+    /// This subscriber fell behind and missed this many events.
+    Lagged {
+        /// How many events were dropped for this subscriber.
+        missed: u64,
+    },
+}
+
+/// The context a worker-side command handler gets.
+#[derive(Clone)]
+pub struct WorkerContext {
+    worker: Worker,
+    origin: Origin,
+}
+
+impl WorkerContext {
+    /// This worker, to reach storage or other processes from a handler.
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    /// Who sent the command.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
+type ShutdownHook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// Builds a [`Worker`] and connects it.
+pub struct WorkerBuilder {
+    commands: CommandRegistry<WorkerContext>,
+    hooks: Vec<ShutdownHook>,
+    request_timeout: Duration,
+    env: Option<WorkerEnv>,
+    transport: Option<Arc<dyn Transport>>,
+}
+
+impl WorkerBuilder {
+    /// Registers the handler of a command that the primary or other workers send to this
+    /// worker (the original's `registerIPCCommand` on a worker).
+    #[must_use]
+    pub fn command<C, F, Fut>(mut self, handler: F) -> Self
+    where
+        C: Command,
+        F: Fn(C, WorkerContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<C::Reply>> + Send + 'static,
+    {
+        self.commands.register::<C, F, Fut>(handler);
+        self
+    }
+
+    /// Adds a hook run once before the worker exits on a shutdown request, on
+    /// [`Worker::exit`] or when the primary is gone (the original's `registerShutdownMethod`).
+    /// Hooks run in the order added, within [`SHUTDOWN_HOOKS_TIMEOUT`] together.
+    #[must_use]
+    pub fn on_shutdown<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.push(Box::new(move || hook().boxed()));
+        self
+    }
+
+    /// Deadline of this worker's requests (default [`DEFAULT_WORKER_REQUEST_TIMEOUT`]).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Uses this transport instead of the one named by `CLUSTERFY_TRANSPORT` (for transports
+    /// the facade does not know).
+    #[must_use]
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// Reads the connection settings from `env` instead of the process environment.
+    #[must_use]
+    pub fn env(mut self, env: WorkerEnv) -> Self {
+        self.env = Some(env);
+        self
+    }
+
+    /// Connects to the primary and waits for this worker's metadata (the original's
+    /// `initAsWorker`). Afterwards the worker is ready (status Idle).
+    pub async fn connect(mut self) -> Result<Worker> {
+        if let Some(err) = self.commands.take_error() {
+            return Err(err);
+        }
+        let env = self.env.take().unwrap_or_else(WorkerEnv::from_process);
+        let worker_id = parse_env::<u64>(&env, ENV_WORKER_ID).map(WorkerId)?;
+        let token = env.require(ENV_TOKEN)?.to_owned();
+        let max_frame_len = match env.get(ENV_MAX_FRAME_LEN) {
+            Some(_) => parse_env::<usize>(&env, ENV_MAX_FRAME_LEN)?,
+            None => DEFAULT_MAX_FRAME_LEN,
+        };
+        guard_against_orphaning();
+        let transport = match self.transport.take() {
+            Some(t) => t,
+            None => transport_named(env.require(ENV_TRANSPORT)?)?,
+        };
+        let mut connection = transport.connect(&env).await?;
+        let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, worker_id, token });
+        write_single(&mut connection.writer, &hello, max_frame_len).await?;
+        let mut decoder = FrameDecoder::new(max_frame_len);
+        let first = tokio::time::timeout(self.request_timeout, read_first(&mut connection.reader, &mut decoder))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Timeout, "the primary did not answer the handshake in time"))??;
+        let welcome = check_welcome(first, worker_id)?;
+        let (link, reader) = Link::new(
+            "the primary".to_owned(),
+            connection.reader,
+            connection.writer,
+            decoder,
+            max_frame_len,
+            ErrorKind::Closed,
+        );
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (shutdown, _) = watch::channel(false);
+        let worker = Worker {
+            inner: Arc::new(WorkerInner {
+                me: WorkerRef { id: worker_id, name: welcome.name },
+                restarts: welcome.restarts,
+                link: Arc::clone(&link),
+                status: Mutex::new(WorkerStatus::Loaded),
+                commands: self.commands,
+                hooks: Mutex::new(self.hooks),
+                events,
+                shutdown,
+                request_timeout: self.request_timeout,
+            }),
+        };
+        let reader = reader.spawn(Arc::new(WorkerInbound { worker: worker.clone() }));
+        tokio::spawn(exit_when_primary_is_gone(worker.clone(), reader));
+        worker.set_local_status(WorkerStatus::Idle);
+        link.notify(Notice::Ready).await?;
+        Ok(worker)
+    }
+}
+
+fn parse_env<T: std::str::FromStr>(env: &WorkerEnv, key: &str) -> Result<T> {
+    let raw = env.require(key)?;
+    raw.parse().map_err(|_| {
+        Error::new(ErrorKind::Config, format!("environment variable {key} has the malformed value {raw:?}"))
+    })
+}
+
+fn transport_named(name: &str) -> Result<Arc<dyn Transport>> {
+    match name {
+        #[cfg(feature = "transport-uds")]
+        "uds" => Ok(Arc::new(clusterfy_transport_uds::UdsTransport::new())),
+        other => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "the primary chose transport {other:?}, which this worker binary does not include; enable the \
+                 matching clusterfy feature or pass it with WorkerBuilder::transport"
+            ),
+        )),
+    }
+}
+
+/// Linux: die with the primary even if this worker never reads its connection again (a busy
+/// loop blocking the runtime). Connection EOF covers every other case.
+fn guard_against_orphaning() {
+    #[cfg(target_os = "linux")]
+    {
+        if let Err(err) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+            tracing::warn!(error = %err, "could not ask to die with the primary");
+        }
+        // The primary may have died before the call above; then we were already re-parented.
+        if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+            std::process::exit(PRIMARY_LOST_EXIT_CODE);
+        }
+    }
+}
+
+async fn exit_when_primary_is_gone(worker: Worker, reader: tokio::task::JoinHandle<LinkEnd>) {
+    let end = reader.await;
+    tracing::warn!(worker = %worker.inner.me, end = ?end, "connection to the primary ended; exiting");
+    worker.run_hooks().await;
+    std::process::exit(PRIMARY_LOST_EXIT_CODE);
+}
+
+struct WorkerInner {
+    me: WorkerRef,
+    restarts: u32,
+    link: Arc<Link>,
+    status: Mutex<WorkerStatus>,
+    commands: CommandRegistry<WorkerContext>,
+    hooks: Mutex<Vec<ShutdownHook>>,
+    events: broadcast::Sender<WorkerEvent>,
+    shutdown: watch::Sender<bool>,
+    request_timeout: Duration,
+}
+
+/// Handle of this worker process. Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<WorkerInner>,
+}
+
+impl Worker {
+    /// Starts configuring this worker.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder {
+            commands: CommandRegistry::new(Target::Worker),
+            hooks: Vec::new(),
+            request_timeout: DEFAULT_WORKER_REQUEST_TIMEOUT,
+            env: None,
+            transport: None,
+        }
+    }
+
+    /// This worker's id (stable across revivals).
+    pub fn id(&self) -> WorkerId {
+        self.inner.me.id
+    }
+
+    /// This worker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.me.name
+    }
+
+    /// How often this worker was revived before this process.
+    pub fn restarts(&self) -> u32 {
+        self.inner.restarts
+    }
+
+    /// The current status.
+    pub fn status(&self) -> WorkerStatus {
+        *self.inner.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_local_status(&self, status: WorkerStatus) -> WorkerStatus {
+        let mut current = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+        let before = *current;
+        *current = status;
+        drop(current);
+        if before != status {
+            let _ = self.inner.events.send(WorkerEvent::Status(status));
+        }
+        before
+    }
+
+    /// Changes the status and tells the primary (the original's `changeCurrentWorkerStatus`).
+    /// Set `Processing` while working and `Idle` when done: an idle worker exits at once on a
+    /// shutdown request. Setting `Idle` after a shutdown request turned the worker `Stopping`
+    /// finishes the shutdown: hooks run and the process exits with code 0.
+    pub async fn set_status(&self, status: WorkerStatus) -> Result<()> {
+        let current = self.status();
+        if current == WorkerStatus::Stopping && status == WorkerStatus::Idle {
+            self.exit(0).await;
+        }
+        if !matches!(status, WorkerStatus::Idle | WorkerStatus::Processing | WorkerStatus::Stopping)
+            || !current.can_become(status)
+        {
+            return Err(Error::new(ErrorKind::InvalidState, format!("cannot change status from {current} to {status}"))
+                .with_context("worker", &self.inner.me));
+        }
+        self.set_local_status(status);
+        self.inner.link.notify(Notice::Status(status)).await
+    }
+
+    /// Typed access to the shared storage on the primary.
+    pub fn storage(&self) -> Storage {
+        Storage::remote(Arc::clone(&self.inner.link), self.inner.request_timeout)
+    }
+
+    /// Saves `value` at the dotted `path` (the original's `saveToStorage`); see [`Storage::save`].
+    pub async fn save<T: Serialize + ?Sized>(&self, path: &str, value: &T) -> Result<()> {
+        self.storage().save(path, value).await
+    }
+
+    /// Reads the value at the dotted `path` (the original's `retrieveFromStorage`); see
+    /// [`Storage::retrieve`].
+    pub async fn retrieve<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        self.storage().retrieve(path).await
+    }
+
+    async fn command(&self, destination: Destination, name: &'static str, payload: Vec<u8>) -> Result<Reply> {
+        let request = CommandRequest { name: name.to_owned(), destination, origin: Origin::Primary, payload };
+        self.inner.link.request(Request::Command(request), self.inner.request_timeout).await
+    }
+
+    /// Runs command `C` on the primary (the original's `runIPCCommand` with target primary).
+    pub async fn run_on_primary<C: Command>(&self, command: C) -> Result<C::Reply> {
+        expect_target::<C>(Target::Primary)?;
+        let reply = self.command(Destination::Primary, C::NAME, to_payload(&command)?).await?;
+        decode_single::<C>(reply)
+    }
+
+    /// Runs command `C` on another worker, by id or name, routed through the primary.
+    pub async fn run<C: Command>(&self, worker: impl Into<WorkerSelector>, command: C) -> Result<C::Reply> {
+        expect_target::<C>(Target::Worker)?;
+        let reply = self.command(Destination::Worker(worker.into()), C::NAME, to_payload(&command)?).await?;
+        decode_single::<C>(reply)
+    }
+
+    /// Runs command `C` on every connected worker (this one included) and gathers every answer.
+    pub async fn broadcast<C: Command>(&self, command: C) -> Result<Vec<BroadcastReply<C::Reply>>> {
+        expect_target::<C>(Target::Worker)?;
+        match self.command(Destination::AllWorkers, C::NAME, to_payload(&command)?).await? {
+            Reply::Broadcast(entries) => Ok(entries
+                .into_iter()
+                .map(|entry| BroadcastReply {
+                    worker: WorkerRef { id: entry.worker_id, name: entry.name },
+                    result: entry
+                        .result
+                        .map_err(Error::from)
+                        .and_then(|p| from_payload(&p).map_err(|e| e.with_context("command", C::NAME))),
+                })
+                .collect()),
+            other => Err(Error::new(ErrorKind::Protocol, format!("unexpected reply to a broadcast: {other:?}"))),
+        }
+    }
+
+    /// This worker's events.
+    pub fn events(&self) -> EventStream<WorkerEvent> {
+        subscribe(self.inner.events.subscribe(), |missed| WorkerEvent::Lagged { missed })
+    }
+
+    /// Whether the primary asked this worker to shut down.
+    pub fn is_shutdown_requested(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// Resolves once the primary asked this worker to shut down (while it was busy; an idle
+    /// worker exits at once).
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.inner.shutdown.subscribe();
+        // The sender lives as long as `self`, so this only ends when the flag is set.
+        let _ = rx.wait_for(|requested| *requested).await;
+    }
+
+    async fn run_hooks(&self) {
+        let hooks: Vec<ShutdownHook> = std::mem::take(&mut *self.inner.hooks.lock().unwrap_or_else(|p| p.into_inner()));
+        let all = async {
+            for hook in hooks {
+                if std::panic::AssertUnwindSafe(hook()).catch_unwind().await.is_err() {
+                    tracing::error!("a shutdown hook panicked");
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_HOOKS_TIMEOUT, all).await.is_err() {
+            tracing::warn!("shutdown hooks did not finish within {SHUTDOWN_HOOKS_TIMEOUT:?}; exiting anyway");
+        }
+    }
+
+    /// Runs the shutdown hooks, tells the primary, and exits the process with `code` (the
+    /// original's `exit`).
+    pub async fn exit(&self, code: i32) -> ! {
+        self.run_hooks().await;
+        self.set_local_status(WorkerStatus::Stopping);
+        let link = &self.inner.link;
+        // Best effort: the primary learns of the exit from the process anyway.
+        let _ = link.notify(Notice::Status(WorkerStatus::Stopping)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), link.flush()).await;
+        std::process::exit(code)
+    }
+
+    fn on_shutdown_request(&self) -> ShutdownAck {
+        let _ = self.inner.shutdown.send_replace(true);
+        match self.status() {
+            WorkerStatus::Processing | WorkerStatus::Stopping => ShutdownAck::Stopping,
+            WorkerStatus::Initializing | WorkerStatus::Loaded | WorkerStatus::Idle => ShutdownAck::Exiting,
+        }
+    }
+}
+
+fn decode_single<C: Command>(reply: Reply) -> Result<C::Reply> {
+    match reply {
+        Reply::Command(payload) => from_payload(&payload).map_err(|e| e.with_context("command", C::NAME)),
+        other => Err(Error::new(ErrorKind::Protocol, format!("unexpected reply to a command: {other:?}"))
+            .with_context("command", C::NAME)),
+    }
+}
+
+struct WorkerInbound {
+    worker: Worker,
+}
+
+impl WorkerInbound {
+    async fn handle(&self, link: &Link, id: RequestId, body: Request) {
+        let worker = &self.worker;
+        let result = match body {
+            Request::Command(command) => {
+                let _ = worker
+                    .inner
+                    .events
+                    .send(WorkerEvent::Command { from: command.origin.clone(), name: command.name.clone() });
+                let ctx = WorkerContext { worker: worker.clone(), origin: command.origin };
+                worker.inner.commands.run(&command.name, command.payload, ctx).await.map(Reply::Command)
+            }
+            Request::Shutdown => {
+                let ack = worker.on_shutdown_request();
+                let _ = link.reply(id, Ok(Reply::Shutdown(ack))).await;
+                match ack {
+                    ShutdownAck::Exiting => worker.exit(0).await,
+                    ShutdownAck::Stopping => {
+                        if worker.set_local_status(WorkerStatus::Stopping) != WorkerStatus::Stopping {
+                            let _ = link.notify(Notice::Status(WorkerStatus::Stopping)).await;
+                            let _ = worker.inner.events.send(WorkerEvent::ShutdownRequested);
+                        }
+                    }
+                }
+                return;
+            }
+            Request::Storage(_) => Err(Error::new(
+                ErrorKind::InvalidInput,
+                "storage requests go to the primary, which owns the storage; a worker holds none",
+            )),
+        };
+        let _ = link.reply(id, result).await;
+    }
+}
+
+impl Inbound for WorkerInbound {
+    fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request) {
+        let link = Arc::clone(link);
+        tokio::spawn(async move { self.handle(&link, id, body).await });
+    }
+
+    fn on_notice(&self, notice: Notice) {
+        match notice {
+            Notice::Error(err) => tracing::error!(error = %Error::from(err), "the primary reported an error"),
+            other => tracing::debug!(notice = ?other, "ignoring a notice meant for the primary"),
+        }
+    }
+}
