@@ -125,7 +125,7 @@ impl FrameDecoder {
 /// Decodes one frame payload; the whole payload must be consumed.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
     match postcard::take_from_bytes::<T>(payload) {
-        Ok((value, rest)) if rest.is_empty() => Ok(value),
+        Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(Error::new(
             ErrorKind::Protocol,
             format!("frame has {} trailing bytes after its message; the peer speaks another protocol version", rest.len()),

@@ -231,14 +231,14 @@ async fn read_loop(link: Arc<Link>, mut reader: ByteReader, mut decoder: FrameDe
             Err(err) => break LinkEnd::Failed(Error::io(format!("reading from {}", link.peer), err)),
         }
     };
-    if let LinkEnd::Failed(err) = &end {
-        if err.kind() == ErrorKind::Protocol {
-            // Tell the peer why before hanging up; it may be a misbuilt but honest program.
-            let mut frame = Vec::new();
-            let notice = Message::Notice(Notice::Error(WireError::from(err)));
-            if encode_frame(&notice, link.max_frame_len, &mut frame).is_ok() {
-                let _ = link.outbox.try_send(Outgoing::Frame(frame));
-            }
+    if let LinkEnd::Failed(err) = &end
+        && err.kind() == ErrorKind::Protocol
+    {
+        // Tell the peer why before hanging up; it may be a misbuilt but honest program.
+        let mut frame = Vec::new();
+        let notice = Message::Notice(Notice::Error(WireError::from(err)));
+        if encode_frame(&notice, link.max_frame_len, &mut frame).is_ok() {
+            let _ = link.outbox.try_send(Outgoing::Frame(frame));
         }
     }
     link.close();
@@ -270,11 +270,11 @@ async fn write_loop(mut writer: ByteWriter, mut rx: mpsc::Receiver<Outgoing>, pe
             }
             next = if buf.len() < 256 * 1024 { rx.try_recv().ok() } else { None };
         }
-        if !buf.is_empty() {
-            if let Err(err) = writer.write_all(&buf).await {
-                tracing::debug!(%peer, error = %err, "write failed; the reader will see the connection end");
-                return;
-            }
+        if !buf.is_empty()
+            && let Err(err) = writer.write_all(&buf).await
+        {
+            tracing::debug!(%peer, error = %err, "write failed; the reader will see the connection end");
+            return;
         }
         if let Err(err) = writer.flush().await {
             tracing::debug!(%peer, error = %err, "flush failed");
