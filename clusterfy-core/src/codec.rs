@@ -18,7 +18,11 @@ pub const HEADER_LEN: usize = 4;
 ///
 /// Fails with [`ErrorKind::Protocol`] if the payload is larger than `max_frame_len`; `out` is then
 /// left as it was.
-pub fn encode_frame<T: Serialize + ?Sized>(message: &T, max_frame_len: usize, out: &mut Vec<u8>) -> Result<()> {
+pub fn encode_frame<T: Serialize + ?Sized>(
+    message: &T,
+    max_frame_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     if let Err(err) = postcard::serialize_with_flavor(message, AppendTo(out)) {
@@ -30,7 +34,9 @@ pub fn encode_frame<T: Serialize + ?Sized>(message: &T, max_frame_len: usize, ou
         out.truncate(start);
         return Err(Error::new(
             ErrorKind::Protocol,
-            format!("frame of {len} bytes exceeds the maximum of {max_frame_len} bytes; send less per message or raise max_frame_len"),
+            format!(
+                "frame of {len} bytes exceeds the maximum of {max_frame_len} bytes; send less per message or raise max_frame_len"
+            ),
         ));
     }
     let len = u32::try_from(len).map_err(|_| Error::new(ErrorKind::Protocol, "frame longer than 4 GiB"))?;
@@ -101,7 +107,10 @@ impl FrameDecoder {
         if len > self.max_frame_len {
             return Err(Error::new(
                 ErrorKind::Protocol,
-                format!("peer announced a frame of {len} bytes, above the maximum of {} bytes", self.max_frame_len),
+                format!(
+                    "peer announced a frame of {len} bytes, above the maximum of {} bytes",
+                    self.max_frame_len
+                ),
             ));
         }
         if self.buf.len() < HEADER_LEN + len {
@@ -128,7 +137,10 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(Error::new(
             ErrorKind::Protocol,
-            format!("frame has {} trailing bytes after its message; the peer speaks another protocol version", rest.len()),
+            format!(
+                "frame has {} trailing bytes after its message; the peer speaks another protocol version",
+                rest.len()
+            ),
         )),
         Err(err) => Err(Error::new(ErrorKind::Protocol, format!("undecodable frame: {err}"))),
     }
@@ -136,7 +148,8 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
 
 /// Encodes `value` as a bare postcard payload (command arguments and replies).
 pub fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(|err| Error::new(ErrorKind::Serialization, format!("could not encode: {err}")))
+    postcard::to_allocvec(value)
+        .map_err(|err| Error::new(ErrorKind::Serialization, format!("could not encode: {err}")))
 }
 
 /// Decodes a bare postcard payload made by [`to_payload`].

@@ -58,7 +58,9 @@ pub trait Command: Serialize + DeserializeOwned + Send + 'static {
 
 /// Checks the syntax of a command name, reserved names included (for built-ins).
 pub fn validate_command_name(name: &str) -> Result<()> {
-    let bad = |why: &str| Error::new(ErrorKind::InvalidInput, why.to_owned()).with_context("command", format!("{name:?}"));
+    let bad = |why: &str| {
+        Error::new(ErrorKind::InvalidInput, why.to_owned()).with_context("command", format!("{name:?}"))
+    };
     if name.is_empty() {
         return Err(bad("a command name must not be empty"));
     }

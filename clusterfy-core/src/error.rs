@@ -204,7 +204,11 @@ impl From<WireError> for Error {
             // Context keys are `&'static str` locally; keys from the wire are a small known set,
             // so map them back where possible and keep the rest under a generic key.
             let key = static_context_key(&k);
-            err = if key == "remote" { err.with_context(key, format!("{k}={v}")) } else { err.with_context(key, v) };
+            err = if key == "remote" {
+                err.with_context(key, format!("{k}={v}"))
+            } else {
+                err.with_context(key, v)
+            };
         }
         err
     }

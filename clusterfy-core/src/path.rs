@@ -31,8 +31,11 @@ impl Path {
             return Ok(Path::root());
         }
         let invalid = |why: &str| {
-            Error::new(ErrorKind::InvalidPath, format!("{why}; write paths as dot-separated keys like \"test.some\""))
-                .with_context("path", format!("{dotted:?}"))
+            Error::new(
+                ErrorKind::InvalidPath,
+                format!("{why}; write paths as dot-separated keys like \"test.some\""),
+            )
+            .with_context("path", format!("{dotted:?}"))
         };
         let mut depth = 0;
         for segment in dotted.split('.') {
@@ -88,7 +91,8 @@ impl Path {
     pub fn starts_with(&self, other: &Path) -> bool {
         other.is_root()
             || self.dotted == other.dotted
-            || (self.dotted.starts_with(&other.dotted) && self.dotted.as_bytes().get(other.dotted.len()) == Some(&b'.'))
+            || (self.dotted.starts_with(&other.dotted)
+                && self.dotted.as_bytes().get(other.dotted.len()) == Some(&b'.'))
     }
 
     /// The dotted form; empty for the root.

@@ -49,7 +49,11 @@ impl WorkerStatus {
         self == next
             || matches!(
                 (self, next),
-                (Initializing, Loaded) | (Loaded, Idle) | (Idle, Processing) | (Processing, Idle) | (_, Stopping)
+                (Initializing, Loaded)
+                    | (Loaded, Idle)
+                    | (Idle, Processing)
+                    | (Processing, Idle)
+                    | (_, Stopping)
             )
     }
 

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::{Destination, Hello, Message, PROTOCOL_VERSION, RequestId, Welcome, WorkerId, WorkerSelector};
+use crate::protocol::{
+    Destination, Hello, Message, PROTOCOL_VERSION, RequestId, Welcome, WorkerId, WorkerSelector,
+};
 
 /// The primary's side of one worker's handshake: checks the first frame against the id and the
 /// one-time token it gave that worker.
@@ -24,7 +26,10 @@ impl PrimaryHandshake {
     /// connection can present it again.
     pub fn check_hello(&mut self, first: Message) -> Result<Hello> {
         let Message::Hello(hello) = first else {
-            return Err(Error::new(ErrorKind::Protocol, "the first frame of a worker connection must be Hello"));
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "the first frame of a worker connection must be Hello",
+            ));
         };
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(Error::new(
@@ -205,7 +210,11 @@ mod tests {
     use super::*;
 
     fn hello(id: u64, token: &str) -> Message {
-        Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, worker_id: WorkerId(id), token: token.into() })
+        Message::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: WorkerId(id),
+            token: token.into(),
+        })
     }
 
     #[test]
@@ -222,7 +231,10 @@ mod tests {
         let mut hs = PrimaryHandshake::new(WorkerId(1), "t".into());
         let old = Message::Hello(Hello { protocol_version: 0, worker_id: WorkerId(1), token: "t".into() });
         assert_eq!(hs.check_hello(old).unwrap_err().kind(), ErrorKind::Protocol);
-        assert_eq!(hs.check_hello(Message::Notice(crate::protocol::Notice::Ready)).unwrap_err().kind(), ErrorKind::Protocol);
+        assert_eq!(
+            hs.check_hello(Message::Notice(crate::protocol::Notice::Ready)).unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
         assert!(hs.check_hello(hello(1, "t")).is_ok(), "a refused attempt must not spend the token");
     }
 
@@ -261,8 +273,14 @@ mod tests {
     fn routes_by_name_id_and_broadcast() {
         let dir = directory();
         assert_eq!(route(&Destination::Worker("Sarah".into()), &dir).unwrap(), Route::Worker(WorkerId(2)));
-        assert_eq!(route(&Destination::Worker(WorkerId(1).into()), &dir).unwrap(), Route::Worker(WorkerId(1)));
-        assert_eq!(route(&Destination::AllWorkers, &dir).unwrap(), Route::Broadcast(vec![WorkerId(1), WorkerId(2)]));
+        assert_eq!(
+            route(&Destination::Worker(WorkerId(1).into()), &dir).unwrap(),
+            Route::Worker(WorkerId(1))
+        );
+        assert_eq!(
+            route(&Destination::AllWorkers, &dir).unwrap(),
+            Route::Broadcast(vec![WorkerId(1), WorkerId(2)])
+        );
         assert_eq!(route(&Destination::Primary, &dir).unwrap(), Route::Primary);
     }
 

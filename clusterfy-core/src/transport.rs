@@ -125,7 +125,11 @@ pub trait Transport: Send + Sync + Debug + 'static {
 
     /// Primary side, before spawn: set what the child needs (environment, piped stdio) on
     /// `command`, and return the rendezvous that completes the connection after spawn.
-    async fn prepare(&self, info: &SpawnInfo, command: &mut tokio::process::Command) -> Result<Box<dyn Rendezvous>>;
+    async fn prepare(
+        &self,
+        info: &SpawnInfo,
+        command: &mut tokio::process::Command,
+    ) -> Result<Box<dyn Rendezvous>>;
 
     /// Worker side: connect to the primary as the environment says.
     async fn connect(&self, env: &WorkerEnv) -> Result<Connection>;

@@ -66,8 +66,11 @@ impl<Ctx: Send + 'static> CommandRegistry<Ctx> {
             .with_context("command", C::NAME));
         }
         if self.handlers.contains_key(C::NAME) {
-            return Err(Error::new(ErrorKind::AlreadyExists, "a handler for this command is already registered")
-                .with_context("command", C::NAME));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                "a handler for this command is already registered",
+            )
+            .with_context("command", C::NAME));
         }
         Ok(())
     }
@@ -95,7 +98,8 @@ impl<Ctx: Send + 'static> CommandRegistry<Ctx> {
             Ok(result) => result.map_err(|e| {
                 if e.context_value("command").is_some() { e } else { e.with_context("command", name) }
             }),
-            Err(_) => Err(Error::new(ErrorKind::CommandFailed, "the command handler panicked").with_context("command", name)),
+            Err(_) => Err(Error::new(ErrorKind::CommandFailed, "the command handler panicked")
+                .with_context("command", name)),
         }
     }
 }

@@ -8,14 +8,15 @@ pub mod storage;
 mod worker;
 
 pub use clusterfy_core::{
-    Command, Error, ErrorKind, Origin, Path, Result, Target, Value, WorkerId, WorkerSelector, WorkerStatus, from_value,
-    to_value, value,
+    Command, Error, ErrorKind, Origin, Path, Result, Target, Value, WorkerId, WorkerSelector, WorkerStatus,
+    from_value, to_value, value,
 };
 pub use commands::BroadcastReply;
 pub use events::{Event, EventStream, ExitReason, WorkerRef};
 pub use primary::{
-    DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Primary, PrimaryBuilder, PrimaryContext,
-    Program, RestartPolicy, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions, WorkerState,
+    DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Primary, PrimaryBuilder,
+    PrimaryContext, Program, RestartPolicy, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions,
+    WorkerState,
 };
 pub use worker::{
     DEFAULT_WORKER_REQUEST_TIMEOUT, SHUTDOWN_HOOKS_TIMEOUT, Worker, WorkerBuilder, WorkerContext, WorkerEvent,
@@ -27,6 +28,8 @@ pub use clusterfy_core as core;
 /// Transports: how workers talk to the primary.
 pub mod transport {
     pub use clusterfy_core::{Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
+    #[cfg(feature = "transport-stdio")]
+    pub use clusterfy_transport_stdio::StdioTransport;
     #[cfg(feature = "transport-uds")]
     pub use clusterfy_transport_uds::UdsTransport;
 }
@@ -50,5 +53,9 @@ pub enum Role {
 /// Whether this process is the primary or a worker (the original's
 /// `isCurrentProcessPrimary`), judged by the `CLUSTERFY_WORKER_ID` variable a primary sets.
 pub fn role() -> Role {
-    if std::env::var_os(clusterfy_core::transport::ENV_WORKER_ID).is_some() { Role::Worker } else { Role::Primary }
+    if std::env::var_os(clusterfy_core::transport::ENV_WORKER_ID).is_some() {
+        Role::Worker
+    } else {
+        Role::Primary
+    }
 }

@@ -54,10 +54,8 @@ pub(crate) async fn read_first(reader: &mut ByteReader, decoder: &mut FrameDecod
         if let Some(message) = decoder.decode::<Message>()? {
             return Ok(message);
         }
-        let n = reader
-            .read_buf(decoder.buffer_mut())
-            .await
-            .map_err(|e| Error::io("reading the handshake", e))?;
+        let n =
+            reader.read_buf(decoder.buffer_mut()).await.map_err(|e| Error::io("reading the handshake", e))?;
         if n == 0 {
             return Err(Error::new(ErrorKind::Closed, "the peer closed the connection during the handshake"));
         }
@@ -65,7 +63,11 @@ pub(crate) async fn read_first(reader: &mut ByteReader, decoder: &mut FrameDecod
 }
 
 /// Writes one frame directly (the handshake, before a link exists).
-pub(crate) async fn write_single(writer: &mut ByteWriter, message: &Message, max_frame_len: usize) -> Result<()> {
+pub(crate) async fn write_single(
+    writer: &mut ByteWriter,
+    message: &Message,
+    max_frame_len: usize,
+) -> Result<()> {
     let mut buf = Vec::new();
     encode_frame(message, max_frame_len, &mut buf)?;
     writer.write_all(&buf).await.map_err(|e| Error::io("writing the handshake", e))?;
@@ -209,7 +211,12 @@ impl LinkReader {
     }
 }
 
-async fn read_loop(link: Arc<Link>, mut reader: ByteReader, mut decoder: FrameDecoder, inbound: Arc<dyn Inbound>) -> LinkEnd {
+async fn read_loop(
+    link: Arc<Link>,
+    mut reader: ByteReader,
+    mut decoder: FrameDecoder,
+    inbound: Arc<dyn Inbound>,
+) -> LinkEnd {
     let end = loop {
         match decoder.decode::<Message>() {
             Ok(Some(message)) => {

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, from_payload, to_payload};
 use clusterfy_core::protocol::{
-    CommandRequest, Destination, Hello, Message, Notice, PROTOCOL_VERSION, Reply, Request, RequestId, ShutdownAck,
+    CommandRequest, Destination, Hello, Message, Notice, PROTOCOL_VERSION, Reply, Request, RequestId,
+    ShutdownAck,
 };
 use clusterfy_core::session::check_welcome;
 use clusterfy_core::transport::{ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
 use clusterfy_core::{
-    Command, Error, ErrorKind, Origin, Result, Target, Transport, WorkerEnv, WorkerId, WorkerSelector, WorkerStatus,
+    Command, Error, ErrorKind, Origin, Result, Target, Transport, WorkerEnv, WorkerId, WorkerSelector,
+    WorkerStatus,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -154,9 +156,12 @@ impl WorkerBuilder {
         let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, worker_id, token });
         write_single(&mut connection.writer, &hello, max_frame_len).await?;
         let mut decoder = FrameDecoder::new(max_frame_len);
-        let first = tokio::time::timeout(self.request_timeout, read_first(&mut connection.reader, &mut decoder))
-            .await
-            .map_err(|_| Error::new(ErrorKind::Timeout, "the primary did not answer the handshake in time"))??;
+        let first =
+            tokio::time::timeout(self.request_timeout, read_first(&mut connection.reader, &mut decoder))
+                .await
+                .map_err(|_| {
+                    Error::new(ErrorKind::Timeout, "the primary did not answer the handshake in time")
+                })??;
         let welcome = check_welcome(first, worker_id)?;
         let (link, reader) = Link::new(
             "the primary".to_owned(),
@@ -200,6 +205,8 @@ fn transport_named(name: &str) -> Result<Arc<dyn Transport>> {
     match name {
         #[cfg(feature = "transport-uds")]
         "uds" => Ok(Arc::new(clusterfy_transport_uds::UdsTransport::new())),
+        #[cfg(feature = "transport-stdio")]
+        "stdio" => Ok(Arc::new(clusterfy_transport_stdio::StdioTransport::new())),
         other => Err(Error::new(
             ErrorKind::Config,
             format!(
@@ -305,8 +312,11 @@ impl Worker {
         if !matches!(status, WorkerStatus::Idle | WorkerStatus::Processing | WorkerStatus::Stopping)
             || !current.can_become(status)
         {
-            return Err(Error::new(ErrorKind::InvalidState, format!("cannot change status from {current} to {status}"))
-                .with_context("worker", &self.inner.me));
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("cannot change status from {current} to {status}"),
+            )
+            .with_context("worker", &self.inner.me));
         }
         self.set_local_status(status);
         self.inner.link.notify(Notice::Status(status)).await
@@ -361,7 +371,9 @@ impl Worker {
                         .and_then(|p| from_payload(&p).map_err(|e| e.with_context("command", C::NAME))),
                 })
                 .collect()),
-            other => Err(Error::new(ErrorKind::Protocol, format!("unexpected reply to a broadcast: {other:?}"))),
+            other => {
+                Err(Error::new(ErrorKind::Protocol, format!("unexpected reply to a broadcast: {other:?}")))
+            }
         }
     }
 
@@ -384,7 +396,8 @@ impl Worker {
     }
 
     async fn run_hooks(&self) {
-        let hooks: Vec<ShutdownHook> = std::mem::take(&mut *self.inner.hooks.lock().unwrap_or_else(|p| p.into_inner()));
+        let hooks: Vec<ShutdownHook> =
+            std::mem::take(&mut *self.inner.hooks.lock().unwrap_or_else(|p| p.into_inner()));
         let all = async {
             for hook in hooks {
                 if std::panic::AssertUnwindSafe(hook()).catch_unwind().await.is_err() {

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use clusterfy_core::protocol::{BroadcastEntry, CommandRequest, Destination, Notice, Reply, Request, RequestId};
+use clusterfy_core::protocol::{
+    BroadcastEntry, CommandRequest, Destination, Notice, Reply, Request, RequestId,
+};
 use clusterfy_core::session::Route;
 use clusterfy_core::{Error, ErrorKind, Origin, Result, WireError};
 
@@ -48,7 +50,10 @@ impl PrimaryInbound {
         self.inner.emit(Event::Command { from: command.origin.clone(), name: command.name.clone(), to });
         match route {
             Route::Primary => {
-                let ctx = PrimaryContext { primary: Primary { inner: Arc::clone(&self.inner) }, origin: command.origin };
+                let ctx = PrimaryContext {
+                    primary: Primary { inner: Arc::clone(&self.inner) },
+                    origin: command.origin,
+                };
                 self.inner.commands.run(&command.name, command.payload, ctx).await.map(Reply::Command)
             }
             Route::Worker(id) => {
@@ -99,7 +104,9 @@ impl Inbound for PrimaryInbound {
                     Some((false, current)) => {
                         let err = Error::new(
                             ErrorKind::Protocol,
-                            format!("worker reported an illegal status change {current} -> {status}; ignored"),
+                            format!(
+                                "worker reported an illegal status change {current} -> {status}; ignored"
+                            ),
                         )
                         .with_context("worker", &worker);
                         self.inner.emit(Event::Error { worker: Some(worker), error: Arc::new(err) });

@@ -16,8 +16,8 @@ use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, from_payload, to_payload};
 use clusterfy_core::protocol::{CommandRequest, Destination, Reply, Request, ShutdownAck};
 use clusterfy_core::session::{Route, RouteEntry, route};
 use clusterfy_core::{
-    Command, Error, ErrorKind, Origin, Result, StorageBackend, Target, Transport, Value, WorkerId, WorkerSelector,
-    WorkerStatus,
+    Command, Error, ErrorKind, Origin, Result, StorageBackend, Target, Transport, Value, WorkerId,
+    WorkerSelector, WorkerStatus,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -264,7 +264,10 @@ impl PrimaryInner {
         });
         found.map(|s| s.worker.clone()).ok_or_else(|| {
             let names: Vec<&str> = slots.values().map(|s| s.worker.name.as_str()).collect();
-            Error::new(ErrorKind::UnknownWorker, format!("no {selector} in this cluster; known workers: [{}]", names.join(", ")))
+            Error::new(
+                ErrorKind::UnknownWorker,
+                format!("no {selector} in this cluster; known workers: [{}]", names.join(", ")),
+            )
         })
     }
 
@@ -280,13 +283,16 @@ impl PrimaryInner {
 
     pub(crate) fn link_of(&self, id: WorkerId) -> Result<(WorkerRef, Arc<Link>)> {
         let slots = self.slots();
-        let slot = slots
-            .get(&id)
-            .ok_or_else(|| Error::new(ErrorKind::UnknownWorker, format!("no worker #{id} in this cluster")))?;
+        let slot = slots.get(&id).ok_or_else(|| {
+            Error::new(ErrorKind::UnknownWorker, format!("no worker #{id} in this cluster"))
+        })?;
         match &slot.link {
             Some(link) => Ok((slot.worker.clone(), Arc::clone(link))),
-            None => Err(Error::new(ErrorKind::WorkerExited, "the worker is not connected (exited or still starting)")
-                .with_context("worker", &slot.worker.name)),
+            None => Err(Error::new(
+                ErrorKind::WorkerExited,
+                "the worker is not connected (exited or still starting)",
+            )
+            .with_context("worker", &slot.worker.name)),
         }
     }
 
@@ -296,7 +302,9 @@ impl PrimaryInner {
         let name = command.name.clone();
         match link.request(Request::Command(command), self.request_timeout).await {
             Ok(Reply::Command(payload)) => Ok(payload),
-            Ok(other) => Err(Error::new(ErrorKind::Protocol, format!("unexpected reply to a command: {other:?}"))),
+            Ok(other) => {
+                Err(Error::new(ErrorKind::Protocol, format!("unexpected reply to a command: {other:?}")))
+            }
             Err(err) => Err(add_command_context(err, &name, &worker)),
         }
     }
@@ -304,7 +312,11 @@ impl PrimaryInner {
 
 impl PrimaryInner {
     /// Sends `command` to each worker in `ids` at once and gathers every answer, in `ids` order.
-    pub(crate) async fn fan_out(&self, ids: Vec<WorkerId>, command: CommandRequest) -> Vec<(WorkerRef, Result<Vec<u8>>)> {
+    pub(crate) async fn fan_out(
+        &self,
+        ids: Vec<WorkerId>,
+        command: CommandRequest,
+    ) -> Vec<(WorkerRef, Result<Vec<u8>>)> {
         let calls = ids.into_iter().map(|id| {
             let command = command.clone();
             async move {
@@ -389,14 +401,22 @@ impl Primary {
             );
         }
         let (spawned_tx, spawned_rx) = oneshot::channel();
-        tokio::spawn(supervisor::supervise(Arc::clone(&self.inner), worker.clone(), options, control_rx, spawned_tx));
+        tokio::spawn(supervisor::supervise(
+            Arc::clone(&self.inner),
+            worker.clone(),
+            options,
+            control_rx,
+            spawned_tx,
+        ));
         match spawned_rx.await {
             Ok(Ok(())) => Ok(worker),
             Ok(Err(err)) => {
                 self.inner.slots().remove(&id);
                 Err(err.with_context("worker", name))
             }
-            Err(_) => Err(Error::new(ErrorKind::InvalidState, "the worker's supervisor stopped before spawning it")),
+            Err(_) => {
+                Err(Error::new(ErrorKind::InvalidState, "the worker's supervisor stopped before spawning it"))
+            }
         }
     }
 
@@ -415,7 +435,8 @@ impl Primary {
                         WorkerState::Ready | WorkerState::Stopped => {}
                         WorkerState::Exited | WorkerState::GaveUp if slot.ever_ready => {}
                         WorkerState::Exited | WorkerState::GaveUp => {
-                            let how = slot.last_exit.map_or_else(|| "spawn failure".to_owned(), |e| e.to_string());
+                            let how =
+                                slot.last_exit.map_or_else(|| "spawn failure".to_owned(), |e| e.to_string());
                             return Err(Error::new(
                                 ErrorKind::WorkerExited,
                                 format!("worker exited ({how}) before it was ready; see its stderr"),
@@ -481,7 +502,11 @@ impl Primary {
             origin: Origin::Primary,
             payload: to_payload(&command)?,
         };
-        self.inner.emit(Event::Command { from: Origin::Primary, name: C::NAME.to_owned(), to: target.name.clone() });
+        self.inner.emit(Event::Command {
+            from: Origin::Primary,
+            name: C::NAME.to_owned(),
+            to: target.name.clone(),
+        });
         let payload = self.inner.command_to_worker(target.id, request).await?;
         from_payload(&payload).map_err(|e| e.with_context("command", C::NAME))
     }
@@ -492,7 +517,11 @@ impl Primary {
         let Route::Broadcast(ids) = self.inner.route(&Destination::AllWorkers)? else {
             return Err(Error::new(ErrorKind::Protocol, "broadcast did not route to workers"));
         };
-        self.inner.emit(Event::Command { from: Origin::Primary, name: C::NAME.to_owned(), to: "all workers".into() });
+        self.inner.emit(Event::Command {
+            from: Origin::Primary,
+            name: C::NAME.to_owned(),
+            to: "all workers".into(),
+        });
         let request = CommandRequest {
             name: C::NAME.to_owned(),
             destination: Destination::Here,
@@ -512,7 +541,11 @@ impl Primary {
     /// Shuts one worker down gracefully (the original's `shutdownWorker`): sends `cy_shutdown`
     /// (an idle worker runs its shutdown hooks and exits; a busy one turns Stopping and exits
     /// when done), and kills it with SIGKILL if it has not exited after `timeout`.
-    pub async fn shutdown_worker(&self, worker: impl Into<WorkerSelector>, timeout: Duration) -> Result<ShutdownOutcome> {
+    pub async fn shutdown_worker(
+        &self,
+        worker: impl Into<WorkerSelector>,
+        timeout: Duration,
+    ) -> Result<ShutdownOutcome> {
         let target = self.inner.find(&worker.into())?;
         let deadline = tokio::time::Instant::now() + timeout;
         let (incarnation, link, control) = {
@@ -536,7 +569,9 @@ impl Primary {
                     tracing::debug!(worker = %target, "busy worker turned Stopping");
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(err)) => tracing::debug!(worker = %target, error = %err, "shutdown request not answered"),
+                Ok(Err(err)) => {
+                    tracing::debug!(worker = %target, error = %err, "shutdown request not answered")
+                }
                 Err(_) => {}
             }
         }

@@ -110,7 +110,12 @@ fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn build_command(inner: &PrimaryInner, worker: &WorkerRef, options: &WorkerOptions, token: &str) -> Result<tokio::process::Command> {
+fn build_command(
+    inner: &PrimaryInner,
+    worker: &WorkerRef,
+    options: &WorkerOptions,
+    token: &str,
+) -> Result<tokio::process::Command> {
     let (path, args) = match &options.program {
         Some(program) => (program.path.clone(), program.args.clone()),
         None => {
@@ -149,8 +154,11 @@ async fn run_once(
     let mut rendezvous = inner.transport.prepare(&info, &mut command).await?;
     let program = command.as_std().get_program().to_string_lossy().into_owned();
     let mut child = command.spawn().map_err(|e| {
-        Error::new(ErrorKind::Io, format!("could not start worker program {program:?}: {e}; check the path and its permissions"))
-            .with_source(e)
+        Error::new(
+            ErrorKind::Io,
+            format!("could not start worker program {program:?}: {e}; check the path and its permissions"),
+        )
+        .with_source(e)
     })?;
     rendezvous.attach(&mut child)?;
     let pid = child.id();
@@ -178,7 +186,8 @@ async fn run_once(
     };
 
     // Connect: the process must pass the handshake within the ready timeout.
-    let connecting = tokio::time::timeout(inner.ready_timeout, connect(inner, worker, rendezvous.as_mut(), token));
+    let connecting =
+        tokio::time::timeout(inner.ready_timeout, connect(inner, worker, rendezvous.as_mut(), token));
     tokio::pin!(connecting);
     let (link, mut reader) = loop {
         tokio::select! {
@@ -242,7 +251,11 @@ async fn wait_exit(exit_rx: &mut oneshot::Receiver<ExitReason>) -> ExitReason {
 }
 
 /// Owns the child: reports its exit, and kills it on request.
-async fn reap(mut child: tokio::process::Child, mut kill: oneshot::Receiver<()>, exit: oneshot::Sender<ExitReason>) {
+async fn reap(
+    mut child: tokio::process::Child,
+    mut kill: oneshot::Receiver<()>,
+    exit: oneshot::Sender<ExitReason>,
+) {
     let status = tokio::select! {
         status = child.wait() => status,
         Ok(()) = &mut kill => {
@@ -272,11 +285,14 @@ async fn connect(
     loop {
         let mut connection = rendezvous.accept().await?;
         let mut decoder = FrameDecoder::new(inner.max_frame_len);
-        let checked = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_first(&mut connection.reader, &mut decoder)).await {
-            Ok(Ok(first)) => handshake.check_hello(first),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(Error::new(ErrorKind::Timeout, "connection sent no Hello in time")),
-        };
+        let checked =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_first(&mut connection.reader, &mut decoder))
+                .await
+            {
+                Ok(Ok(first)) => handshake.check_hello(first),
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(Error::new(ErrorKind::Timeout, "connection sent no Hello in time")),
+            };
         if let Err(err) = checked {
             let err = err.with_context("worker", worker).with_context("connection", &connection.description);
             let notice = Message::Notice(Notice::Error(WireError::from(&err)));

@@ -13,9 +13,9 @@ use serde::de::DeserializeOwned;
 
 pub use tree::SharedStorage;
 
+pub use clusterfy_core::{BatchOp, Capabilities, CasConflict, StorageBackend};
 #[cfg(feature = "storage-mem")]
 pub use clusterfy_storage_mem::MemStorage;
-pub use clusterfy_core::{BatchOp, Capabilities, CasConflict, StorageBackend};
 
 use crate::link::Link;
 
@@ -139,7 +139,10 @@ impl Storage {
         new: Option<Value>,
     ) -> Result<std::result::Result<(), Option<Value>>> {
         let path = parse(path)?;
-        match self.exec(StorageRequest::CompareAndSwap { path: path.as_str().to_owned(), expected, new }).await? {
+        match self
+            .exec(StorageRequest::CompareAndSwap { path: path.as_str().to_owned(), expected, new })
+            .await?
+        {
             Reply::Swapped(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
@@ -154,7 +157,8 @@ impl Storage {
     {
         let mut current = self.retrieve_value(path).await?;
         for _ in 0..UPDATE_ATTEMPTS {
-            let typed = current.clone().map(from_value::<T>).transpose().map_err(|e| e.with_context("path", path))?;
+            let typed =
+                current.clone().map(from_value::<T>).transpose().map_err(|e| e.with_context("path", path))?;
             let next = f(typed);
             let next_value = next.as_ref().map(to_value).transpose()?;
             match self.compare_and_swap_value(path, current, next_value).await? {
