@@ -1,11 +1,13 @@
 //! Replays the original clusterfy demo: a primary with four named workers, commands between
 //! them, shared storage, a crash with revival, and a graceful shutdown.
 //!
-//! Run it with `cargo run --example demo`. The same binary is the primary and, re-executed by
-//! `fork`, each worker.
+//! Run it with `cargo run --example demo` (Unix sockets), or over the workers' stdin/stdout with
+//! `cargo run --example demo -- --transport stdio`. The same binary is the primary and,
+//! re-executed by `fork` with the same arguments, each worker.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use clusterfy::transport::{StdioTransport, UdsTransport};
 use clusterfy::{
     Command, Event, Primary, Result, Role, Target, Worker, WorkerOptions, WorkerStatus, role, value,
 };
@@ -73,7 +75,9 @@ fn now_millis() -> u128 {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match role() {
@@ -82,8 +86,27 @@ async fn main() -> Result<()> {
     }
 }
 
+/// A primary builder with the transport named by `--transport uds|stdio` (default uds).
+fn builder_with_chosen_transport() -> Result<clusterfy::PrimaryBuilder> {
+    let args: Vec<String> = std::env::args().collect();
+    let name = args
+        .iter()
+        .position(|a| a == "--transport")
+        .and_then(|i| args.get(i + 1))
+        .map_or("uds", String::as_str);
+    match name {
+        "uds" => Ok(Primary::builder().transport(UdsTransport::new())),
+        "stdio" => Ok(Primary::builder().transport(StdioTransport::new())),
+        other => Err(clusterfy::Error::new(
+            clusterfy::ErrorKind::InvalidInput,
+            format!("unknown transport {other:?}; use --transport uds or --transport stdio"),
+        )),
+    }
+}
+
 async fn primary() -> Result<()> {
-    let primary = Primary::builder().initial_storage(value!({"test": {"some": 1}})).build().await?;
+    let primary =
+        builder_with_chosen_transport()?.initial_storage(value!({"test": {"some": 1}})).build().await?;
 
     let mut events = primary.events();
     tokio::spawn(async move {
@@ -92,7 +115,9 @@ async fn primary() -> Result<()> {
                 Event::Ready { worker } => println!("[primary] event: {worker} is ready"),
                 Event::Status { worker, status } => println!("[primary] event: {worker} is now {status}"),
                 Event::Exit { worker, reason } => println!("[primary] event: {worker} exited ({reason})"),
-                Event::Revived { worker, restarts } => println!("[primary] event: {worker} revived ({restarts}x)"),
+                Event::Revived { worker, restarts } => {
+                    println!("[primary] event: {worker} revived ({restarts}x)")
+                }
                 _ => {}
             }
         }
@@ -144,7 +169,9 @@ async fn primary() -> Result<()> {
 async fn worker() -> Result<()> {
     let worker = Worker::builder()
         .command(|_: GetTimestamp, _| async { Ok(now_millis()) })
-        .command(|ask: AskTimestampOf, ctx| async move { ctx.worker().run(ask.other.as_str(), GetTimestamp).await })
+        .command(|ask: AskTimestampOf, ctx| async move {
+            ctx.worker().run(ask.other.as_str(), GetTimestamp).await
+        })
         .command(|save: SaveGreeting, ctx| async move {
             let worker = ctx.worker();
             worker.set_status(WorkerStatus::Processing).await?;
