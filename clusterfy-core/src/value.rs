@@ -138,8 +138,8 @@ impl Value {
         }
     }
 
-    /// The kind with an article, to complete "found ...".
-    fn kind_phrase(&self) -> &'static str {
+    /// The kind with an article, for messages: "a string", "an integer", "null".
+    pub fn kind_phrase(&self) -> &'static str {
         match self {
             Value::Null => "null",
             Value::Bool(_) => "a boolean",

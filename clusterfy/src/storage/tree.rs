@@ -74,7 +74,7 @@ impl SharedStorage {
                 ErrorKind::InvalidInput,
                 format!(
                     "the initial storage must be a map, not {}; pass a map of the top-level keys",
-                    with_article(&initial)
+                    initial.kind_phrase()
                 ),
             ));
         }
@@ -172,7 +172,7 @@ impl SharedStorage {
                 format!(
                     "cannot save {} at the root: the root of the storage is always a map; \
                      save a map, or save the value at a path such as \"config\"",
-                    with_article(&value)
+                    value.kind_phrase()
                 ),
             )
             .with_context("path", path));
@@ -224,7 +224,7 @@ impl SharedStorage {
                                     "cannot save {:?}: {dotted:?} holds {}, not a map; only maps have \
                                      children, so delete or replace {dotted:?} first",
                                     path.as_str(),
-                                    with_article(&value)
+                                    value.kind_phrase()
                                 ),
                             )
                             .with_context("path", path)
@@ -469,21 +469,6 @@ fn corrupt(path: &Path, key: &[u8], why: impl fmt::Display) -> Error {
 /// A dotted path for messages: quoted, or "the root".
 fn describe(dotted: &str) -> String {
     if dotted.is_empty() { "the root".to_owned() } else { format!("{dotted:?}") }
-}
-
-/// The kind of a value with its article, for messages: "a string", "an integer". Worded as
-/// `Value`'s own (private) phrases so that messages read alike.
-fn with_article(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Int(_) | Value::UInt(_) => "an integer",
-        Value::Float(_) => "a float",
-        Value::String(_) => "a string",
-        Value::Bytes(_) => "bytes",
-        Value::List(_) => "a list",
-        Value::Map(_) => "a map",
-    }
 }
 
 #[cfg(test)]
