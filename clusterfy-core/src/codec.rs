@@ -39,7 +39,10 @@ pub fn encode_frame<T: Serialize + ?Sized>(
             ),
         ));
     }
-    let len = u32::try_from(len).map_err(|_| Error::new(ErrorKind::Protocol, "frame longer than 4 GiB"))?;
+    let Ok(len) = u32::try_from(len) else {
+        out.truncate(start);
+        return Err(Error::new(ErrorKind::Protocol, "frame longer than 4 GiB; the length prefix is 32 bits"));
+    };
     out[start..start + HEADER_LEN].copy_from_slice(&len.to_le_bytes());
     Ok(())
 }
@@ -76,6 +79,11 @@ impl FrameDecoder {
     /// A decoder refusing payloads larger than `max_frame_len`.
     pub fn new(max_frame_len: usize) -> Self {
         FrameDecoder { max_frame_len, buf: BytesMut::with_capacity(8 * 1024) }
+    }
+
+    /// Changes the limit for frames not yet started (after a handshake, for example).
+    pub fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.max_frame_len = max_frame_len;
     }
 
     /// The buffer to read more bytes into (for `AsyncReadExt::read_buf`).

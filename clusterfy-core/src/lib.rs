@@ -22,4 +22,5 @@ pub use protocol::{Origin, WorkerId, WorkerSelector, WorkerStatus};
 pub use storage::{BatchOp, Capabilities, CasConflict, StorageBackend};
 pub use transport::{Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
 pub use value::{Value, from_value, to_value};
-#[cfg(test)] mod protocol_properties;
+#[cfg(test)]
+mod protocol_properties;

@@ -19,8 +19,6 @@ pub const ENV_TRANSPORT: &str = "CLUSTERFY_TRANSPORT";
 pub const ENV_WORKER_ID: &str = "CLUSTERFY_WORKER_ID";
 /// Environment variable with the worker's one-time handshake token.
 pub const ENV_TOKEN: &str = "CLUSTERFY_TOKEN";
-/// Environment variable with the primary's process id (workers use it to notice an orphaning race).
-pub const ENV_PRIMARY_PID: &str = "CLUSTERFY_PRIMARY_PID";
 
 /// The reading half of a connection.
 pub type ByteReader = Box<dyn AsyncRead + Send + Unpin>;

@@ -33,6 +33,8 @@ enum Outgoing {
     Frame(Vec<u8>),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
+    /// Write what is queued before it, then close the stream so the peer sees it end.
+    Close,
 }
 
 type Waiter = oneshot::Sender<Result<Reply>>;
@@ -248,6 +250,8 @@ async fn read_loop(
             let _ = link.outbox.try_send(Outgoing::Frame(frame));
         }
     }
+    // Whatever ended reading ends the connection both ways, so the peer is never left waiting.
+    let _ = link.outbox.try_send(Outgoing::Close);
     link.close();
     end
 }
@@ -266,7 +270,8 @@ fn dispatch(link: &Arc<Link>, inbound: &Arc<dyn Inbound>, message: Message) {
 async fn write_loop(mut writer: ByteWriter, mut rx: mpsc::Receiver<Outgoing>, peer: String) {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut flushed = Vec::new();
-    while let Some(first) = rx.recv().await {
+    let mut close = false;
+    while !close && let Some(first) = rx.recv().await {
         buf.clear();
         let mut next = Some(first);
         // Drain what is already queued so many small frames go out in one write.
@@ -274,8 +279,9 @@ async fn write_loop(mut writer: ByteWriter, mut rx: mpsc::Receiver<Outgoing>, pe
             match item {
                 Outgoing::Frame(frame) => buf.extend_from_slice(&frame),
                 Outgoing::Flush(done) => flushed.push(done),
+                Outgoing::Close => close = true,
             }
-            next = if buf.len() < 256 * 1024 { rx.try_recv().ok() } else { None };
+            next = if buf.len() < 256 * 1024 && !close { rx.try_recv().ok() } else { None };
         }
         if !buf.is_empty()
             && let Err(err) = writer.write_all(&buf).await

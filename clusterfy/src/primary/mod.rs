@@ -34,6 +34,8 @@ use crate::storage::{SharedStorage, Storage};
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a worker has from spawn to ready.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Smallest accepted `max_frame_len`: room for any handshake and error notice.
+const MIN_MAX_FRAME_LEN: usize = 4096;
 /// Default time a worker has to exit after a shutdown request before it is killed.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -120,7 +122,7 @@ impl PrimaryBuilder {
         self
     }
 
-    /// Largest frame accepted or sent (default 16 MiB).
+    /// Largest frame accepted or sent (default 16 MiB; at least 4 KiB, below 4 GiB).
     #[must_use]
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
         self.max_frame_len = bytes;
@@ -131,6 +133,15 @@ impl PrimaryBuilder {
     pub async fn build(mut self) -> Result<Primary> {
         if let Some(err) = self.commands.take_error() {
             return Err(err);
+        }
+        if !(MIN_MAX_FRAME_LEN..=u32::MAX as usize).contains(&self.max_frame_len) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "max_frame_len {} is out of range: it must be at least {MIN_MAX_FRAME_LEN} bytes and below 4 GiB",
+                    self.max_frame_len
+                ),
+            ));
         }
         let transport = match self.transport.take() {
             Some(t) => t,

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use clusterfy_core::codec::FrameDecoder;
 use clusterfy_core::protocol::{Message, Notice, PROTOCOL_VERSION, Welcome};
 use clusterfy_core::session::PrimaryHandshake;
-use clusterfy_core::transport::{
-    ENV_PRIMARY_PID, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, Rendezvous, SpawnInfo,
-};
+use clusterfy_core::transport::{ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, Rendezvous, SpawnInfo};
 use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerStatus};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +22,8 @@ use crate::events::{Event, ExitReason, WorkerRef};
 use crate::link::{Link, LinkEnd, read_first, write_single};
 use crate::{ENV_MAX_FRAME_LEN, ENV_WORKER_NAME};
 
+/// Largest frame an unauthenticated connection may send (a `Hello` is well below 1 KiB).
+const HANDSHAKE_MAX_FRAME_LEN: usize = 4096;
 /// Time a new connection has to present its `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a worker whose connection ended has to exit by itself before it is killed: a worker
@@ -132,7 +132,6 @@ fn build_command(
         .env(ENV_WORKER_NAME, &worker.name)
         .env(ENV_TOKEN, token)
         .env(ENV_TRANSPORT, inner.transport.name())
-        .env(ENV_PRIMARY_PID, std::process::id().to_string())
         .env(ENV_MAX_FRAME_LEN, inner.max_frame_len.to_string())
         .stdin(Stdio::null())
         // No orphans even if the primary's runtime is dropped without a shutdown.
@@ -284,7 +283,8 @@ async fn connect(
     let mut handshake = PrimaryHandshake::new(worker.id, token);
     loop {
         let mut connection = rendezvous.accept().await?;
-        let mut decoder = FrameDecoder::new(inner.max_frame_len);
+        // Until it authenticates, a connection may only send a small Hello.
+        let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
         let checked =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_first(&mut connection.reader, &mut decoder))
                 .await
@@ -300,6 +300,7 @@ async fn connect(
             inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err) });
             continue;
         }
+        decoder.set_max_frame_len(inner.max_frame_len);
         let restarts = inner.slots().get(&worker.id).map_or(0, |s| s.restarts);
         let welcome = Message::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,
