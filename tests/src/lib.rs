@@ -1,2 +1,356 @@
 //! Shared pieces of Clusterfy's end-to-end tests and benchmarks: the command types the helper
-//! worker binaries and the tests agree on.
+//! worker binary (`test-worker`) and the tests agree on, the scenarios that binary plays, and the
+//! environment variables the tests use to talk to it.
+//!
+//! Every command here targets workers unless its docs say otherwise; `test-worker` registers a
+//! handler for each worker command except [`Unregistered`].
+
+use std::fmt;
+
+use clusterfy::{Command, Target, Value, WorkerSelector, WorkerStatus};
+use serde::{Deserialize, Serialize};
+
+/// Path of a file the worker's shutdown hook writes `"<name> ran its shutdown hook"` to.
+pub const ENV_HOOK_FILE: &str = "CLUSTERFY_TEST_HOOK_FILE";
+/// What the `garbage` scenario sends instead of a reply: [`GARBAGE_UNDECODABLE`] or
+/// [`GARBAGE_OVERSIZE`].
+pub const ENV_GARBAGE: &str = "CLUSTERFY_TEST_GARBAGE";
+/// A complete frame whose payload is not a protocol message.
+pub const GARBAGE_UNDECODABLE: &str = "undecodable";
+/// A frame header announcing a payload far above the primary's maximum frame size.
+pub const GARBAGE_OVERSIZE: &str = "oversize";
+
+/// What the `garbage` scenario's process exits with when the primary closed its connection
+/// after the malformed frame, having told it why (a `Notice::Error` of kind protocol).
+pub const GARBAGE_CLOSED_WITH_NOTICE: i32 = 0;
+/// What the `garbage` scenario's process exits with when the connection closed without a notice.
+pub const GARBAGE_CLOSED_WITHOUT_NOTICE: i32 = 3;
+
+/// The first line the `primary` scenario prints on stdout, followed by its workers' pids.
+pub const PIDS_LINE_PREFIX: &str = "worker-pids";
+
+/// How a `test-worker` process behaves; passed as its first argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Registers every worker command, connects and idles until shut down.
+    Normal,
+    /// Connects, turns Processing for good, never finishes and traps SIGTERM (each one is
+    /// reported to the primary as [`Note`] `"sigterm"`), so only SIGKILL ends it.
+    IgnoreShutdown,
+    /// Never connects to the primary; just waits.
+    NeverConnect,
+    /// Exits with code 1 before connecting.
+    CrashOnStart,
+    /// First connects with a wrong token using raw frames, records how the primary answered
+    /// (see [`HandshakeReport`]), then connects properly and behaves as [`Scenario::Normal`].
+    Evil,
+    /// Speaks the protocol by hand: a valid handshake, `Ready`, then answers the first request
+    /// with the malformed bytes [`ENV_GARBAGE`] names, and exits once the primary hangs up.
+    Garbage,
+    /// Plays a primary: forks two [`Scenario::Normal`] workers of this binary, waits until they
+    /// are ready, prints [`PIDS_LINE_PREFIX`] and their pids on one stdout line, and waits. It
+    /// registers [`Note`], and passes [`ENV_HOOK_FILE`] (with the worker's name appended) on to
+    /// its workers.
+    Primary,
+}
+
+impl Scenario {
+    /// Every scenario.
+    pub const ALL: [Scenario; 7] = [
+        Scenario::Normal,
+        Scenario::IgnoreShutdown,
+        Scenario::NeverConnect,
+        Scenario::CrashOnStart,
+        Scenario::Evil,
+        Scenario::Garbage,
+        Scenario::Primary,
+    ];
+
+    /// The argument that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Normal => "normal",
+            Scenario::IgnoreShutdown => "ignore-shutdown",
+            Scenario::NeverConnect => "never-connect",
+            Scenario::CrashOnStart => "crash-on-start",
+            Scenario::Evil => "evil",
+            Scenario::Garbage => "garbage",
+            Scenario::Primary => "primary",
+        }
+    }
+
+    /// The scenario an argument selects.
+    pub fn parse(arg: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.as_str() == arg)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Answers with its text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Echo {
+    /// What to send back.
+    pub text: String,
+}
+
+impl Command for Echo {
+    const NAME: &'static str = "test.echo";
+    const TARGET: Target = Target::Worker;
+    type Reply = String;
+}
+
+/// Who a worker is, as it sees itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Its worker id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+    /// How often it was revived before this process.
+    pub restarts: u32,
+}
+
+/// Answers with the worker's [`Identity`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI;
+
+impl Command for WhoAmI {
+    const NAME: &'static str = "test.who_am_i";
+    const TARGET: Target = Target::Worker;
+    type Reply = Identity;
+}
+
+/// As [`WhoAmI`], but the worker named `slow` first waits `ms` milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowWhoAmI {
+    /// The worker that answers late.
+    pub slow: String,
+    /// How late.
+    pub ms: u64,
+}
+
+impl Command for SlowWhoAmI {
+    const NAME: &'static str = "test.slow_who_am_i";
+    const TARGET: Target = Target::Worker;
+    type Reply = Identity;
+}
+
+/// Turns Processing, sleeps `ms` milliseconds, turns Idle (which exits the worker if a shutdown
+/// request arrived meanwhile), then answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sleep {
+    /// How long to be busy.
+    pub ms: u64,
+}
+
+impl Command for Sleep {
+    const NAME: &'static str = "test.sleep";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// Exits the worker process at once with `code`; never answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitWith {
+    /// The exit code.
+    pub code: i32,
+}
+
+impl Command for ExitWith {
+    const NAME: &'static str = "test.exit_with";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// Changes the worker's status with `Worker::set_status`; answers with the status afterwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetStatus {
+    /// The status to set.
+    pub status: WorkerStatus,
+}
+
+impl Command for SetStatus {
+    const NAME: &'static str = "test.set_status";
+    const TARGET: Target = Target::Worker;
+    type Reply = WorkerStatus;
+}
+
+/// Switches Processing / Idle `times` times each, as fast as possible (many status events).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlapStatus {
+    /// How many Processing -> Idle rounds.
+    pub times: u32,
+}
+
+impl Command for FlapStatus {
+    const NAME: &'static str = "test.flap_status";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// Turns Processing and answers; the worker stays busy until the primary asks it to shut down
+/// (`Worker::shutdown_requested`), then turns Idle, which finishes the shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkUntilShutdown;
+
+impl Command for WorkUntilShutdown {
+    const NAME: &'static str = "test.work_until_shutdown";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// Asks another worker, through the primary, for its [`Identity`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AskWhoAmI {
+    /// The worker to ask.
+    pub target: WorkerSelector,
+}
+
+impl Command for AskWhoAmI {
+    const NAME: &'static str = "test.ask_who_am_i";
+    const TARGET: Target = Target::Worker;
+    type Reply = Identity;
+}
+
+/// Broadcasts [`WhoAmI`] from this worker to every worker; answers with each worker's name and
+/// identity or error text, in the order the broadcast returned them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BroadcastWhoAmI;
+
+impl Command for BroadcastWhoAmI {
+    const NAME: &'static str = "test.broadcast_who_am_i";
+    const TARGET: Target = Target::Worker;
+    type Reply = Vec<(String, Result<Identity, String>)>;
+}
+
+/// Runs [`PrimaryEcho`] on the primary and answers with its reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallPrimary {
+    /// The text to pass on.
+    pub text: String,
+}
+
+impl Command for CallPrimary {
+    const NAME: &'static str = "test.call_primary";
+    const TARGET: Target = Target::Worker;
+    type Reply = String;
+}
+
+/// Saves `value` at `path` from the worker (`save`, or `save_with_parents` if `create_parents`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaveAt {
+    /// Dotted path.
+    pub path: String,
+    /// The value.
+    pub value: Value,
+    /// Create missing parent maps.
+    pub create_parents: bool,
+}
+
+impl Command for SaveAt {
+    const NAME: &'static str = "test.save_at";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// Reads the value or subtree at `path` from the worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadAt {
+    /// Dotted path.
+    pub path: String,
+}
+
+impl Command for ReadAt {
+    const NAME: &'static str = "test.read_at";
+    const TARGET: Target = Target::Worker;
+    type Reply = Option<Value>;
+}
+
+/// Compare-and-swap from the worker; answers `Err(current)` when it lost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompareAndSwapAt {
+    /// Dotted path.
+    pub path: String,
+    /// The value expected there (`None`: nothing).
+    pub expected: Option<Value>,
+    /// The value to write (`None`: delete).
+    pub new: Option<Value>,
+}
+
+impl Command for CompareAndSwapAt {
+    const NAME: &'static str = "test.compare_and_swap_at";
+    const TARGET: Target = Target::Worker;
+    type Reply = Result<(), Option<Value>>;
+}
+
+/// Adds one to the integer at `path` (missing counts as 0) `times` times, each with
+/// `Storage::update`; answers with the last value written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IncrementMany {
+    /// Dotted path of the counter.
+    pub path: String,
+    /// How many increments.
+    pub times: u32,
+}
+
+impl Command for IncrementMany {
+    const NAME: &'static str = "test.increment_many";
+    const TARGET: Target = Target::Worker;
+    type Reply = i64;
+}
+
+/// Answers how the `evil` scenario's first connection, with a wrong token, was answered:
+/// `"refused: <kind>, then closed"`, `"closed without a notice"`, `"welcomed"`, or
+/// `"no such attempt"` in other scenarios.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandshakeReport;
+
+impl Command for HandshakeReport {
+    const NAME: &'static str = "test.handshake_report";
+    const TARGET: Target = Target::Worker;
+    type Reply = String;
+}
+
+/// Never registered by `test-worker`: sending it must fail with an unknown-command error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unregistered;
+
+impl Command for Unregistered {
+    const NAME: &'static str = "test.unregistered";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// Targets the primary: the tests register a handler that answers with the text and who sent it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrimaryEcho {
+    /// The text.
+    pub text: String,
+}
+
+impl Command for PrimaryEcho {
+    const NAME: &'static str = "test.primary_echo";
+    const TARGET: Target = Target::Primary;
+    type Reply = String;
+}
+
+/// Targets the primary: a one-way report from a worker (for example `"sigterm"` when the
+/// `ignore-shutdown` scenario traps one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Note {
+    /// What happened.
+    pub text: String,
+}
+
+impl Command for Note {
+    const NAME: &'static str = "test.note";
+    const TARGET: Target = Target::Primary;
+    type Reply = ();
+}
