@@ -115,7 +115,8 @@ pub struct SpawnInfo {
 ///   future leaves the rendezvous usable or cleanly failed (`worker_that_never_connects_times_out`).
 /// - [`Transport::connect`] on a worker with missing variables fails with
 ///   [`ErrorKind::Config`] naming the variable (`worker_without_environment_gets_config_error`).
-/// - [`Transport::close`] releases what `prepare` created (socket files, directories).
+/// - [`Transport::close`] releases what `prepare` created (socket files, directories)
+///   (`close_removes_what_prepare_created`).
 #[async_trait]
 pub trait Transport: Send + Sync + Debug + 'static {
     /// A short stable name, written to [`ENV_TRANSPORT`] so the worker picks the same transport.
