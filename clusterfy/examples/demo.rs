@@ -182,7 +182,7 @@ async fn worker() -> Result<()> {
         })
         .command(|_: ReadGreeting, ctx| async move { ctx.worker().retrieve::<String>("test").await })
         .command(|_: Crash, _| async { std::process::exit(3) })
-        .on_shutdown(|| async { eprintln!("[worker] shutdown hook ran") })
+        .on_shutdown(|reason| async move { eprintln!("[worker] shutdown hook ran ({reason:?})") })
         .connect()
         .await?;
     println!("[worker] {} (#{}) is ready", worker.name(), worker.id());

@@ -19,7 +19,8 @@ pub use primary::{
     WorkerState,
 };
 pub use worker::{
-    DEFAULT_WORKER_REQUEST_TIMEOUT, SHUTDOWN_HOOKS_TIMEOUT, Worker, WorkerBuilder, WorkerContext, WorkerEvent,
+    DEFAULT_WORKER_REQUEST_TIMEOUT, SHUTDOWN_HOOKS_TIMEOUT, ShutdownReason, Worker, WorkerBuilder,
+    WorkerContext, WorkerEvent,
 };
 
 /// The contracts, for writing your own transport or storage backend.

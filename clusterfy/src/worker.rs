@@ -74,7 +74,19 @@ impl WorkerContext {
     }
 }
 
-type ShutdownHook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+/// Why a worker is shutting down, as told to its shutdown hooks.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// The primary asked (`cy_shutdown`, from `Primary::shutdown_worker` or a cluster shutdown).
+    Requested,
+    /// The connection to the primary ended: the primary exited or died.
+    PrimaryGone,
+    /// The worker program called [`Worker::exit`] with this code.
+    Exit(i32),
+}
+
+type ShutdownHook = Box<dyn FnOnce(ShutdownReason) -> BoxFuture<'static, ()> + Send>;
 
 /// Builds a [`Worker`] and connects it.
 pub struct WorkerBuilder {
@@ -105,10 +117,10 @@ impl WorkerBuilder {
     #[must_use]
     pub fn on_shutdown<F, Fut>(mut self, hook: F) -> Self
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(ShutdownReason) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.hooks.push(Box::new(move || hook().boxed()));
+        self.hooks.push(Box::new(move |reason| hook(reason).boxed()));
         self
     }
 
@@ -235,7 +247,7 @@ fn guard_against_orphaning() {
 async fn exit_when_primary_is_gone(worker: Worker, reader: tokio::task::JoinHandle<LinkEnd>) {
     let end = reader.await;
     tracing::warn!(worker = %worker.inner.me, end = ?end, "connection to the primary ended; exiting");
-    worker.run_hooks().await;
+    worker.run_hooks(ShutdownReason::PrimaryGone).await;
     std::process::exit(PRIMARY_LOST_EXIT_CODE);
 }
 
@@ -286,11 +298,16 @@ impl Worker {
 
     /// The current status.
     pub fn status(&self) -> WorkerStatus {
-        *self.inner.status.lock().unwrap_or_else(|p| p.into_inner())
+        *self.lock_status()
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, WorkerStatus> {
+        // A status is a plain value; a panic elsewhere cannot leave it half-written.
+        self.inner.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set_local_status(&self, status: WorkerStatus) -> WorkerStatus {
-        let mut current = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.lock_status();
         let before = *current;
         *current = status;
         drop(current);
@@ -305,21 +322,36 @@ impl Worker {
     /// shutdown request. Setting `Idle` after a shutdown request turned the worker `Stopping`
     /// finishes the shutdown: hooks run and the process exits with code 0.
     pub async fn set_status(&self, status: WorkerStatus) -> Result<()> {
-        let current = self.status();
-        if current == WorkerStatus::Stopping && status == WorkerStatus::Idle {
-            self.exit(0).await;
+        // Decided under the lock, so a shutdown request arriving at the same moment either sees
+        // the new status or turns it Stopping first; never both are lost.
+        let changed = {
+            let mut current = self.lock_status();
+            let before = *current;
+            if before == WorkerStatus::Stopping && status == WorkerStatus::Idle {
+                None
+            } else if !matches!(
+                status,
+                WorkerStatus::Idle | WorkerStatus::Processing | WorkerStatus::Stopping
+            ) || !before.can_become(status)
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!("cannot change status from {before} to {status}"),
+                )
+                .with_context("worker", &self.inner.me));
+            } else {
+                *current = status;
+                Some(before != status)
+            }
+        };
+        match changed {
+            None => self.finish(ShutdownReason::Requested, 0).await,
+            Some(false) => Ok(()),
+            Some(true) => {
+                let _ = self.inner.events.send(WorkerEvent::Status(status));
+                self.inner.link.notify(Notice::Status(status)).await
+            }
         }
-        if !matches!(status, WorkerStatus::Idle | WorkerStatus::Processing | WorkerStatus::Stopping)
-            || !current.can_become(status)
-        {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                format!("cannot change status from {current} to {status}"),
-            )
-            .with_context("worker", &self.inner.me));
-        }
-        self.set_local_status(status);
-        self.inner.link.notify(Notice::Status(status)).await
     }
 
     /// Typed access to the shared storage on the primary.
@@ -395,12 +427,12 @@ impl Worker {
         let _ = rx.wait_for(|requested| *requested).await;
     }
 
-    async fn run_hooks(&self) {
+    async fn run_hooks(&self, reason: ShutdownReason) {
         let hooks: Vec<ShutdownHook> =
             std::mem::take(&mut *self.inner.hooks.lock().unwrap_or_else(|p| p.into_inner()));
         let all = async {
             for hook in hooks {
-                if std::panic::AssertUnwindSafe(hook()).catch_unwind().await.is_err() {
+                if std::panic::AssertUnwindSafe(hook(reason)).catch_unwind().await.is_err() {
                     tracing::error!("a shutdown hook panicked");
                 }
             }
@@ -413,7 +445,11 @@ impl Worker {
     /// Runs the shutdown hooks, tells the primary, and exits the process with `code` (the
     /// original's `exit`).
     pub async fn exit(&self, code: i32) -> ! {
-        self.run_hooks().await;
+        self.finish(ShutdownReason::Exit(code), code).await
+    }
+
+    async fn finish(&self, reason: ShutdownReason, code: i32) -> ! {
+        self.run_hooks(reason).await;
         self.set_local_status(WorkerStatus::Stopping);
         let link = &self.inner.link;
         // Best effort: the primary learns of the exit from the process anyway.
@@ -422,12 +458,25 @@ impl Worker {
         std::process::exit(code)
     }
 
-    fn on_shutdown_request(&self) -> ShutdownAck {
+    /// Decides how to take `cy_shutdown`; the flag `true` says this request turned the worker
+    /// Stopping.
+    fn on_shutdown_request(&self) -> (ShutdownAck, bool) {
+        let decision = {
+            let mut current = self.lock_status();
+            match *current {
+                WorkerStatus::Processing => {
+                    *current = WorkerStatus::Stopping;
+                    (ShutdownAck::Stopping, true)
+                }
+                WorkerStatus::Stopping => (ShutdownAck::Stopping, false),
+                WorkerStatus::Initializing | WorkerStatus::Loaded | WorkerStatus::Idle => {
+                    (ShutdownAck::Exiting, false)
+                }
+            }
+        };
+        // Raised after the status changed, so code woken by it already sees Stopping.
         let _ = self.inner.shutdown.send_replace(true);
-        match self.status() {
-            WorkerStatus::Processing | WorkerStatus::Stopping => ShutdownAck::Stopping,
-            WorkerStatus::Initializing | WorkerStatus::Loaded | WorkerStatus::Idle => ShutdownAck::Exiting,
-        }
+        decision
     }
 }
 
@@ -456,16 +505,15 @@ impl WorkerInbound {
                 worker.inner.commands.run(&command.name, command.payload, ctx).await.map(Reply::Command)
             }
             Request::Shutdown => {
-                let ack = worker.on_shutdown_request();
+                let (ack, turned_stopping) = worker.on_shutdown_request();
+                if turned_stopping {
+                    let _ = worker.inner.events.send(WorkerEvent::Status(WorkerStatus::Stopping));
+                    let _ = worker.inner.events.send(WorkerEvent::ShutdownRequested);
+                    let _ = link.notify(Notice::Status(WorkerStatus::Stopping)).await;
+                }
                 let _ = link.reply(id, Ok(Reply::Shutdown(ack))).await;
-                match ack {
-                    ShutdownAck::Exiting => worker.exit(0).await,
-                    ShutdownAck::Stopping => {
-                        if worker.set_local_status(WorkerStatus::Stopping) != WorkerStatus::Stopping {
-                            let _ = link.notify(Notice::Status(WorkerStatus::Stopping)).await;
-                            let _ = worker.inner.events.send(WorkerEvent::ShutdownRequested);
-                        }
-                    }
+                if ack == ShutdownAck::Exiting {
+                    worker.finish(ShutdownReason::Requested, 0).await;
                 }
                 return;
             }

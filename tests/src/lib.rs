@@ -10,8 +10,13 @@ use std::fmt;
 use clusterfy::{Command, Target, Value, WorkerSelector, WorkerStatus};
 use serde::{Deserialize, Serialize};
 
-/// Path of a file the worker's shutdown hook writes `"<name> ran its shutdown hook"` to.
+/// Path of a file the worker's shutdown hook writes `"<name> ran its shutdown hook: <why>"` to,
+/// where `<why>` is [`HOOK_SHUTDOWN_REQUESTED`] or [`HOOK_NO_SHUTDOWN_REQUEST`].
 pub const ENV_HOOK_FILE: &str = "CLUSTERFY_TEST_HOOK_FILE";
+/// The hook ran after the primary asked the worker to shut down.
+pub const HOOK_SHUTDOWN_REQUESTED: &str = "shutdown requested";
+/// The hook ran without a shutdown request (for example because the primary went away).
+pub const HOOK_NO_SHUTDOWN_REQUEST: &str = "no shutdown request";
 /// What the `garbage` scenario sends instead of a reply: [`GARBAGE_UNDECODABLE`] or
 /// [`GARBAGE_OVERSIZE`].
 pub const ENV_GARBAGE: &str = "CLUSTERFY_TEST_GARBAGE";
@@ -169,6 +174,20 @@ impl Command for ExitWith {
     type Reply = ();
 }
 
+/// Ends the worker with `Worker::exit(code)`: shutdown hooks, a last Stopping status to the
+/// primary, then the process exits; never answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitGracefully {
+    /// The exit code.
+    pub code: i32,
+}
+
+impl Command for ExitGracefully {
+    const NAME: &'static str = "test.exit_gracefully";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
 /// Changes the worker's status with `Worker::set_status`; answers with the status afterwards.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetStatus {
@@ -196,9 +215,13 @@ impl Command for FlapStatus {
 }
 
 /// Turns Processing and answers; the worker stays busy until the primary asks it to shut down
-/// (`Worker::shutdown_requested`), then turns Idle, which finishes the shutdown.
+/// (`Worker::shutdown_requested`), works `finish_ms` milliseconds more, then turns Idle, which
+/// finishes the shutdown.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkUntilShutdown;
+pub struct WorkUntilShutdown {
+    /// Time from the shutdown request to the end of the work.
+    pub finish_ms: u64,
+}
 
 impl Command for WorkUntilShutdown {
     const NAME: &'static str = "test.work_until_shutdown";

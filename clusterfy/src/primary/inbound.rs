@@ -93,14 +93,18 @@ impl Inbound for PrimaryInbound {
         match notice {
             Notice::Status(status) => {
                 let accepted = self.inner.update_slot(worker.id, |s| {
-                    let ok = s.status.can_become(status);
+                    let before = s.status;
+                    let ok = before.can_become(status);
                     if ok {
                         s.status = status;
                     }
-                    (ok, s.status)
+                    (ok, before)
                 });
                 match accepted {
-                    Some((true, _)) => self.inner.emit(Event::Status { worker, status }),
+                    Some((true, before)) if before != status => {
+                        self.inner.emit(Event::Status { worker, status })
+                    }
+                    Some((true, _)) => {}
                     Some((false, current)) => {
                         let err = Error::new(
                             ErrorKind::Protocol,

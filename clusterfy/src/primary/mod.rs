@@ -3,6 +3,7 @@
 mod inbound;
 mod options;
 mod restart;
+mod signals;
 mod stats;
 mod supervisor;
 
@@ -67,9 +68,20 @@ pub struct PrimaryBuilder {
     request_timeout: Duration,
     ready_timeout: Duration,
     max_frame_len: usize,
+    handle_signals: bool,
 }
 
 impl PrimaryBuilder {
+    /// Whether SIGINT and SIGTERM shut the cluster down gracefully (default: yes). When one
+    /// arrives, every worker is shut down as by [`Primary::shutdown`] with
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`], and the process then exits with 128 + the signal number; a
+    /// second signal exits at once. Turn it off to handle signals yourself.
+    #[must_use]
+    pub fn handle_signals(mut self, handle: bool) -> Self {
+        self.handle_signals = handle;
+        self
+    }
+
     /// Chooses how workers connect (default: Unix sockets, with feature `transport-uds`).
     #[must_use]
     pub fn transport(mut self, transport: impl Transport) -> Self {
@@ -157,7 +169,7 @@ impl PrimaryBuilder {
         }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (changed, _) = watch::channel(());
-        Ok(Primary {
+        let primary = Primary {
             inner: Arc::new(PrimaryInner {
                 transport,
                 storage,
@@ -171,7 +183,11 @@ impl PrimaryBuilder {
                 ready_timeout: self.ready_timeout,
                 max_frame_len: self.max_frame_len,
             }),
-        })
+        };
+        if self.handle_signals {
+            signals::shut_down_on_signals(Arc::downgrade(&primary.inner))?;
+        }
+        Ok(primary)
     }
 }
 
@@ -232,6 +248,8 @@ pub(crate) struct Slot {
     pub(crate) link: Option<Arc<Link>>,
     pub(crate) control: mpsc::UnboundedSender<Control>,
     pub(crate) last_exit: Option<ExitReason>,
+    /// Why the current or last process could not connect, if it could not.
+    pub(crate) connect_failure: Option<Arc<Error>>,
 }
 
 pub(crate) struct PrimaryInner {
@@ -368,6 +386,7 @@ impl Primary {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            handle_signals: true,
         }
     }
 
@@ -408,6 +427,7 @@ impl Primary {
                     link: None,
                     control,
                     last_exit: None,
+                    connect_failure: None,
                 },
             );
         }
@@ -445,6 +465,13 @@ impl Primary {
                     match slot.state {
                         WorkerState::Ready | WorkerState::Stopped => {}
                         WorkerState::Exited | WorkerState::GaveUp if slot.ever_ready => {}
+                        WorkerState::Exited | WorkerState::GaveUp
+                            if let Some(failure) =
+                                slot.connect_failure.as_ref().filter(|f| f.kind() == ErrorKind::Timeout) =>
+                        {
+                            return Err(Error::new(ErrorKind::Timeout, failure.message().to_owned())
+                                .with_context("worker", &slot.worker));
+                        }
                         WorkerState::Exited | WorkerState::GaveUp => {
                             let how =
                                 slot.last_exit.map_or_else(|| "spawn failure".to_owned(), |e| e.to_string());

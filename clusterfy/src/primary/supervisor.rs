@@ -22,6 +22,8 @@ use crate::events::{Event, ExitReason, WorkerRef};
 use crate::link::{Link, LinkEnd, read_first, write_single};
 use crate::{ENV_MAX_FRAME_LEN, ENV_WORKER_NAME};
 
+/// Time to read what a worker wrote just before it exited.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 /// Largest frame an unauthenticated connection may send (a `Hello` is well below 1 KiB).
 const HANDSHAKE_MAX_FRAME_LEN: usize = 4096;
 /// Time a new connection has to present its `Hello`.
@@ -102,6 +104,10 @@ fn record_exit(inner: &PrimaryInner, worker: &WorkerRef, reason: Option<ExitReas
             s.last_exit = reason;
         }
     });
+    // Published after the record, so a subscriber that reacts by asking `workers()` sees it.
+    if let Some(reason) = reason {
+        inner.emit(Event::Exit { worker: worker.clone(), reason });
+    }
 }
 
 fn new_token() -> String {
@@ -134,6 +140,9 @@ fn build_command(
         .env(ENV_TRANSPORT, inner.transport.name())
         .env(ENV_MAX_FRAME_LEN, inner.max_frame_len.to_string())
         .stdin(Stdio::null())
+        // Its own process group: a Ctrl-C in the terminal reaches only the primary, which then
+        // shuts the workers down gracefully instead of all of them dying at once.
+        .process_group(0)
         // No orphans even if the primary's runtime is dropped without a shutdown.
         .kill_on_drop(true);
     Ok(command)
@@ -168,6 +177,7 @@ async fn run_once(
         s.status = WorkerStatus::Initializing;
         s.started = Instant::now();
         s.link = None;
+        s.connect_failure = None;
     });
     if let Some(tx) = spawned.take() {
         let _ = tx.send(Ok(()));
@@ -193,14 +203,14 @@ async fn run_once(
             connected = &mut connecting => match connected {
                 Ok(Ok(pair)) => break pair,
                 Ok(Err(err)) => {
-                    inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err) });
+                    connect_failed(inner, worker, err);
                     kill_now();
                     return Ok(wait_exit(&mut exit_rx).await);
                 }
                 Err(_) => {
-                    let err = Error::new(ErrorKind::Timeout, format!("worker did not connect within {:?}; killing it", inner.ready_timeout))
+                    let err = Error::new(ErrorKind::Timeout, format!("worker did not connect within {:?}; killed it", inner.ready_timeout))
                         .with_context("worker", worker);
-                    inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err) });
+                    connect_failed(inner, worker, err);
                     kill_now();
                     return Ok(wait_exit(&mut exit_rx).await);
                 }
@@ -235,14 +245,25 @@ async fn run_once(
             Some(Control::Kill) = control.recv() => kill_now(),
         }
     };
-    // The process is gone: whatever was in flight to it fails now, not when a read notices.
-    link.close();
     if !reader_done {
-        reader.abort();
+        // The process is dead, so its end of the stream is closed: what it wrote last (a final
+        // status, a reply) is still buffered and is read before the EOF; the bound only guards
+        // against a descendant that inherited the connection.
+        if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader).await.is_err() {
+            reader.abort();
+        }
         inner.emit(Event::Disconnect { worker: worker.clone() });
     }
-    inner.emit(Event::Exit { worker: worker.clone(), reason });
+    // The process is gone: whatever was still in flight to it fails now.
+    link.close();
     Ok(reason)
+}
+
+/// Reports why a worker could not connect and keeps it for [`Primary::ready`](super::Primary::ready).
+fn connect_failed(inner: &PrimaryInner, worker: &WorkerRef, err: Error) {
+    let err = Arc::new(err);
+    inner.update_slot(worker.id, |s| s.connect_failure = Some(Arc::clone(&err)));
+    inner.emit(Event::Error { worker: Some(worker.clone()), error: err });
 }
 
 async fn wait_exit(exit_rx: &mut oneshot::Receiver<ExitReason>) -> ExitReason {

@@ -1,0 +1,203 @@
+//! The harness of the end-to-end tests: the helper worker program, a primary with short
+//! timeouts, and waiting for events with a deadline.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clusterfy::{
+    ErrorKind, Event, EventStream, Origin, Primary, PrimaryBuilder, Program, WorkerInfo, WorkerOptions,
+    WorkerRef,
+};
+use clusterfy_tests::{Note, PrimaryEcho, Scenario};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+/// Bound of every single wait in these tests: far above what a healthy run needs, so that only a
+/// real hang trips it.
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
+
+/// The `test-worker` binary playing `scenario`.
+pub(crate) fn test_worker_program(scenario: Scenario) -> Program {
+    Program::new(env!("CARGO_BIN_EXE_test-worker"), [scenario.as_str()])
+}
+
+/// Options that run `test-worker` with `scenario`.
+pub(crate) fn options(scenario: Scenario) -> WorkerOptions {
+    WorkerOptions::default().program(test_worker_program(scenario))
+}
+
+/// Path of the `test-worker` binary.
+pub(crate) fn test_worker_path() -> OsString {
+    OsString::from(env!("CARGO_BIN_EXE_test-worker"))
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A primary builder with short timeouts (ready 20 s, requests 5 s) and a [`PrimaryEcho`]
+/// handler answering `"<text> from <sender's name>"`.
+pub(crate) fn primary_builder() -> PrimaryBuilder {
+    init_tracing();
+    Primary::builder().ready_timeout(Duration::from_secs(20)).request_timeout(Duration::from_secs(5)).command(
+        |echo: PrimaryEcho, ctx| async move {
+            let from = match ctx.origin() {
+                Origin::Primary => "the primary".to_owned(),
+                Origin::Worker { name, .. } => name.clone(),
+            };
+            Ok(format!("{} from {from}", echo.text))
+        },
+    )
+}
+
+/// Adds a [`Note`] handler to `builder` that forwards every note's sender and text to the
+/// returned receiver.
+pub(crate) fn with_notes(
+    builder: PrimaryBuilder,
+) -> (PrimaryBuilder, mpsc::UnboundedReceiver<(String, String)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let builder = builder.command(move |note: Note, ctx| {
+        let tx = tx.clone();
+        async move {
+            let from = match ctx.origin() {
+                Origin::Primary => "the primary".to_owned(),
+                Origin::Worker { name, .. } => name.clone(),
+            };
+            let _ = tx.send((from, note.text));
+            Ok(())
+        }
+    });
+    (builder, rx)
+}
+
+/// Builds a primary (see [`primary_builder`]), forks a [`Scenario::Normal`] worker per name
+/// and waits until all are ready.
+pub(crate) async fn start_cluster(names: &[&str]) -> Primary {
+    let primary = primary_builder().build().await.expect("building the primary");
+    for name in names {
+        primary.fork(name, options(Scenario::Normal)).await.expect("forking a worker");
+    }
+    bounded("ready()", primary.ready()).await.expect("every worker gets ready");
+    primary
+}
+
+/// `future`, failing the test if it takes longer than [`WAIT`].
+pub(crate) async fn bounded<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(WAIT, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what} did not finish within {WAIT:?}"),
+    }
+}
+
+/// Reads events until one matches `predicate`, for at most `within`; returns every event read,
+/// the matching one last. Fails the test on timeout, on the end of the stream, and on a
+/// [`Event::Lagged`] the predicate does not accept (the awaited event may be among the missed).
+pub(crate) async fn events_until(
+    events: &mut EventStream,
+    within: Duration,
+    what: &str,
+    mut predicate: impl FnMut(&Event) -> bool,
+) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Err(_) => panic!("no event {what} within {within:?}; events seen meanwhile: {seen:#?}"),
+            Ok(None) => panic!("the event stream ended before an event {what}; events seen: {seen:#?}"),
+            Ok(Some(event)) => {
+                let hit = predicate(&event);
+                if !hit && matches!(event, Event::Lagged { .. }) {
+                    panic!("the event stream lagged while waiting for an event {what}: {event:?}");
+                }
+                seen.push(event);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+/// The next event matching `predicate` within `within` (see [`events_until`]).
+pub(crate) async fn next_event_matching(
+    events: &mut EventStream,
+    within: Duration,
+    what: &str,
+    predicate: impl FnMut(&Event) -> bool,
+) -> Event {
+    let mut seen = events_until(events, within, what, predicate).await;
+    seen.pop().expect("events_until returns the matching event")
+}
+
+/// Whether `event` concerns the worker named `name`.
+pub(crate) fn is_about(event: &Event, name: &str) -> bool {
+    let worker: Option<&WorkerRef> = match event {
+        Event::Forked { worker, .. }
+        | Event::Online { worker }
+        | Event::Ready { worker }
+        | Event::Status { worker, .. }
+        | Event::Disconnect { worker }
+        | Event::Exit { worker, .. }
+        | Event::Revived { worker, .. }
+        | Event::GaveUp { worker, .. } => Some(worker),
+        Event::Error { worker, .. } => worker.as_ref(),
+        _ => None,
+    };
+    worker.is_some_and(|w| w.name == name)
+}
+
+/// Whether `event` is an [`Event::Error`] of `kind` about the worker named `name`.
+pub(crate) fn is_error_of(event: &Event, name: &str, kind: ErrorKind) -> bool {
+    matches!(event, Event::Error { error, .. } if error.kind() == kind) && is_about(event, name)
+}
+
+/// The primary's record of the worker named `name`.
+pub(crate) fn info(primary: &Primary, name: &str) -> WorkerInfo {
+    primary
+        .workers()
+        .into_iter()
+        .find(|w| w.name == name)
+        .unwrap_or_else(|| panic!("no worker {name:?} in {:?}", primary.workers()))
+}
+
+/// The process id of the running worker named `name`.
+pub(crate) fn pid_of(primary: &Primary, name: &str) -> nix::unistd::Pid {
+    let pid = info(primary, name).pid.unwrap_or_else(|| panic!("worker {name:?} has no running process"));
+    nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pids fit in i32"))
+}
+
+/// Whether process `pid` still runs (exists and is not a zombie waiting for a reaper).
+pub(crate) fn process_is_running(pid: nix::unistd::Pid) -> bool {
+    if nix::sys::signal::kill(pid, None).is_err() {
+        return false;
+    }
+    // Orphans are re-parented to pid 1, which in a container may never reap them: a zombie
+    // has finished running.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain spaces.
+        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Shuts the cluster down and checks every worker that was running exited by itself with code 0.
+pub(crate) async fn shut_down_cleanly(primary: &Primary) {
+    let running: Vec<String> =
+        primary.workers().into_iter().filter(|w| w.is_running()).map(|w| w.name).collect();
+    let outcomes = bounded("shutdown()", primary.shutdown(Duration::from_secs(5))).await.expect("shutdown");
+    for (worker, outcome) in outcomes.into_iter().filter(|(w, _)| running.contains(&w.name)) {
+        assert_eq!(
+            outcome,
+            clusterfy::ShutdownOutcome::Exited(clusterfy::ExitReason::Code(0)),
+            "{worker} should exit cleanly on shutdown"
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! The shared storage as workers in separate processes see it.
+
+mod common;
+
+use clusterfy::{ErrorKind, Value, value};
+use clusterfy_tests::{CompareAndSwapAt, IncrementMany, ReadAt, SaveAt};
+use common::{bounded, shut_down_cleanly, start_cluster};
+
+fn save(path: &str, value: Value) -> SaveAt {
+    SaveAt { path: path.into(), value, create_parents: false }
+}
+
+fn read(path: &str) -> ReadAt {
+    ReadAt { path: path.into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_write_and_read_the_same_path() {
+    let primary = start_cluster(&["writer", "reader"]).await;
+
+    bounded("writer saves", primary.run("writer", save("greeting", value!("hello from writer"))))
+        .await
+        .expect("save");
+    let seen = bounded("reader reads", primary.run("reader", read("greeting"))).await.expect("read");
+    assert_eq!(seen, Some(value!("hello from writer")));
+
+    bounded("reader overwrites", primary.run("reader", save("greeting", value!({"by": "reader", "n": 2}))))
+        .await
+        .expect("save");
+    let seen = bounded("writer reads", primary.run("writer", read("greeting"))).await.expect("read");
+    assert_eq!(seen, Some(value!({"by": "reader", "n": 2})));
+
+    // The primary's own view agrees.
+    let on_primary: Option<i64> = primary.storage().retrieve("greeting.n").await.expect("primary reads");
+    assert_eq!(on_primary, Some(2));
+    shut_down_cleanly(&primary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_under_a_missing_parent_fails_with_not_found_naming_the_prefix() {
+    let primary = start_cluster(&["saver"]).await;
+    primary.storage().save("present", &value!({})).await.expect("primary saves a map");
+
+    let err = bounded("save", primary.run("saver", save("present.missing.leaf", value!(1))))
+        .await
+        .expect_err("no parent");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(err.context_value("prefix"), Some("present.missing"), "{err}");
+    assert!(err.message().contains("present.missing"), "the message names the missing prefix: {err}");
+
+    let nothing = bounded("read", primary.run("saver", read("present.missing"))).await.expect("read");
+    assert_eq!(nothing, None, "a failed save leaves nothing behind");
+    shut_down_cleanly(&primary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_with_parents_creates_them_and_a_map_path_reads_the_whole_subtree() {
+    let primary = start_cluster(&["saver", "reader"]).await;
+    let deep = SaveAt { path: "tree.branch.leaf".into(), value: value!(1), create_parents: true };
+    bounded("save with parents", primary.run("saver", deep)).await.expect("save with parents");
+    bounded("save sibling", primary.run("saver", save("tree.branch.other", value!([1, "two"]))))
+        .await
+        .expect("save");
+    bounded("save second branch", primary.run("saver", save("tree.twig", value!({"x": true}))))
+        .await
+        .expect("save");
+
+    let subtree = bounded("read subtree", primary.run("reader", read("tree"))).await.expect("read subtree");
+    assert_eq!(subtree, Some(value!({"branch": {"leaf": 1, "other": [1, "two"]}, "twig": {"x": true}})));
+    let leaf =
+        bounded("read leaf", primary.run("reader", read("tree.branch.leaf"))).await.expect("read leaf");
+    assert_eq!(leaf, Some(value!(1)));
+    let missing =
+        bounded("read missing", primary.run("reader", read("tree.nothing.here"))).await.expect("read");
+    assert_eq!(missing, None, "a missing leaf is None, not an error");
+    shut_down_cleanly(&primary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_from_racing_workers_has_exactly_one_winner() {
+    let names = ["w1", "w2", "w3"];
+    let primary = start_cluster(&names).await;
+    let attempts = names.map(|name| {
+        let cas = CompareAndSwapAt { path: "leader".into(), expected: None, new: Some(value!(name)) };
+        primary.run(name, cas)
+    });
+    let outcomes = bounded("racing compare-and-swaps", futures::future::join_all(attempts)).await;
+    let stored: Option<String> = primary.storage().retrieve("leader").await.expect("read leader");
+    let leader = stored.expect("someone won");
+    let mut winners = Vec::new();
+    for (name, outcome) in names.iter().zip(outcomes) {
+        match outcome.expect("compare-and-swap request") {
+            Ok(()) => winners.push(*name),
+            Err(current) => {
+                assert_eq!(current, Some(value!(leader.as_str())), "a loser sees the winner's value")
+            }
+        }
+    }
+    assert_eq!(winners, [leader.as_str()], "exactly one compare-and-swap wins, and its value is stored");
+
+    // With the right expectation, a later swap succeeds.
+    let swap = CompareAndSwapAt {
+        path: "leader".into(),
+        expected: Some(value!(leader.as_str())),
+        new: Some(value!("w2")),
+    };
+    let outcome = bounded("swap with the right expectation", primary.run("w2", swap)).await.expect("request");
+    assert_eq!(outcome, Ok(()));
+    shut_down_cleanly(&primary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_from_several_workers_lose_no_increment() {
+    let names = ["inc1", "inc2", "inc3"];
+    let primary = start_cluster(&names).await;
+    primary.storage().save("stats", &value!({"hits": 0})).await.expect("initial counter");
+    let per_worker = 40;
+    let runs =
+        names.map(|name| primary.run(name, IncrementMany { path: "stats.hits".into(), times: per_worker }));
+    // The primary increments too, through the same storage.
+    let local = async {
+        for _ in 0..per_worker {
+            primary
+                .storage()
+                .update::<i64, _>("stats.hits", |n| Some(n.unwrap_or(0) + 1))
+                .await
+                .expect("local update");
+        }
+    };
+    let (results, ()) =
+        bounded("concurrent increments", futures::future::join(futures::future::join_all(runs), local)).await;
+    for (name, result) in names.iter().zip(results) {
+        let last = result.unwrap_or_else(|e| panic!("{name} failed: {e}"));
+        assert!(last >= i64::from(per_worker), "{name} wrote {last}, below its own count");
+    }
+    let total: Option<i64> = primary.storage().retrieve("stats.hits").await.expect("read counter");
+    assert_eq!(total, Some(4 * i64::from(per_worker)), "every increment counted");
+    shut_down_cleanly(&primary).await;
+}
