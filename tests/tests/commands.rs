@@ -15,7 +15,6 @@ use common::{
     start_cluster,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_runs_a_command_on_a_worker_by_name_and_by_id() {
     let primary = start_cluster(&["alpha", "beta"]).await;
 
@@ -32,7 +31,6 @@ async fn primary_runs_a_command_on_a_worker_by_name_and_by_id() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_runs_a_command_on_the_primary() {
     let primary = start_cluster(&["caller"]).await;
     let reply = bounded("call primary", primary.run("caller", CallPrimary { text: "ping".into() })).await;
@@ -40,7 +38,6 @@ async fn worker_runs_a_command_on_the_primary() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_runs_a_command_on_another_worker_by_name_and_by_id_through_the_primary() {
     let primary = start_cluster(&["asker", "answerer"]).await;
     let mut events = primary.events();
@@ -65,7 +62,6 @@ async fn worker_runs_a_command_on_another_worker_by_name_and_by_id_through_the_p
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_from_the_primary_gathers_the_replies_of_all_workers_not_just_the_first() {
     let primary = start_cluster(&["one", "two", "three"]).await;
     // "two" answers late: a broadcast that resolved on the first reply would miss it.
@@ -84,7 +80,6 @@ async fn broadcast_from_the_primary_gathers_the_replies_of_all_workers_not_just_
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_from_a_worker_reaches_every_worker_itself_included() {
     let primary = start_cluster(&["one", "two", "three"]).await;
     let replies = bounded("broadcast from a worker", primary.run("two", BroadcastWhoAmI)).await;
@@ -101,7 +96,6 @@ async fn broadcast_from_a_worker_reaches_every_worker_itself_included() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_command_fails_with_unknown_command() {
     let primary = start_cluster(&["plain"]).await;
     let err =
@@ -114,7 +108,6 @@ async fn unknown_command_fails_with_unknown_command() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_to_an_unknown_worker_fails_with_unknown_worker() {
     let primary = start_cluster(&["known"]).await;
     let err =
@@ -133,7 +126,6 @@ async fn command_to_an_unknown_worker_fails_with_unknown_worker() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_to_a_worker_that_dies_midway_fails_promptly_with_worker_exited() {
     let primary = primary_builder().request_timeout(Duration::from_secs(30)).build().await.expect("primary");
     primary.fork("doomed", common::options(clusterfy_tests::Scenario::Normal)).await.expect("fork");
@@ -166,3 +158,14 @@ async fn request_to_a_worker_that_dies_midway_fails_promptly_with_worker_exited(
     .await;
     assert!(matches!(exit, Event::Exit { reason: clusterfy::ExitReason::Signal(9), .. }), "{exit:?}");
 }
+
+common::over_transports!(
+    primary_runs_a_command_on_a_worker_by_name_and_by_id,
+    worker_runs_a_command_on_the_primary,
+    worker_runs_a_command_on_another_worker_by_name_and_by_id_through_the_primary,
+    broadcast_from_the_primary_gathers_the_replies_of_all_workers_not_just_the_first,
+    broadcast_from_a_worker_reaches_every_worker_itself_included,
+    unknown_command_fails_with_unknown_command,
+    command_to_an_unknown_worker_fails_with_unknown_worker,
+    request_to_a_worker_that_dies_midway_fails_promptly_with_worker_exited,
+);

@@ -17,7 +17,6 @@ use common::{
 };
 use serde::{Deserialize, Serialize};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_forks_workers_and_ready_returns_once_all_are_ready() {
     let primary = primary_builder().build().await.expect("primary");
     let mut events = primary.events();
@@ -69,7 +68,6 @@ async fn primary_forks_workers_and_ready_returns_once_all_are_ready() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_a_worker_sets_are_seen_by_the_primary() {
     let primary = start_cluster(&["moody"]).await;
     let mut events = primary.events();
@@ -104,7 +102,6 @@ async fn statuses_a_worker_sets_are_seen_by_the_primary() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forking_a_second_worker_with_a_name_in_use_fails_with_already_exists() {
     let primary = start_cluster(&["unique"]).await;
     let err = primary.fork("unique", options(Scenario::Normal)).await.expect_err("duplicate name");
@@ -172,7 +169,6 @@ async fn registering_a_reserved_or_duplicate_command_fails_when_building() {
     assert_eq!(duplicate.err().expect("a duplicate name at connect()").kind(), ErrorKind::AlreadyExists);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_fails_with_timeout_when_a_worker_never_connects() {
     let primary = primary_builder().ready_timeout(Duration::from_millis(700)).build().await.expect("primary");
     let mut events = primary.events();
@@ -185,7 +181,6 @@ async fn ready_fails_with_timeout_when_a_worker_never_connects() {
     assert!(err.to_string().contains("silent"), "the error names the worker: {err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_fails_with_worker_exited_when_a_worker_crashes_on_start_without_revive() {
     let primary = primary_builder().build().await.expect("primary");
     primary.fork("crasher", options(Scenario::CrashOnStart)).await.expect("fork");
@@ -196,7 +191,6 @@ async fn ready_fails_with_worker_exited_when_a_worker_crashes_on_start_without_r
     assert_eq!(info(&primary, "crasher").state, WorkerState::Exited);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statistics_count_running_workers_and_the_table_names_them() {
     let primary = start_cluster(&["Paul", "Sarah", "John"]).await;
     let stats = primary.statistics();
@@ -222,7 +216,6 @@ async fn statistics_count_running_workers_and_the_table_names_them() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_subscriber_that_never_reads_does_not_block_the_primary_and_learns_what_it_missed() {
     let primary = start_cluster(&["chatty"]).await;
     let mut lazy = primary.events();
@@ -243,7 +236,6 @@ async fn an_event_subscriber_that_never_reads_does_not_block_the_primary_and_lea
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_the_cluster_down_stops_every_worker_and_refuses_new_forks() {
     let primary = start_cluster(&["a", "b", "c"]).await;
     shut_down_cleanly(&primary).await;
@@ -254,3 +246,14 @@ async fn shutting_the_cluster_down_stops_every_worker_and_refuses_new_forks() {
     let err = primary.fork("late", options(Scenario::Normal)).await.expect_err("fork after shutdown");
     assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
 }
+
+common::over_transports!(
+    primary_forks_workers_and_ready_returns_once_all_are_ready,
+    statuses_a_worker_sets_are_seen_by_the_primary,
+    forking_a_second_worker_with_a_name_in_use_fails_with_already_exists,
+    ready_fails_with_timeout_when_a_worker_never_connects,
+    ready_fails_with_worker_exited_when_a_worker_crashes_on_start_without_revive,
+    statistics_count_running_workers_and_the_table_names_them,
+    an_event_subscriber_that_never_reads_does_not_block_the_primary_and_learns_what_it_missed,
+    shutting_the_cluster_down_stops_every_worker_and_refuses_new_forks,
+);

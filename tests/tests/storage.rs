@@ -14,7 +14,6 @@ fn read(path: &str) -> ReadAt {
     ReadAt { path: path.into() }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_write_and_read_the_same_path() {
     let primary = start_cluster(&["writer", "reader"]).await;
 
@@ -36,7 +35,6 @@ async fn two_workers_write_and_read_the_same_path() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_under_a_missing_parent_fails_with_not_found_naming_the_prefix() {
     let primary = start_cluster(&["saver"]).await;
     primary.storage().save("present", &value!({})).await.expect("primary saves a map");
@@ -53,7 +51,6 @@ async fn save_under_a_missing_parent_fails_with_not_found_naming_the_prefix() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_with_parents_creates_them_and_a_map_path_reads_the_whole_subtree() {
     let primary = start_cluster(&["saver", "reader"]).await;
     let deep = SaveAt { path: "tree.branch.leaf".into(), value: value!(1), create_parents: true };
@@ -76,7 +73,6 @@ async fn save_with_parents_creates_them_and_a_map_path_reads_the_whole_subtree()
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_and_swap_from_racing_workers_has_exactly_one_winner() {
     let names = ["w1", "w2", "w3"];
     let primary = start_cluster(&names).await;
@@ -109,7 +105,6 @@ async fn compare_and_swap_from_racing_workers_has_exactly_one_winner() {
     shut_down_cleanly(&primary).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_updates_from_several_workers_lose_no_increment() {
     let names = ["inc1", "inc2", "inc3"];
     let primary = start_cluster(&names).await;
@@ -137,3 +132,11 @@ async fn concurrent_updates_from_several_workers_lose_no_increment() {
     assert_eq!(total, Some(4 * i64::from(per_worker)), "every increment counted");
     shut_down_cleanly(&primary).await;
 }
+
+common::over_transports!(
+    two_workers_write_and_read_the_same_path,
+    save_under_a_missing_parent_fails_with_not_found_naming_the_prefix,
+    save_with_parents_creates_them_and_a_map_path_reads_the_whole_subtree,
+    compare_and_swap_from_racing_workers_has_exactly_one_winner,
+    concurrent_updates_from_several_workers_lose_no_increment,
+);

@@ -50,7 +50,6 @@ fn ready_after_revival(name: &str) -> impl FnMut(&Event) -> bool + '_ {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_down_an_idle_worker_runs_its_hook_and_it_exits_with_code_0() {
     let dir = tempfile::tempdir().expect("temp dir");
     let hook_file = dir.path().join("hook");
@@ -73,7 +72,6 @@ async fn shutting_down_an_idle_worker_runs_its_hook_and_it_exits_with_code_0() {
     assert_eq!(err.expect_err("the worker is gone").kind(), ErrorKind::WorkerExited);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_down_a_busy_worker_turns_it_stopping_and_it_exits_by_itself_when_done() {
     let dir = tempfile::tempdir().expect("temp dir");
     let hook_file = dir.path().join("hook");
@@ -110,7 +108,6 @@ async fn shutting_down_a_busy_worker_turns_it_stopping_and_it_exits_by_itself_wh
     assert_eq!(hook, format!("busy ran its shutdown hook: {HOOK_SHUTDOWN_REQUESTED}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_worker_finishing_the_moment_it_is_asked_to_shut_down_still_exits() {
     // The workers finish as soon as `Worker::shutdown_requested` resolves, which races with the
     // worker turning Stopping; several at once so that a lost race shows up.
@@ -151,7 +148,6 @@ async fn a_busy_worker_finishing_the_moment_it_is_asked_to_shut_down_still_exits
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_exiting_by_itself_tells_the_primary_before_it_goes() {
     // `Worker::exit` flushes a last Stopping status before the process ends; the primary must
     // read it even when it notices the exit first. Several workers, so that the race shows.
@@ -180,7 +176,6 @@ async fn a_worker_exiting_by_itself_tells_the_primary_before_it_goes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_ignoring_shutdown_and_trapping_sigterm_is_killed_with_sigkill_after_the_timeout() {
     let (builder, mut notes) = with_notes(primary_builder());
     let primary = builder.build().await.expect("primary");
@@ -210,7 +205,6 @@ async fn a_worker_ignoring_shutdown_and_trapping_sigterm_is_killed_with_sigkill_
     assert_eq!(info(&primary, "stubborn").state, WorkerState::Stopped, "a shut-down worker is not revived");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_exiting_with_a_non_zero_code_is_revived_and_answers_again() {
     let primary = primary_builder().build().await.expect("primary");
     primary.fork("phoenix", quick_revive(5)).await.expect("fork");
@@ -244,7 +238,6 @@ async fn a_worker_exiting_with_a_non_zero_code_is_revived_and_answers_again() {
     assert_eq!(primary.statistics().total_restarts(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_with_sigkill_is_revived() {
     let primary = primary_builder().build().await.expect("primary");
     primary.fork("victim", quick_revive(5)).await.expect("fork");
@@ -268,7 +261,6 @@ async fn a_worker_killed_with_sigkill_is_revived() {
     assert_ne!(pid_of(&primary, "victim"), old_pid);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_worker_without_revive_stays_down() {
     let primary = primary_builder().build().await.expect("primary");
     primary.fork("mortal", options(Scenario::Normal)).await.expect("fork");
@@ -299,7 +291,6 @@ async fn a_crashed_worker_without_revive_stays_down() {
     assert_eq!(err.expect_err("mortal is gone").kind(), ErrorKind::WorkerExited);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_crashing_too_often_is_given_up() {
     let primary = primary_builder().build().await.expect("primary");
     let mut events = primary.events();
@@ -331,7 +322,6 @@ async fn a_worker_crashing_too_often_is_given_up() {
     assert_eq!(err.kind(), ErrorKind::WorkerExited, "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_exiting_before_it_connects_is_reported_with_an_exit_event() {
     let primary = primary_builder().build().await.expect("primary");
     let mut events = primary.events();
@@ -423,3 +413,16 @@ async fn sigterm_to_the_primary_shuts_the_cluster_down_gracefully() {
         );
     }
 }
+
+common::over_transports!(
+    shutting_down_an_idle_worker_runs_its_hook_and_it_exits_with_code_0,
+    shutting_down_a_busy_worker_turns_it_stopping_and_it_exits_by_itself_when_done,
+    a_busy_worker_finishing_the_moment_it_is_asked_to_shut_down_still_exits,
+    a_worker_exiting_by_itself_tells_the_primary_before_it_goes,
+    a_worker_ignoring_shutdown_and_trapping_sigterm_is_killed_with_sigkill_after_the_timeout,
+    a_worker_exiting_with_a_non_zero_code_is_revived_and_answers_again,
+    a_worker_killed_with_sigkill_is_revived,
+    a_crashed_worker_without_revive_stays_down,
+    a_worker_crashing_too_often_is_given_up,
+    a_worker_exiting_before_it_connects_is_reported_with_an_exit_event,
+);

@@ -580,8 +580,8 @@ impl Samples {
         self.0.entry(name).or_default().push(value);
     }
 
-    /// Adds a sequential measurement's figures as `<prefix>_rtt_p50`, `<prefix>_rtt_p99` and
-    /// `<prefix>_seq_ops`.
+    /// Adds a sequential measurement's p50, p99 and requests per second under `names`, in that
+    /// order.
     fn add_sequential(&mut self, names: [&'static str; 3], figures: Figures) -> BenchResult<()> {
         let latency = figures.latency.ok_or("a sequential measurement came back without latencies")?;
         self.add(names[0], latency.p50_us);

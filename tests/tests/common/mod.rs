@@ -2,11 +2,12 @@
 //! timeouts, and waiting for events with a deadline.
 
 // Each test binary uses a different part of this module.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::ffi::OsString;
 use std::time::Duration;
 
+use clusterfy::transport::{StdioTransport, UdsTransport};
 use clusterfy::{
     ErrorKind, Event, EventStream, Origin, Primary, PrimaryBuilder, Program, WorkerInfo, WorkerOptions,
     WorkerRef,
@@ -45,9 +46,54 @@ fn init_tracing() {
 
 /// A primary builder with short timeouts (ready 20 s, requests 5 s) and a [`PrimaryEcho`]
 /// handler answering `"<text> from <sender's name>"`.
+/// The transports every end-to-end scenario runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TransportKind {
+    Uds,
+    Stdio,
+}
+
+tokio::task_local! {
+    /// The transport of the running scenario, set by [`over_transports!`].
+    static TRANSPORT: TransportKind;
+}
+
+/// Runs `scenario` with [`primary_builder`] choosing `kind`.
+pub(crate) async fn with_transport<F: std::future::Future>(kind: TransportKind, scenario: F) -> F::Output {
+    TRANSPORT.scope(kind, scenario).await
+}
+
+/// Turns each named `async fn` scenario into one test per transport: `uds::name`, `stdio::name`.
+macro_rules! over_transports {
+    ($($scenario:ident),* $(,)?) => {
+        mod uds {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    crate::common::with_transport(crate::common::TransportKind::Uds, super::$scenario()).await
+                }
+            )*
+        }
+        mod stdio {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    crate::common::with_transport(crate::common::TransportKind::Stdio, super::$scenario()).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use over_transports;
+
+/// A primary on the scenario's transport (Unix sockets outside [`over_transports!`]).
 pub(crate) fn primary_builder() -> PrimaryBuilder {
     init_tracing();
-    Primary::builder().ready_timeout(Duration::from_secs(20)).request_timeout(Duration::from_secs(5)).command(
+    let builder = match TRANSPORT.try_with(|kind| *kind).unwrap_or(TransportKind::Uds) {
+        TransportKind::Uds => Primary::builder().transport(UdsTransport::new()),
+        TransportKind::Stdio => Primary::builder().transport(StdioTransport::new()),
+    };
+    builder.ready_timeout(Duration::from_secs(20)).request_timeout(Duration::from_secs(5)).command(
         |echo: PrimaryEcho, ctx| async move {
             let from = match ctx.origin() {
                 Origin::Primary => "the primary".to_owned(),
