@@ -257,6 +257,7 @@ pub struct CommandRequest {
     /// Who sent it; filled in by the primary when it routes a worker's command.
     pub origin: Origin,
     /// The encoded arguments.
+    #[serde(with = "crate::value::bytes_repr")]
     pub payload: Vec<u8>,
 }
 
@@ -270,7 +271,7 @@ pub enum Reply {
     /// Outcome of a compare-and-swap: `Err(current)` when it lost.
     Swapped(Result<(), Option<Value>>),
     /// The encoded reply of one command.
-    Command(Vec<u8>),
+    Command(#[serde(with = "crate::value::bytes_repr")] Vec<u8>),
     /// Every worker's answer to a broadcast, in worker-id order.
     Broadcast(Vec<BroadcastEntry>),
     /// The worker's answer to `cy_shutdown`.

@@ -1626,16 +1626,18 @@ impl<'de> de::Deserializer<'de> for KeyDeserializer<'_> {
 
 /// Serde support for [`Value::Bytes`]: bytes in, bytes out, while still accepting a sequence of
 /// `u8` from formats that write bytes as arrays.
-mod bytes_repr {
+/// Serde glue for `Vec<u8>` as a byte string (postcard writes it exactly like a byte sequence,
+/// but in one copy instead of one call per byte).
+pub(crate) mod bytes_repr {
     use std::fmt;
 
     use serde::de::{self, SeqAccess, Visitor};
 
-    pub(super) fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(bytes)
     }
 
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<u8>, D::Error> {
         deserializer.deserialize_byte_buf(BytesVisitor)

@@ -159,7 +159,8 @@ impl Link {
     }
 
     async fn send(&self, message: &Message) -> Result<()> {
-        let mut frame = Vec::new();
+        // Most frames are small; one right-sized allocation beats growing from empty.
+        let mut frame = Vec::with_capacity(128);
         encode_frame(message, self.max_frame_len, &mut frame)
             .map_err(|e| e.with_context("peer", &self.peer))?;
         self.outbox.send(Outgoing::Frame(frame)).await.map_err(|_| self.closed_error())
