@@ -1,4 +1,4 @@
-//! Shared storage: the tree semantics over a [`StorageBackend`](clusterfy_core::StorageBackend)
+//! Shared storage: the tree semantics over a [`StorageBackend`]
 //! (in [`SharedStorage`]) and the typed handle both the primary and workers use.
 
 mod tree;

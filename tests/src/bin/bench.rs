@@ -28,6 +28,13 @@
 //!   `bench-b` by name; the primary routes it, so a round trip crosses two hops (four socket
 //!   writes) where the baseline crosses one (two writes).
 //!
+//! **Stdio** (a second cluster, started after the first one shut down, whose primary uses
+//! `StdioTransport`, so each worker talks over its stdin/stdout): `stdio_save_rtt_*` and
+//! `stdio_w2w_rtt_*` as above, against `raw_pipe_rtt_*`: the same sequential ping-pong over the
+//! stdin/stdout pipes of a child of this binary (`--raw-pipe-echo`), which reads and writes them
+//! through tokio pipes on duplicates of fds 0 and 1. Pipe baseline and stdio cluster are
+//! interleaved in each repetition like the others.
+//!
 //! # How
 //!
 //! Every process uses the same tokio runtime flavor (current-thread by default). Each
@@ -46,6 +53,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clusterfy::transport::StdioTransport;
 use clusterfy::{
     Command, Error, ErrorKind, Primary, Role, Target, Worker, WorkerContext, WorkerOptions, role, value,
 };
@@ -53,8 +61,8 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::unix::pipe;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
@@ -77,6 +85,8 @@ const WORKER_A: &str = "bench-a";
 const WORKER_B: &str = "bench-b";
 /// The internal flag that makes this binary the baseline's echo server.
 const RAW_ECHO_FLAG: &str = "--raw-echo";
+/// The internal flag that makes this binary the pipe baseline's echo server (on its stdin/stdout).
+const RAW_PIPE_ECHO_FLAG: &str = "--raw-pipe-echo";
 /// The flag selecting tokio's multi-thread runtime in every process.
 const MULTI_THREAD_FLAG: &str = "--multi-thread";
 /// The flag selecting a short smoke run.
@@ -111,8 +121,10 @@ impl Flavor {
 struct Options {
     quick: bool,
     flavor: Flavor,
-    /// Set in the baseline's echo child: the socket to connect to.
+    /// Set in the socket baseline's echo child: the socket to connect to.
     raw_echo: Option<PathBuf>,
+    /// Set in the pipe baseline's echo child, which echoes its stdin to its stdout.
+    raw_pipe_echo: bool,
 }
 
 fn usage() -> String {
@@ -125,7 +137,8 @@ fn usage() -> String {
 }
 
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> BenchResult<Options> {
-    let mut options = Options { quick: false, flavor: Flavor::CurrentThread, raw_echo: None };
+    let mut options =
+        Options { quick: false, flavor: Flavor::CurrentThread, raw_echo: None, raw_pipe_echo: false };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.to_str() {
@@ -136,6 +149,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> BenchResult<Options> 
                 let path = args.next().ok_or_else(|| format!("{RAW_ECHO_FLAG} needs a socket path"))?;
                 options.raw_echo = Some(PathBuf::from(path));
             }
+            Some(RAW_PIPE_ECHO_FLAG) => options.raw_pipe_echo = true,
             Some("-h" | "--help") => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -164,6 +178,9 @@ fn main() -> BenchResult<()> {
     let runtime = build_runtime(options.flavor)?;
     if let Some(socket) = &options.raw_echo {
         return runtime.block_on(raw_echo_server(socket));
+    }
+    if options.raw_pipe_echo {
+        return runtime.block_on(raw_pipe_echo_server());
     }
     match role() {
         Role::Worker => runtime.block_on(run_worker()),
@@ -232,11 +249,30 @@ fn payload() -> String {
 // Baseline: raw length-prefixed ping-pong over a Unix socket
 // ---------------------------------------------------------------------------------------------
 
-/// The baseline's echo server, in its own process: echoes each frame as it is read and flushes
-/// when no further request is buffered. Ends when the driver closes the connection.
+/// Either end of a baseline connection: a Unix socket's half or a pipe.
+type RawReader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
+/// The writing end of a baseline connection.
+type RawWriter = BufWriter<Box<dyn AsyncWrite + Send + Unpin>>;
+
+/// The socket baseline's echo server, in its own process. Ends when the driver closes the
+/// connection.
 async fn raw_echo_server(socket: &Path) -> BenchResult<()> {
     let stream = UnixStream::connect(socket).await?;
     let (reader, writer) = stream.into_split();
+    raw_echo_loop(reader, writer).await
+}
+
+/// The pipe baseline's echo server, in its own process: reads its stdin and writes its stdout
+/// through tokio pipes on duplicates of fds 0 and 1. Ends when the driver closes the child's stdin.
+async fn raw_pipe_echo_server() -> BenchResult<()> {
+    let reader = pipe::Receiver::from_owned_fd(nix::unistd::dup(io::stdin())?)?;
+    let writer = pipe::Sender::from_owned_fd(nix::unistd::dup(io::stdout())?)?;
+    raw_echo_loop(reader, writer).await
+}
+
+/// Echoes each frame as it is read and flushes when no further request is buffered, until
+/// end of input.
+async fn raw_echo_loop(reader: impl AsyncRead + Unpin, writer: impl AsyncWrite + Unpin) -> BenchResult<()> {
     let mut reader = BufReader::with_capacity(RAW_BUFFER, reader);
     let mut writer = BufWriter::with_capacity(RAW_BUFFER, writer);
     let mut header = [0u8; HEADER_LEN];
@@ -268,10 +304,7 @@ fn raw_frame() -> Vec<u8> {
 }
 
 /// Reads one echoed frame, checking its length.
-async fn read_raw_frame(
-    reader: &mut BufReader<OwnedReadHalf>,
-    payload: &mut [u8; PAYLOAD_LEN],
-) -> io::Result<()> {
+async fn read_raw_frame(reader: &mut RawReader, payload: &mut [u8; PAYLOAD_LEN]) -> io::Result<()> {
     let mut header = [0u8; HEADER_LEN];
     reader.read_exact(&mut header).await?;
     let len = u32::from_le_bytes(header) as usize;
@@ -287,29 +320,73 @@ async fn read_raw_frame(
 
 /// The driver's end of the baseline connection.
 struct RawConnection {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: RawReader,
+    writer: RawWriter,
+}
+
+impl RawConnection {
+    fn new(
+        reader: impl AsyncRead + Send + Unpin + 'static,
+        writer: impl AsyncWrite + Send + Unpin + 'static,
+    ) -> Self {
+        RawConnection {
+            reader: BufReader::with_capacity(RAW_BUFFER, Box::new(reader)),
+            writer: BufWriter::with_capacity(RAW_BUFFER, Box::new(writer)),
+        }
+    }
+}
+
+/// What carries a baseline connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawLink {
+    /// A Unix socket the child connects to.
+    Socket,
+    /// The child's stdin and stdout pipes.
+    Pipe,
 }
 
 /// The baseline's echo child and the connection to it.
 struct RawPeer {
     connection: Option<RawConnection>,
     child: tokio::process::Child,
-    /// Holds the socket file; removed on drop.
-    _dir: tempfile::TempDir,
+    /// Holds the socket file, if any; removed on drop.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl RawPeer {
-    /// Starts the echo child (this binary with [`RAW_ECHO_FLAG`]) and accepts its connection.
-    async fn spawn(flavor: Flavor) -> BenchResult<RawPeer> {
-        let dir = tempfile::Builder::new().prefix("cy-bench").tempdir()?;
-        let socket = dir.path().join("raw.sock");
-        let listener = UnixListener::bind(&socket)?;
+    /// Starts the echo child (this binary with [`RAW_ECHO_FLAG`] or [`RAW_PIPE_ECHO_FLAG`]) and
+    /// connects to it.
+    async fn spawn(flavor: Flavor, link: RawLink) -> BenchResult<RawPeer> {
+        match link {
+            RawLink::Socket => Self::spawn_socket(flavor).await,
+            RawLink::Pipe => Self::spawn_pipe(flavor),
+        }
+    }
+
+    fn echo_command(flavor: Flavor) -> io::Result<tokio::process::Command> {
         let mut command = tokio::process::Command::new(std::env::current_exe()?);
-        command.arg(RAW_ECHO_FLAG).arg(&socket).stdin(Stdio::null()).kill_on_drop(true);
+        command.kill_on_drop(true);
         if flavor == Flavor::MultiThread {
             command.arg(MULTI_THREAD_FLAG);
         }
+        Ok(command)
+    }
+
+    fn spawn_pipe(flavor: Flavor) -> BenchResult<RawPeer> {
+        let mut command = Self::echo_command(flavor)?;
+        command.arg(RAW_PIPE_ECHO_FLAG).stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = command.spawn()?;
+        let writer = child.stdin.take().ok_or("the raw pipe echo child has no stdin pipe")?;
+        let reader = child.stdout.take().ok_or("the raw pipe echo child has no stdout pipe")?;
+        Ok(RawPeer { connection: Some(RawConnection::new(reader, writer)), child, _dir: None })
+    }
+
+    async fn spawn_socket(flavor: Flavor) -> BenchResult<RawPeer> {
+        let dir = tempfile::Builder::new().prefix("cy-bench").tempdir()?;
+        let socket = dir.path().join("raw.sock");
+        let listener = UnixListener::bind(&socket)?;
+        let mut command = Self::echo_command(flavor)?;
+        command.arg(RAW_ECHO_FLAG).arg(&socket).stdin(Stdio::null());
         let mut child = command.spawn()?;
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted?,
@@ -319,11 +396,7 @@ impl RawPeer {
             }
         };
         let (reader, writer) = accepted.0.into_split();
-        let connection = RawConnection {
-            reader: BufReader::with_capacity(RAW_BUFFER, reader),
-            writer: BufWriter::with_capacity(RAW_BUFFER, writer),
-        };
-        Ok(RawPeer { connection: Some(connection), child, _dir: dir })
+        Ok(RawPeer { connection: Some(RawConnection::new(reader, writer)), child, _dir: Some(dir) })
     }
 
     fn connection(&mut self) -> BenchResult<&mut RawConnection> {
@@ -388,11 +461,7 @@ async fn raw_pipelined_run(connection: RawConnection, count: u32) -> BenchResult
     Ok((RawConnection { reader, writer }, elapsed))
 }
 
-async fn raw_send_frames(
-    mut writer: BufWriter<OwnedWriteHalf>,
-    window: Arc<Semaphore>,
-    count: u32,
-) -> io::Result<BufWriter<OwnedWriteHalf>> {
+async fn raw_send_frames(mut writer: RawWriter, window: Arc<Semaphore>, count: u32) -> io::Result<RawWriter> {
     let frame = raw_frame();
     for _ in 0..count {
         match window.try_acquire() {
@@ -410,10 +479,10 @@ async fn raw_send_frames(
 }
 
 async fn raw_receive_frames(
-    mut reader: BufReader<OwnedReadHalf>,
+    mut reader: RawReader,
     window: Arc<Semaphore>,
     count: u32,
-) -> io::Result<BufReader<OwnedReadHalf>> {
+) -> io::Result<RawReader> {
     let mut echo = [0u8; PAYLOAD_LEN];
     for _ in 0..count {
         read_raw_frame(&mut reader, &mut echo).await?;
@@ -689,6 +758,19 @@ const ROWS: &[Row] = &[
     Row { name: "w2w_rtt_p50", baseline: "raw_rtt_p50", unit: Unit::Micros, goal: None },
     Row { name: "w2w_rtt_p99", baseline: "raw_rtt_p99", unit: Unit::Micros, goal: None },
     Row { name: "w2w_seq_ops", baseline: "raw_seq_ops", unit: Unit::OpsPerSec, goal: None },
+    Row {
+        name: "stdio_save_rtt_p50",
+        baseline: "raw_pipe_rtt_p50",
+        unit: Unit::Micros,
+        goal: Some(Goal::AtMost(2.0)),
+    },
+    Row { name: "stdio_save_rtt_p99", baseline: "raw_pipe_rtt_p99", unit: Unit::Micros, goal: None },
+    Row {
+        name: "stdio_w2w_rtt_p50",
+        baseline: "raw_pipe_rtt_p50",
+        unit: Unit::Micros,
+        goal: Some(Goal::AtMost(2.0)),
+    },
 ];
 
 /// Runs [`Measure`] on the measuring worker.
@@ -697,25 +779,39 @@ async fn measure(primary: &Primary, workload: Workload, iterations: u32) -> Benc
     Ok(primary.run(WORKER_A, Measure { workload, warmup, iterations }).await?)
 }
 
-async fn run_primary(options: &Options) -> BenchResult<()> {
-    let began = Instant::now();
-    let plan = Plan::new(options.quick);
-    let primary = Primary::builder()
+/// Which Clusterfy transport a cluster uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClusterTransport {
+    /// The default: Unix sockets.
+    Uds,
+    /// [`StdioTransport`]: each worker talks over its stdin and stdout.
+    Stdio,
+}
+
+/// Starts a primary on `transport` with the two bench workers, and saves the bench value.
+async fn start_cluster(transport: ClusterTransport) -> BenchResult<Primary> {
+    let mut builder = Primary::builder()
         .initial_storage(value!({"bench": {}}))
         // A measurement is one command and may take several seconds on a slow machine.
-        .request_timeout(Duration::from_secs(300))
-        .build()
-        .await?;
+        .request_timeout(Duration::from_secs(300));
+    if transport == ClusterTransport::Stdio {
+        builder = builder.transport(StdioTransport::new());
+    }
+    let primary = builder.build().await?;
     for name in [WORKER_A, WORKER_B] {
         primary.fork(name, WorkerOptions::default()).await?;
     }
     primary.ready().await?;
     primary.storage().save(STORAGE_PATH, payload().as_str()).await?;
-    let mut raw = RawPeer::spawn(options.flavor).await?;
+    Ok(primary)
+}
 
-    let mut samples = Samples::default();
+/// The Unix-socket cluster against the raw socket baseline, interleaved in each repetition.
+async fn run_uds_phase(options: &Options, plan: &Plan, samples: &mut Samples) -> BenchResult<()> {
+    let primary = start_cluster(ClusterTransport::Uds).await?;
+    let mut raw = RawPeer::spawn(options.flavor, RawLink::Socket).await?;
     for repetition in 1..=plan.repetitions {
-        eprintln!("[bench] repetition {repetition}/{}", plan.repetitions);
+        eprintln!("[bench] unix socket repetition {repetition}/{}", plan.repetitions);
         let warmup = Plan::warmup(plan.sequential);
         let figures = raw.sequential(warmup, plan.sequential).await?;
         samples.add_sequential(["raw_rtt_p50", "raw_rtt_p99", "raw_seq_ops"], figures)?;
@@ -731,9 +827,37 @@ async fn run_primary(options: &Options) -> BenchResult<()> {
         let figures = measure(&primary, Workload::WorkerToWorker, plan.sequential).await?;
         samples.add_sequential(["w2w_rtt_p50", "w2w_rtt_p99", "w2w_seq_ops"], figures)?;
     }
-
     raw.finish().await?;
     primary.shutdown(Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+/// A second cluster on the stdio transport against the raw pipe baseline, interleaved in each
+/// repetition.
+async fn run_stdio_phase(options: &Options, plan: &Plan, samples: &mut Samples) -> BenchResult<()> {
+    let primary = start_cluster(ClusterTransport::Stdio).await?;
+    let mut raw = RawPeer::spawn(options.flavor, RawLink::Pipe).await?;
+    for repetition in 1..=plan.repetitions {
+        eprintln!("[bench] stdio repetition {repetition}/{}", plan.repetitions);
+        let figures = raw.sequential(Plan::warmup(plan.sequential), plan.sequential).await?;
+        samples.add_sequential(["raw_pipe_rtt_p50", "raw_pipe_rtt_p99", "raw_pipe_seq_ops"], figures)?;
+        let figures = measure(&primary, Workload::SaveSequential, plan.sequential).await?;
+        samples
+            .add_sequential(["stdio_save_rtt_p50", "stdio_save_rtt_p99", "stdio_save_seq_ops"], figures)?;
+        let figures = measure(&primary, Workload::WorkerToWorker, plan.sequential).await?;
+        samples.add_sequential(["stdio_w2w_rtt_p50", "stdio_w2w_rtt_p99", "stdio_w2w_seq_ops"], figures)?;
+    }
+    raw.finish().await?;
+    primary.shutdown(Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+async fn run_primary(options: &Options) -> BenchResult<()> {
+    let began = Instant::now();
+    let plan = Plan::new(options.quick);
+    let mut samples = Samples::default();
+    run_uds_phase(options, &plan, &mut samples).await?;
+    run_stdio_phase(options, &plan, &mut samples).await?;
     report(options, &plan, &samples, began.elapsed())
 }
 
@@ -762,6 +886,12 @@ fn report(options: &Options, plan: &Plan, samples: &Samples, elapsed: Duration) 
     );
     println!("  *_rtt_*: one request's round trip, sequential; *_seq_ops: sequential requests per second;");
     println!("  *_pipelined_ops: requests per second with {IN_FLIGHT} in flight");
+    println!(
+        "  stdio_*: the same on a second cluster using StdioTransport (workers on their stdin/stdout), run after the"
+    );
+    println!(
+        "    first one shut down; baseline raw_pipe_*: the raw ping-pong over a child's stdin/stdout pipes"
+    );
     println!("  ratio = Clusterfy / raw baseline; 'better' says which direction is better for the figure");
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
@@ -846,6 +976,8 @@ mod tests {
         let parsed =
             parse_args([QUICK_FLAG, MULTI_THREAD_FLAG].map(OsString::from)).expect("valid arguments");
         assert!(parsed.quick && parsed.flavor == Flavor::MultiThread && parsed.raw_echo.is_none());
+        assert!(!parsed.raw_pipe_echo);
+        assert!(parse_args([OsString::from(RAW_PIPE_ECHO_FLAG)]).expect("valid arguments").raw_pipe_echo);
         assert!(parse_args([OsString::from("--bogus")]).is_err());
         assert!(parse_args([OsString::from(RAW_ECHO_FLAG)]).is_err());
     }
