@@ -41,13 +41,15 @@ impl PrimaryInbound {
         // The sender is who the connection says, whatever the frame claims.
         command.origin = self.origin();
         let route = self.inner.route(&command.destination)?;
-        let to = match (&route, &command.destination) {
-            (Route::Primary, _) => "primary".to_owned(),
-            (Route::Broadcast(_), _) => "all workers".to_owned(),
-            (Route::Worker(_), Destination::Worker(selector)) => selector.to_string(),
-            (Route::Worker(id), _) => format!("worker #{id}"),
-        };
-        self.inner.emit(Event::Command { from: command.origin.clone(), name: command.name.clone(), to });
+        self.inner.emit_with(|| {
+            let to = match (&route, &command.destination) {
+                (Route::Primary, _) => "primary".to_owned(),
+                (Route::Broadcast(_), _) => "all workers".to_owned(),
+                (Route::Worker(_), Destination::Worker(selector)) => selector.to_string(),
+                (Route::Worker(id), _) => format!("worker #{id}"),
+            };
+            Event::Command { from: command.origin.clone(), name: command.name.clone(), to }
+        });
         match route {
             Route::Primary => {
                 let ctx = PrimaryContext {

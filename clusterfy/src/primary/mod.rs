@@ -278,6 +278,14 @@ impl PrimaryInner {
         let _ = self.events.send(event);
     }
 
+    /// Like [`PrimaryInner::emit`], but builds the event only if someone listens: for events
+    /// on the per-request path.
+    pub(crate) fn emit_with(&self, event: impl FnOnce() -> Event) {
+        if self.events.receiver_count() > 0 {
+            self.emit(event());
+        }
+    }
+
     /// Changes a slot and wakes every waiter on the cluster's state.
     pub(crate) fn update_slot<R>(&self, id: WorkerId, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
         let result = self.slots().get_mut(&id).map(f);
@@ -540,7 +548,7 @@ impl Primary {
             origin: Origin::Primary,
             payload: to_payload(&command)?,
         };
-        self.inner.emit(Event::Command {
+        self.inner.emit_with(|| Event::Command {
             from: Origin::Primary,
             name: C::NAME.to_owned(),
             to: target.name.clone(),
@@ -555,7 +563,7 @@ impl Primary {
         let Route::Broadcast(ids) = self.inner.route(&Destination::AllWorkers)? else {
             return Err(Error::new(ErrorKind::Protocol, "broadcast did not route to workers"));
         };
-        self.inner.emit(Event::Command {
+        self.inner.emit_with(|| Event::Command {
             from: Origin::Primary,
             name: C::NAME.to_owned(),
             to: "all workers".into(),

@@ -48,10 +48,6 @@ impl std::fmt::Debug for Storage {
     }
 }
 
-fn parse(path: &str) -> Result<Path> {
-    Path::parse(path)
-}
-
 fn unexpected(reply: Reply) -> Error {
     Error::new(ErrorKind::Protocol, format!("unexpected reply to a storage request: {reply:?}"))
 }
@@ -84,7 +80,7 @@ impl Storage {
     }
 
     async fn save_value(&self, path: &str, value: Value, create_parents: bool) -> Result<()> {
-        let path = parse(path)?;
+        let path = Path::parse(path)?;
         let request = StorageRequest::Save { path: path.as_str().to_owned(), value, create_parents };
         match self.exec(request).await? {
             Reply::Done => Ok(()),
@@ -103,7 +99,7 @@ impl Storage {
 
     /// Reads the value or subtree at `path` as a [`Value`].
     pub async fn retrieve_value(&self, path: &str) -> Result<Option<Value>> {
-        let path = parse(path)?;
+        let path = Path::parse(path)?;
         match self.exec(StorageRequest::Get { path: path.as_str().to_owned() }).await? {
             Reply::Value(value) => Ok(value),
             other => Err(unexpected(other)),
@@ -112,7 +108,7 @@ impl Storage {
 
     /// Removes the value or subtree at `path`; a missing path is fine.
     pub async fn delete(&self, path: &str) -> Result<()> {
-        let path = parse(path)?;
+        let path = Path::parse(path)?;
         match self.exec(StorageRequest::Delete { path: path.as_str().to_owned() }).await? {
             Reply::Done => Ok(()),
             other => Err(unexpected(other)),
@@ -138,7 +134,7 @@ impl Storage {
         expected: Option<Value>,
         new: Option<Value>,
     ) -> Result<std::result::Result<(), Option<Value>>> {
-        let path = parse(path)?;
+        let path = Path::parse(path)?;
         match self
             .exec(StorageRequest::CompareAndSwap { path: path.as_str().to_owned(), expected, new })
             .await?
