@@ -19,7 +19,7 @@ pub use command::{Command, Target, validate_command_name, validate_user_command_
 pub use error::{Error, ErrorKind, Result, WireError};
 pub use path::Path;
 pub use protocol::{Origin, WorkerId, WorkerSelector, WorkerStatus};
-pub use storage::{BatchOp, Capabilities, CasConflict, StorageBackend};
+pub use storage::{BatchOp, Capabilities, CasConflict, NoticeReceiver, StorageBackend, StorageNotice};
 pub use transport::{Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
 pub use value::{Value, from_value, to_value};
 #[cfg(test)]

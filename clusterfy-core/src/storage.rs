@@ -41,6 +41,34 @@ impl Capabilities {
     }
 }
 
+/// Something a backend reports outside any call: a lost or regained connection, a write queue
+/// that overflowed, a resync. The primary publishes these as events.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageNotice {
+    /// The backend lost its connection to the service behind it; writes are queued meanwhile.
+    Disconnected {
+        /// What failed, for logs (never contains credentials).
+        detail: String,
+    },
+    /// The connection is back.
+    Reconnected,
+    /// The service was brought back to the backend's state after an outage or overflow.
+    Resynced {
+        /// Entries written during the resync.
+        entries: u64,
+    },
+    /// A bounded queue overflowed; the backend says what it did about it.
+    Overflow {
+        /// What happened and what follows (for example "resync scheduled").
+        detail: String,
+    },
+}
+
+/// Receives a backend's [`StorageNotice`]s (a tokio broadcast receiver, so a slow reader only
+/// misses notices and never blocks the backend).
+pub type NoticeReceiver = tokio::sync::broadcast::Receiver<StorageNotice>;
+
 /// One operation of an atomic batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp {
@@ -123,4 +151,8 @@ pub trait StorageBackend: Send + Sync + Debug + 'static {
 
     /// Makes every completed write durable (a no-op for volatile backends).
     async fn flush(&self) -> Result<()>;
+
+    /// A receiver of this backend's [`StorageNotice`]s, or `None` for a backend that has none
+    /// (one that depends on no outside service).
+    fn notices(&self) -> Option<NoticeReceiver>;
 }

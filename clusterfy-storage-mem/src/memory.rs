@@ -118,6 +118,11 @@ impl StorageBackend for MemStorage {
         // Nothing to make durable: capabilities() promises nothing beyond the process's life.
         Ok(())
     }
+
+    fn notices(&self) -> Option<clusterfy_core::NoticeReceiver> {
+        // Memory depends on no outside service, so there is nothing to report.
+        None
+    }
 }
 
 #[cfg(test)]

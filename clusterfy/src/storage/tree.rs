@@ -562,6 +562,9 @@ mod tests {
         async fn flush(&self) -> Result<()> {
             Ok(())
         }
+        fn notices(&self) -> Option<clusterfy_core::NoticeReceiver> {
+            None
+        }
     }
 
     fn storage() -> (SharedStorage, Arc<TestBackend>) {
