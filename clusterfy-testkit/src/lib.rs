@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod redis_server;
+pub mod storage;
 pub mod transport;
 
 /// Expands to the `main` of a test target (declared with `harness = false`) that runs the

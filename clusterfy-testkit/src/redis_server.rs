@@ -1,0 +1,1 @@
+//! Placeholder: a `redis-server` owned by a test (being written).

@@ -1,0 +1,1 @@
+//! Placeholder: the storage conformance suite (being written).
