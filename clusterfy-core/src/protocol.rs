@@ -245,6 +245,12 @@ pub enum StorageRequest {
         /// The value to write.
         new: Option<Value>,
     },
+    /// Worker -> primary: send [`Notice::StorageChanged`] for every later write on the branch
+    /// of `path` (at it, above it or below it), for the rest of the connection.
+    Watch {
+        /// Dotted path.
+        path: String,
+    },
 }
 
 /// A command on the wire; `payload` is the postcard encoding of the typed command.
@@ -307,4 +313,9 @@ pub enum Notice {
     Ready,
     /// Either way: a message for the peer's log and event stream (protocol errors before closing).
     Error(WireError),
+    /// Primary -> worker: the value at `path` was written; sent to workers watching its branch.
+    StorageChanged {
+        /// Dotted path of the write.
+        path: String,
+    },
 }

@@ -152,6 +152,7 @@ fn arb_storage_request() -> impl Strategy<Value = StorageRequest> {
         arb_text().prop_map(|path| StorageRequest::Delete { path }),
         (arb_text(), proptest::option::of(arb_value()), proptest::option::of(arb_value()))
             .prop_map(|(path, expected, new)| StorageRequest::CompareAndSwap { path, expected, new }),
+        arb_text().prop_map(|path| StorageRequest::Watch { path }),
     ]
 }
 
@@ -189,6 +190,7 @@ fn arb_notice() -> impl Strategy<Value = Notice> {
         arb_status().prop_map(Notice::Status),
         Just(Notice::Ready),
         arb_wire_error().prop_map(Notice::Error),
+        arb_text().prop_map(|path| Notice::StorageChanged { path }),
     ]
 }
 
@@ -651,6 +653,7 @@ fn docs_request_and_storage_request_variant_indices_are_the_declaration_order() 
                 "CompareAndSwap",
                 StorageRequest::CompareAndSwap { path: String::new(), expected: None, new: None },
             ),
+            ("Watch", StorageRequest::Watch { path: String::new() }),
         ],
     );
 }
@@ -706,6 +709,7 @@ fn docs_reply_and_notice_variant_indices_are_the_declaration_order() {
                     context: Vec::new(),
                 }),
             ),
+            ("StorageChanged", Notice::StorageChanged { path: String::new() }),
         ],
     );
     let statuses: Vec<(&str, WorkerStatus)> = ALL_STATUSES.iter().map(|s| (s.as_str(), *s)).collect();

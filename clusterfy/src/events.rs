@@ -4,7 +4,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use clusterfy_core::{Error, Origin, WorkerId, WorkerStatus};
+use clusterfy_core::{Error, Origin, StorageNotice, WorkerId, WorkerStatus};
 use futures::Stream;
 use tokio::sync::broadcast;
 
@@ -137,6 +137,11 @@ pub enum Event {
     Lagged {
         /// How many events were dropped for this subscriber.
         missed: u64,
+    },
+    /// The storage backend reported something (an outage, an overflowing queue, a resync).
+    Storage {
+        /// What it reported.
+        notice: StorageNotice,
     },
 }
 

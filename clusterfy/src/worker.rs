@@ -195,6 +195,7 @@ impl WorkerBuilder {
                 hooks: Mutex::new(self.hooks),
                 events,
                 shutdown,
+                changes: broadcast::channel(EVENT_BUFFER).0,
                 request_timeout: self.request_timeout,
             }),
         };
@@ -260,6 +261,8 @@ struct WorkerInner {
     hooks: Mutex<Vec<ShutdownHook>>,
     events: broadcast::Sender<WorkerEvent>,
     shutdown: watch::Sender<bool>,
+    /// Storage changes the primary reports for this worker's watches.
+    changes: broadcast::Sender<clusterfy_core::Path>,
     request_timeout: Duration,
 }
 
@@ -356,7 +359,7 @@ impl Worker {
 
     /// Typed access to the shared storage on the primary.
     pub fn storage(&self) -> Storage {
-        Storage::remote(Arc::clone(&self.inner.link), self.inner.request_timeout)
+        Storage::remote(Arc::clone(&self.inner.link), self.inner.request_timeout, self.inner.changes.clone())
     }
 
     /// Saves `value` at the dotted `path` (the original's `saveToStorage`); see [`Storage::save`].
@@ -535,6 +538,11 @@ impl Inbound for WorkerInbound {
     fn on_notice(&self, notice: Notice) {
         match notice {
             Notice::Error(err) => tracing::error!(error = %Error::from(err), "the primary reported an error"),
+            Notice::StorageChanged { path } => match clusterfy_core::Path::parse(&path) {
+                // Nobody watching is fine.
+                Ok(path) => drop(self.worker.inner.changes.send(path)),
+                Err(err) => tracing::warn!(error = %err, "the primary reported a change at a malformed path"),
+            },
             other => tracing::debug!(notice = ?other, "ignoring a notice meant for the primary"),
         }
     }

@@ -296,6 +296,29 @@ impl Command for ReadAt {
     type Reply = Option<Value>;
 }
 
+/// Makes the worker watch `path`; answers once the primary registered the watch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartWatch {
+    /// Dotted path.
+    pub path: String,
+}
+
+impl Command for StartWatch {
+    const NAME: &'static str = "test.start_watch";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// Answers the next change the worker's watch (from [`StartWatch`]) reported, as a dotted path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NextChange;
+
+impl Command for NextChange {
+    const NAME: &'static str = "test.next_change";
+    const TARGET: Target = Target::Worker;
+    type Reply = String;
+}
+
 /// Compare-and-swap from the worker; answers `Err(current)` when it lost.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareAndSwapAt {

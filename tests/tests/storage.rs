@@ -3,8 +3,9 @@
 mod common;
 
 use clusterfy::{ErrorKind, Value, value};
-use clusterfy_tests::{CompareAndSwapAt, IncrementMany, ReadAt, SaveAt};
+use clusterfy_tests::{CompareAndSwapAt, IncrementMany, NextChange, ReadAt, SaveAt, StartWatch};
 use common::{bounded, shut_down_cleanly, start_cluster};
+use futures::StreamExt;
 
 fn save(path: &str, value: Value) -> SaveAt {
     SaveAt { path: path.into(), value, create_parents: false }
@@ -133,7 +134,42 @@ async fn concurrent_updates_from_several_workers_lose_no_increment() {
     shut_down_cleanly(&primary).await;
 }
 
+async fn a_worker_watching_a_path_is_told_of_writes_on_its_branch_only() {
+    let primary = start_cluster(&["watcher", "writer"]).await;
+    bounded("watch", primary.run("watcher", StartWatch { path: "config".into() })).await.expect("watch");
+    let storage = primary.storage();
+    storage.save("config", &value!({"mode": "fast"})).await.expect("primary saves the branch");
+    storage.save("elsewhere", &1).await.expect("a write off the branch");
+    bounded("writer saves below", primary.run("writer", save("config.mode", value!("slow"))))
+        .await
+        .expect("save");
+    let first = bounded("first change", primary.run("watcher", NextChange)).await.expect("next change");
+    let second = bounded("second change", primary.run("watcher", NextChange)).await.expect("next change");
+    // The write to "elsewhere" came between the two and is not reported.
+    assert_eq!((first.as_str(), second.as_str()), ("config", "config.mode"));
+    shut_down_cleanly(&primary).await;
+}
+
+async fn the_primary_watches_its_own_storage() {
+    let primary = start_cluster(&[]).await;
+    let storage = primary.storage();
+    storage.save("a", &value!({})).await.expect("save");
+    let mut changes = storage.watch("a").await.expect("watch");
+    storage.save("b", &1).await.expect("off the branch");
+    storage.save("a.x", &2).await.expect("below");
+    storage.delete("a").await.expect("at");
+    let seen: Vec<String> = bounded("two changes", (&mut changes).take(2).collect::<Vec<_>>())
+        .await
+        .into_iter()
+        .map(|p| p.as_str().to_owned())
+        .collect();
+    assert_eq!(seen, ["a.x", "a"]);
+    shut_down_cleanly(&primary).await;
+}
+
 common::over_transports!(
+    a_worker_watching_a_path_is_told_of_writes_on_its_branch_only,
+    the_primary_watches_its_own_storage,
     two_workers_write_and_read_the_same_path,
     save_under_a_missing_parent_fails_with_not_found_naming_the_prefix,
     save_with_parents_creates_them_and_a_map_path_reads_the_whole_subtree,

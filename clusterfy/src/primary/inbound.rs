@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use clusterfy_core::protocol::{
-    BroadcastEntry, CommandRequest, Destination, Notice, Reply, Request, RequestId,
+    BroadcastEntry, CommandRequest, Destination, Notice, Reply, Request, RequestId, StorageRequest,
 };
 use clusterfy_core::session::Route;
-use clusterfy_core::{Error, ErrorKind, Origin, Result, WireError};
+use clusterfy_core::{Error, ErrorKind, Origin, Path, Result, WireError};
 
 use super::{Primary, PrimaryContext, PrimaryInner, WorkerState};
 use crate::events::{Event, WorkerRef};
@@ -28,6 +28,11 @@ impl PrimaryInbound {
 
     async fn handle(&self, body: Request) -> Result<Reply> {
         match body {
+            Request::Storage(StorageRequest::Watch { path }) => {
+                let path = Path::parse(&path)?;
+                self.inner.update_slot(self.worker.id, |s| s.watches.push(path));
+                Ok(Reply::Done)
+            }
             Request::Storage(request) => self.inner.storage.handle(request).await,
             Request::Command(command) => self.route_command(command).await,
             Request::Shutdown => Err(Error::new(
@@ -129,6 +134,9 @@ impl Inbound for PrimaryInbound {
                     }
                 });
                 self.inner.emit(Event::Ready { worker });
+            }
+            Notice::StorageChanged { .. } => {
+                tracing::debug!(worker = %worker, "ignoring a storage change notice, which only the primary sends");
             }
             Notice::Error(err) => {
                 self.inner.emit(Event::Error { worker: Some(worker), error: Arc::new(Error::from(err)) });

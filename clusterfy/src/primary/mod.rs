@@ -6,6 +6,7 @@ mod restart;
 mod signals;
 mod stats;
 mod supervisor;
+mod watchers;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -184,6 +185,8 @@ impl PrimaryBuilder {
                 max_frame_len: self.max_frame_len,
             }),
         };
+        watchers::dispatch_changes(&primary.inner);
+        watchers::forward_backend_notices(&primary.inner);
         if self.handle_signals {
             signals::shut_down_on_signals(Arc::downgrade(&primary.inner))?;
         }
@@ -250,6 +253,8 @@ pub(crate) struct Slot {
     pub(crate) last_exit: Option<ExitReason>,
     /// Why the current or last process could not connect, if it could not.
     pub(crate) connect_failure: Option<Arc<Error>>,
+    /// Storage paths the current connection watches.
+    pub(crate) watches: Vec<clusterfy_core::Path>,
 }
 
 pub(crate) struct PrimaryInner {
@@ -436,6 +441,7 @@ impl Primary {
                     control,
                     last_exit: None,
                     connect_failure: None,
+                    watches: Vec::new(),
                 },
             );
         }

@@ -178,6 +178,7 @@ async fn run_once(
         s.started = Instant::now();
         s.link = None;
         s.connect_failure = None;
+        s.watches.clear();
     });
     if let Some(tx) = spawned.take() {
         let _ = tx.send(Ok(()));

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use clusterfy_core::protocol::{Reply, Request, StorageRequest};
 use clusterfy_core::{Error, ErrorKind, Path, Result, Value, from_value, to_value};
+use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
 
 pub use tree::SharedStorage;
 
@@ -17,7 +19,13 @@ pub use clusterfy_core::{BatchOp, Capabilities, CasConflict, StorageBackend};
 #[cfg(feature = "storage-mem")]
 pub use clusterfy_storage_mem::MemStorage;
 
+use crate::events::{EventStream, subscribe};
 use crate::link::Link;
+
+/// Whether a write at `written` can change what is at `watched`: one lies on the other's branch.
+pub(crate) fn on_one_branch(written: &Path, watched: &Path) -> bool {
+    written.starts_with(watched) || watched.starts_with(written)
+}
 
 /// Attempts of [`Storage::update`] before it reports contention instead of spinning on.
 const UPDATE_ATTEMPTS: usize = 10_000;
@@ -27,7 +35,7 @@ enum Access {
     /// On the primary: the storage itself.
     Local(Arc<SharedStorage>),
     /// On a worker: requests to the primary.
-    Remote { link: Arc<Link>, deadline: Duration },
+    Remote { link: Arc<Link>, deadline: Duration, changes: broadcast::Sender<Path> },
 }
 
 /// Typed access to the shared storage by dotted path, the same on the primary and on workers.
@@ -57,14 +65,14 @@ impl Storage {
         Storage { access: Access::Local(storage) }
     }
 
-    pub(crate) fn remote(link: Arc<Link>, deadline: Duration) -> Self {
-        Storage { access: Access::Remote { link, deadline } }
+    pub(crate) fn remote(link: Arc<Link>, deadline: Duration, changes: broadcast::Sender<Path>) -> Self {
+        Storage { access: Access::Remote { link, deadline, changes } }
     }
 
     async fn exec(&self, request: StorageRequest) -> Result<Reply> {
         match &self.access {
             Access::Local(storage) => storage.handle(request).await,
-            Access::Remote { link, deadline } => link.request(Request::Storage(request), *deadline).await,
+            Access::Remote { link, deadline, .. } => link.request(Request::Storage(request), *deadline).await,
         }
     }
 
@@ -142,6 +150,27 @@ impl Storage {
             Reply::Swapped(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// The paths written from now on at, above or below `path` (beyond the original: watching).
+    /// Each item is the path of one write; re-read what you need. A watcher that falls behind
+    /// gets the root path, meaning "anything may have changed". On a worker, the primary sends
+    /// the changes for the rest of the connection.
+    pub async fn watch(&self, path: &str) -> Result<EventStream<Path>> {
+        let watched = Path::parse(path)?;
+        let receiver = match &self.access {
+            Access::Local(storage) => storage.changes(),
+            Access::Remote { changes, .. } => {
+                // Subscribe before asking, so no change between the two is missed.
+                let receiver = changes.subscribe();
+                match self.exec(StorageRequest::Watch { path: watched.as_str().to_owned() }).await? {
+                    Reply::Done => receiver,
+                    other => return Err(unexpected(other)),
+                }
+            }
+        };
+        let all = subscribe(receiver, |_| Path::root());
+        Ok(Box::pin(all.filter(move |written| futures::future::ready(on_one_branch(written, &watched)))))
     }
 
     /// Read-modify-write without lost updates between workers: applies `f` to the current value

@@ -44,17 +44,43 @@ enum Node {
 /// so they are serialised by a lock to be atomic with respect to each other. That lock only covers
 /// writes made through this value: give each backend exactly one `SharedStorage` (share it with an
 /// `Arc`), and do not write to the backend behind its back.
+///
+/// On a durable backend every write returns only after [`StorageBackend::flush`], outside the
+/// lock, so concurrent writes can share one flush (if the backend groups them).
 #[derive(Debug)]
 pub struct SharedStorage {
     backend: Arc<dyn StorageBackend>,
+    durable: bool,
     // tokio's mutex because it is held across backend awaits.
     writes: tokio::sync::Mutex<()>,
+    changes: tokio::sync::broadcast::Sender<Path>,
 }
+
+/// Changes buffered per watcher; one that falls further behind is told the root changed.
+const CHANGE_BUFFER: usize = 4096;
 
 impl SharedStorage {
     /// Tree semantics over `backend`, which is used as it is: existing data stays.
     pub fn new(backend: Arc<dyn StorageBackend>) -> Self {
-        SharedStorage { backend, writes: tokio::sync::Mutex::new(()) }
+        let durable = backend.capabilities().durable;
+        let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
+        SharedStorage { backend, durable, writes: tokio::sync::Mutex::new(()), changes }
+    }
+
+    /// The paths written from now on (saved, deleted or swapped), in write order. A write at
+    /// `p` changes `p`'s subtree, so a watcher of `w` cares when `p` and `w` are on one branch.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Path> {
+        self.changes.subscribe()
+    }
+
+    /// After a write at `path` succeeded: make it durable, then tell watchers.
+    async fn written(&self, path: &Path) -> Result<()> {
+        if self.durable {
+            self.backend.flush().await?;
+        }
+        // Nobody watching is fine.
+        let _ = self.changes.send(path.clone());
+        Ok(())
     }
 
     /// The backend underneath, for flushing or inspecting its capabilities.
@@ -78,12 +104,15 @@ impl SharedStorage {
                 ),
             ));
         }
-        let _writing = self.writes.lock().await;
-        // The contract has no "is empty" call; a scan of everything is fine once at start-up.
-        if !self.backend.scan_prefix(&[]).await?.is_empty() {
-            return Ok(());
+        {
+            let _writing = self.writes.lock().await;
+            // The contract has no "is empty" call; a scan of everything is fine once at start-up.
+            if !self.backend.scan_prefix(&[]).await?.is_empty() {
+                return Ok(());
+            }
+            self.save_locked(&Path::root(), initial, false).await?;
         }
-        self.save_locked(&Path::root(), initial, false).await
+        self.written(&Path::root()).await
     }
 
     /// The value at `path`: a map path returns its whole subtree as a [`Value::Map`], a missing
@@ -106,15 +135,24 @@ impl SharedStorage {
     /// [`ErrorKind::InvalidInput`]. The root can only be replaced by a map, and map keys must be
     /// valid path segments so that every stored value stays addressable.
     pub async fn save(&self, path: &Path, value: Value, create_parents: bool) -> Result<()> {
-        let _writing = self.writes.lock().await;
-        self.save_locked(path, value, create_parents).await
+        {
+            let _writing = self.writes.lock().await;
+            self.save_locked(path, value, create_parents).await?;
+        }
+        self.written(path).await
     }
 
     /// Removes the value or subtree at `path` atomically. Returns whether anything was removed:
     /// deleting a missing path is `Ok(false)`. Deleting the root empties the storage.
     pub async fn delete(&self, path: &Path) -> Result<bool> {
-        let _writing = self.writes.lock().await;
-        self.delete_locked(path).await
+        let removed = {
+            let _writing = self.writes.lock().await;
+            self.delete_locked(path).await?
+        };
+        if removed {
+            self.written(path).await?;
+        }
+        Ok(removed)
     }
 
     /// Replaces the value at `path` with `new` (`None` deletes it) only if the current value, the
@@ -130,17 +168,20 @@ impl SharedStorage {
         expected: Option<&Value>,
         new: Option<Value>,
     ) -> Result<Result<(), Option<Value>>> {
-        let _writing = self.writes.lock().await;
-        let current = self.get(path).await?;
-        if current.as_ref() != expected {
-            return Ok(Err(current));
-        }
-        match new {
-            Some(value) => self.save_locked(path, value, false).await?,
-            None => {
-                self.delete_locked(path).await?;
+        {
+            let _writing = self.writes.lock().await;
+            let current = self.get(path).await?;
+            if current.as_ref() != expected {
+                return Ok(Err(current));
+            }
+            match new {
+                Some(value) => self.save_locked(path, value, false).await?,
+                None => {
+                    self.delete_locked(path).await?;
+                }
             }
         }
+        self.written(path).await?;
         Ok(Ok(()))
     }
 
@@ -160,6 +201,13 @@ impl SharedStorage {
             }
             StorageRequest::CompareAndSwap { path, expected, new } => {
                 Reply::Swapped(self.compare_and_swap(&Path::parse(&path)?, expected.as_ref(), new).await?)
+            }
+            // A watch belongs to a connection, so the primary's connection handler takes it.
+            StorageRequest::Watch { .. } => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "watch is answered by the connection, not the storage",
+                ));
             }
         })
     }

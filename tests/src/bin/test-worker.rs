@@ -16,9 +16,10 @@ use clusterfy_tests::{
     AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_HOOK_FILE, Echo,
     ExitGracefully, ExitWith, FlapStatus, GARBAGE_CLOSED_WITH_NOTICE, GARBAGE_CLOSED_WITHOUT_NOTICE,
     GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED,
-    HandshakeReport, Identity, IncrementMany, Note, PIDS_LINE_PREFIX, PrimaryEcho, ReadAt, SaveAt, Scenario,
-    SetStatus, Sleep, SlowWhoAmI, WhoAmI, WorkUntilShutdown,
+    HandshakeReport, Identity, IncrementMany, NextChange, Note, PIDS_LINE_PREFIX, PrimaryEcho, ReadAt,
+    SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI, WorkUntilShutdown,
 };
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -96,9 +97,34 @@ async fn connect(builder: WorkerBuilder) -> Result<Worker> {
 
 /// A builder with a handler for every worker command of `clusterfy_tests` and a shutdown hook
 /// that writes to the file named by [`ENV_HOOK_FILE`], if set.
+/// The stream of the watch a [`StartWatch`] command opened.
+type Watch = Arc<tokio::sync::Mutex<Option<clusterfy::EventStream<clusterfy::Path>>>>;
+
 fn worker_builder(handshake_report: String) -> WorkerBuilder {
     let handshake_report = Arc::new(handshake_report);
+    let watch: Watch = Arc::default();
+    let next_watch = Arc::clone(&watch);
     Worker::builder()
+        .command(move |start: StartWatch, ctx| {
+            let watch = Arc::clone(&watch);
+            async move {
+                let stream = ctx.worker().storage().watch(&start.path).await?;
+                *watch.lock().await = Some(stream);
+                Ok(())
+            }
+        })
+        .command(move |_: NextChange, _| {
+            let watch = Arc::clone(&next_watch);
+            async move {
+                let mut guard = watch.lock().await;
+                let stream =
+                    guard.as_mut().ok_or_else(|| Error::new(ErrorKind::InvalidState, "no watch started"))?;
+                match stream.next().await {
+                    Some(path) => Ok(path.as_str().to_owned()),
+                    None => Err(Error::new(ErrorKind::Closed, "the watch ended")),
+                }
+            }
+        })
         .command(|echo: Echo, _| async move { Ok(echo.text) })
         .command(|_: WhoAmI, ctx| async move { Ok(identity(ctx.worker())) })
         .command(|slow: SlowWhoAmI, ctx| async move {
