@@ -18,6 +18,10 @@ pub use tree::SharedStorage;
 pub use clusterfy_core::{BatchOp, Capabilities, CasConflict, StorageBackend};
 #[cfg(feature = "storage-mem")]
 pub use clusterfy_storage_mem::MemStorage;
+#[cfg(feature = "storage-redis")]
+pub use clusterfy_storage_redis::{AckMode, MirrorStatus, RedisMirror, RedisMirrorBuilder};
+#[cfg(feature = "storage-sled")]
+pub use clusterfy_storage_sled::{SledStorage, SledStorageBuilder};
 
 use crate::events::{EventStream, subscribe};
 use crate::link::Link;
