@@ -57,11 +57,22 @@ pub enum Scenario {
     /// registers [`Note`], and passes [`ENV_HOOK_FILE`] (with the worker's name appended) on to
     /// its workers.
     Primary,
+    /// Plays a primary on a durable storage (`persist-primary sled <dir>` or
+    /// `persist-primary redis <url> <key prefix>`): forks [`PERSIST_WRITERS`] normal workers and
+    /// has each run [`WriteSequence`] for good; the workers print an [`ACK_LINE_PREFIX`] line per
+    /// acknowledged write. Made to be killed with SIGKILL.
+    PersistPrimary,
 }
+
+/// Workers of [`Scenario::PersistPrimary`].
+pub const PERSIST_WRITERS: [&str; 3] = ["writer-a", "writer-b", "writer-c"];
+
+/// Starts a stdout line `ACK <worker> <n>`: the write of `acks.<worker>.k<n>` was acknowledged.
+pub const ACK_LINE_PREFIX: &str = "ACK";
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Normal,
         Scenario::IgnoreShutdown,
         Scenario::NeverConnect,
@@ -69,6 +80,7 @@ impl Scenario {
         Scenario::Evil,
         Scenario::Garbage,
         Scenario::Primary,
+        Scenario::PersistPrimary,
     ];
 
     /// The argument that selects it.
@@ -81,6 +93,7 @@ impl Scenario {
             Scenario::Evil => "evil",
             Scenario::Garbage => "garbage",
             Scenario::Primary => "primary",
+            Scenario::PersistPrimary => "persist-primary",
         }
     }
 
@@ -294,6 +307,20 @@ impl Command for ReadAt {
     const NAME: &'static str = "test.read_at";
     const TARGET: Target = Target::Worker;
     type Reply = Option<Value>;
+}
+
+/// Saves `acks.<worker name>.k<n>` = n for n = 0, 1, ... `count - 1`, one after the other,
+/// printing an [`ACK_LINE_PREFIX`] line on stdout after each acknowledgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteSequence {
+    /// How many writes.
+    pub count: u64,
+}
+
+impl Command for WriteSequence {
+    const NAME: &'static str = "test.write_sequence";
+    const TARGET: Target = Target::Worker;
+    type Reply = u64;
 }
 
 /// Makes the worker watch `path`; answers once the primary registered the watch.

@@ -13,11 +13,12 @@ use clusterfy::{
     WorkerId, WorkerOptions, WorkerStatus,
 };
 use clusterfy_tests::{
-    AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_HOOK_FILE, Echo,
-    ExitGracefully, ExitWith, FlapStatus, GARBAGE_CLOSED_WITH_NOTICE, GARBAGE_CLOSED_WITHOUT_NOTICE,
+    ACK_LINE_PREFIX, AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_HOOK_FILE,
+    Echo, ExitGracefully, ExitWith, FlapStatus, GARBAGE_CLOSED_WITH_NOTICE, GARBAGE_CLOSED_WITHOUT_NOTICE,
     GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED,
-    HandshakeReport, Identity, IncrementMany, NextChange, Note, PIDS_LINE_PREFIX, PrimaryEcho, ReadAt,
-    SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI, WorkUntilShutdown,
+    HandshakeReport, Identity, IncrementMany, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX,
+    PrimaryEcho, ReadAt, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI,
+    WorkUntilShutdown, WriteSequence,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,6 +78,7 @@ async fn run(scenario: Scenario) -> Result<()> {
         }
         Scenario::Garbage => garbage().await?,
         Scenario::Primary => primary().await?,
+        Scenario::PersistPrimary => persist_primary().await?,
     }
     Ok(())
 }
@@ -95,16 +97,28 @@ async fn connect(builder: WorkerBuilder) -> Result<Worker> {
     builder.connect().await
 }
 
-/// A builder with a handler for every worker command of `clusterfy_tests` and a shutdown hook
-/// that writes to the file named by [`ENV_HOOK_FILE`], if set.
 /// The stream of the watch a [`StartWatch`] command opened.
 type Watch = Arc<tokio::sync::Mutex<Option<clusterfy::EventStream<clusterfy::Path>>>>;
 
+/// A builder with a handler for every worker command of `clusterfy_tests` and a shutdown hook
+/// that writes to the file named by [`ENV_HOOK_FILE`], if set.
 fn worker_builder(handshake_report: String) -> WorkerBuilder {
     let handshake_report = Arc::new(handshake_report);
     let watch: Watch = Arc::default();
     let next_watch = Arc::clone(&watch);
     Worker::builder()
+        .command(|writes: WriteSequence, ctx| async move {
+            use std::io::Write as _;
+            let worker = ctx.worker();
+            for n in 0..writes.count {
+                worker.storage().save_with_parents(&format!("acks.{}.k{n}", worker.name()), &n).await?;
+                let mut out = std::io::stdout().lock();
+                // One short line per write, so lines of concurrent writers do not interleave.
+                let _ = writeln!(out, "{ACK_LINE_PREFIX} {} {n}", worker.name());
+                let _ = out.flush();
+            }
+            Ok(writes.count)
+        })
         .command(move |start: StartWatch, ctx| {
             let watch = Arc::clone(&watch);
             async move {
@@ -359,6 +373,43 @@ async fn primary() -> Result<()> {
     primary.ready().await?;
     let pids: Vec<String> = primary.workers().iter().filter_map(|w| w.pid).map(|p| p.to_string()).collect();
     println!("{PIDS_LINE_PREFIX} {}", pids.join(" "));
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// A primary on sled or Redis whose workers write for good (see [`Scenario::PersistPrimary`]).
+async fn persist_primary() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let builder = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["sled", dir] => Primary::builder().storage(clusterfy::storage::SledStorage::open(dir).await?),
+        ["redis", url, prefix] => {
+            let mirror = clusterfy::storage::RedisMirror::builder(*url)
+                .key_prefix(*prefix)
+                .ack(clusterfy::storage::AckMode::Redis)
+                .connect()
+                .await?;
+            Primary::builder().storage(mirror)
+        }
+        other => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("persist-primary takes `sled <dir>` or `redis <url> <prefix>`, not {other:?}"),
+            ));
+        }
+    };
+    let primary = builder.ready_timeout(Duration::from_secs(20)).build().await?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding test-worker", e))?;
+    for name in PERSIST_WRITERS {
+        primary
+            .fork(name, WorkerOptions::default().program(Program::new(&exe, [Scenario::Normal.as_str()])))
+            .await?;
+    }
+    primary.ready().await?;
+    let writing = PERSIST_WRITERS.map(|name| {
+        let primary = primary.clone();
+        async move { primary.run(name, WriteSequence { count: u64::MAX }).await }
+    });
+    futures::future::join_all(writing).await;
     std::future::pending::<()>().await;
     Ok(())
 }
