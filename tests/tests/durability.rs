@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use clusterfy::Path;
-use clusterfy::storage::{SharedStorage, SledStorage, StorageBackend};
+use clusterfy::storage::{RedisMirror, SharedStorage, SledStorage, StorageBackend};
+use clusterfy_testkit::redis_server::RedisServer;
 use clusterfy_tests::{ACK_LINE_PREFIX, Scenario};
 use common::{bounded, test_worker_path};
 use nix::sys::signal::{Signal, kill};
@@ -81,4 +82,21 @@ async fn acknowledged_writes_survive_sigkill_of_the_primary_on_sled() {
     // The dead primary's lock is gone, so the directory opens at once.
     let reopened = bounded("reopen", SledStorage::open(&db)).await.expect("reopen the sled directory");
     assert_every_ack_is_stored(Arc::new(reopened), &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill_of_the_primary_on_redis_and_are_reloaded() {
+    let Some(server) =
+        RedisServer::start_or_skip("acknowledged_writes_survive_sigkill_of_the_primary_on_redis")
+    else {
+        return;
+    };
+    let prefix = format!("durability-{}", rand::rng().random::<u32>());
+    // The primary acknowledges only writes Redis has (AckMode::Redis): those must be reloaded.
+    let acked = crash_primary_while_workers_write(&["redis", server.url(), &prefix]).await;
+    let reloaded =
+        bounded("reload from Redis", RedisMirror::builder(server.url()).key_prefix(&prefix).connect())
+            .await
+            .expect("a new primary loads the state from Redis");
+    assert_every_ack_is_stored(Arc::new(reloaded), &acked).await;
 }

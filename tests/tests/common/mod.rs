@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use clusterfy::storage::{RedisMirror, SledStorage};
 use clusterfy::transport::{StdioTransport, UdsTransport};
 use clusterfy::{
     ErrorKind, Event, EventStream, Origin, Primary, PrimaryBuilder, Program, WorkerInfo, WorkerOptions,
@@ -86,6 +87,77 @@ macro_rules! over_transports {
 }
 pub(crate) use over_transports;
 
+/// The storage backends the storage scenarios also run on (memory is the default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StorageKind {
+    Sled,
+    /// A mirror to the Redis server at this URL.
+    Redis(String),
+}
+
+tokio::task_local! {
+    /// The storage of the running scenario, set by [`over_durable_storages!`].
+    static STORAGE: StorageKind;
+}
+
+/// Runs `scenario` with [`start_cluster`] using `kind`.
+pub(crate) async fn with_storage<F: std::future::Future>(kind: StorageKind, scenario: F) -> F::Output {
+    STORAGE.scope(kind, scenario).await
+}
+
+/// One `redis-server` for every Redis scenario of a test binary; `None` when it is skipped.
+pub(crate) fn shared_redis_url(test: &str) -> Option<String> {
+    static SERVER: std::sync::OnceLock<Option<clusterfy_testkit::redis_server::RedisServer>> =
+        std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| clusterfy_testkit::redis_server::RedisServer::start_or_skip(test))
+        .as_ref()
+        .map(|s| s.url().to_owned())
+}
+
+/// Turns each named `async fn` scenario into one test per durable backend: `sled::name`,
+/// `redis::name` (over Unix sockets).
+macro_rules! over_durable_storages {
+    ($($scenario:ident),* $(,)?) => {
+        mod sled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    crate::common::with_storage(crate::common::StorageKind::Sled, super::$scenario()).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let Some(url) = crate::common::shared_redis_url(stringify!($scenario)) else { return };
+                    crate::common::with_storage(crate::common::StorageKind::Redis(url), super::$scenario()).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use over_durable_storages;
+
+/// `builder` with the scenario's storage backend, each run on fresh, empty data.
+async fn with_scenario_storage(builder: PrimaryBuilder) -> PrimaryBuilder {
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = format!("{}-{}", std::process::id(), RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    match STORAGE.try_with(Clone::clone) {
+        Err(_) => builder,
+        Ok(StorageKind::Sled) => {
+            // Cargo's scratch directory for integration tests: left behind is fine, it is in target/.
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sled-{unique}"));
+            builder.storage(SledStorage::open(&dir).await.expect("open a sled directory"))
+        }
+        Ok(StorageKind::Redis(url)) => {
+            let mirror = RedisMirror::builder(url).key_prefix(format!("e2e-{unique}")).connect().await;
+            builder.storage(mirror.expect("connect the Redis mirror"))
+        }
+    }
+}
+
 /// A primary on the scenario's transport (Unix sockets outside [`over_transports!`]).
 pub(crate) fn primary_builder() -> PrimaryBuilder {
     init_tracing();
@@ -127,7 +199,7 @@ pub(crate) fn with_notes(
 /// Builds a primary (see [`primary_builder`]), forks a [`Scenario::Normal`] worker per name
 /// and waits until all are ready.
 pub(crate) async fn start_cluster(names: &[&str]) -> Primary {
-    let primary = primary_builder().build().await.expect("building the primary");
+    let primary = with_scenario_storage(primary_builder()).await.build().await.expect("building the primary");
     for name in names {
         primary.fork(name, options(Scenario::Normal)).await.expect("forking a worker");
     }
