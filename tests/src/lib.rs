@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+pub mod remote_kv;
+
 use clusterfy::{Command, Target, Value, WorkerSelector, WorkerStatus};
 use serde::{Deserialize, Serialize};
 
@@ -321,6 +323,22 @@ impl Command for WriteSequence {
     const NAME: &'static str = "test.write_sequence";
     const TARGET: Target = Target::Worker;
     type Reply = u64;
+}
+
+/// Runs one key-value operation through the worker's remote view of the storage, below `root`
+/// (see [`remote_kv`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunKv {
+    /// Dotted path of the map that holds the keys.
+    pub root: String,
+    /// The operation.
+    pub op: remote_kv::KvOp,
+}
+
+impl Command for RunKv {
+    const NAME: &'static str = "test.run_kv";
+    const TARGET: Target = Target::Worker;
+    type Reply = remote_kv::KvReply;
 }
 
 /// Makes the worker watch `path`; answers once the primary registered the watch.

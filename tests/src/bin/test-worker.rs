@@ -17,7 +17,7 @@ use clusterfy_tests::{
     Echo, ExitGracefully, ExitWith, FlapStatus, GARBAGE_CLOSED_WITH_NOTICE, GARBAGE_CLOSED_WITHOUT_NOTICE,
     GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED,
     HandshakeReport, Identity, IncrementMany, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX,
-    PrimaryEcho, ReadAt, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI,
+    PrimaryEcho, ReadAt, RunKv, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI,
     WorkUntilShutdown, WriteSequence,
 };
 use futures::StreamExt;
@@ -107,6 +107,9 @@ fn worker_builder(handshake_report: String) -> WorkerBuilder {
     let watch: Watch = Arc::default();
     let next_watch = Arc::clone(&watch);
     Worker::builder()
+        .command(|kv: RunKv, ctx| async move {
+            clusterfy_tests::remote_kv::run(&ctx.worker().storage(), &kv.root, kv.op).await
+        })
         .command(|writes: WriteSequence, ctx| async move {
             use std::io::Write as _;
             let worker = ctx.worker();
