@@ -1,1 +1,11 @@
-//! Placeholder.
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod mirror;
+mod redact;
+mod state;
+mod task;
+
+pub use config::{AckMode, RedisMirrorBuilder};
+pub use mirror::{MirrorStatus, RedisMirror};

@@ -537,6 +537,9 @@ mod tests {
     struct TestBackend {
         map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
         fail_writes: AtomicBool,
+        /// Claims durability and counts flushes, to check writes are flushed before they return.
+        durable: bool,
+        flushes: std::sync::atomic::AtomicUsize,
     }
 
     impl TestBackend {
@@ -555,7 +558,7 @@ mod tests {
     #[async_trait]
     impl StorageBackend for TestBackend {
         fn capabilities(&self) -> Capabilities {
-            Capabilities::volatile()
+            Capabilities::volatile().with_durable(self.durable)
         }
         async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
             Ok(self.map().get(key).cloned())
@@ -608,6 +611,7 @@ mod tests {
             Ok(())
         }
         async fn flush(&self) -> Result<()> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
         fn notices(&self) -> Option<clusterfy_core::NoticeReceiver> {
@@ -1180,5 +1184,44 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             runtime.block_on(run_against_model(ops));
         }
+    }
+
+    #[tokio::test]
+    async fn writes_to_a_durable_backend_are_flushed_before_they_return() {
+        let backend = Arc::new(TestBackend { durable: true, ..TestBackend::default() });
+        let storage = SharedStorage::new(Arc::clone(&backend) as Arc<dyn StorageBackend>);
+        let a = Path::parse("a").unwrap();
+        storage.save(&a, Value::Int(1), false).await.unwrap();
+        assert_eq!(backend.flushes.load(Ordering::SeqCst), 1, "save");
+        storage.compare_and_swap(&a, Some(&Value::Int(1)), Some(Value::Int(2))).await.unwrap().unwrap();
+        assert_eq!(backend.flushes.load(Ordering::SeqCst), 2, "compare-and-swap");
+        let lost = storage.compare_and_swap(&a, Some(&Value::Int(7)), None).await.unwrap();
+        assert!(lost.is_err());
+        assert_eq!(backend.flushes.load(Ordering::SeqCst), 2, "a lost swap writes nothing to flush");
+        assert!(storage.delete(&a).await.unwrap());
+        assert_eq!(backend.flushes.load(Ordering::SeqCst), 3, "delete");
+    }
+
+    #[tokio::test]
+    async fn volatile_backends_are_not_flushed() {
+        let backend = Arc::new(TestBackend::default());
+        let storage = SharedStorage::new(Arc::clone(&backend) as Arc<dyn StorageBackend>);
+        storage.save(&Path::parse("a").unwrap(), Value::Int(1), false).await.unwrap();
+        assert_eq!(backend.flushes.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn every_successful_write_is_announced_in_order() {
+        let storage = SharedStorage::new(Arc::new(TestBackend::default()));
+        let mut changes = storage.changes();
+        let (a, ab) = (Path::parse("a").unwrap(), Path::parse("a.b").unwrap());
+        storage.save(&a, Value::Map(BTreeMap::new()), false).await.unwrap();
+        assert!(storage.save(&Path::parse("x.y").unwrap(), Value::Int(1), false).await.is_err());
+        storage.save(&ab, Value::Int(1), false).await.unwrap();
+        assert!(!storage.delete(&Path::parse("missing").unwrap()).await.unwrap());
+        storage.delete(&a).await.unwrap();
+        let seen: Vec<Path> = (0..3).map(|_| changes.try_recv().unwrap()).collect();
+        assert_eq!(seen, [a.clone(), ab, a]);
+        assert!(changes.try_recv().is_err(), "failed writes and no-op deletes are not announced");
     }
 }
