@@ -30,6 +30,7 @@ impl PrimaryInbound {
         match body {
             Request::Storage(StorageRequest::Watch { path }) => {
                 let path = Path::parse(&path)?;
+                self.inner.watch_dispatch.call_once(|| super::watchers::dispatch_changes(&self.inner));
                 self.inner.update_slot(self.worker.id, |s| s.watches.push(path));
                 Ok(Reply::Done)
             }

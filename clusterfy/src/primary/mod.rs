@@ -183,9 +183,9 @@ impl PrimaryBuilder {
                 request_timeout: self.request_timeout,
                 ready_timeout: self.ready_timeout,
                 max_frame_len: self.max_frame_len,
+                watch_dispatch: std::sync::Once::new(),
             }),
         };
-        watchers::dispatch_changes(&primary.inner);
         watchers::forward_backend_notices(&primary.inner);
         if self.handle_signals {
             signals::shut_down_on_signals(Arc::downgrade(&primary.inner))?;
@@ -270,6 +270,9 @@ pub(crate) struct PrimaryInner {
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Duration,
     pub(crate) max_frame_len: usize,
+    /// Starts the task that sends storage changes to watching workers, at the first watch, so
+    /// writes cost nothing extra until a worker watches.
+    pub(crate) watch_dispatch: std::sync::Once,
 }
 
 impl PrimaryInner {

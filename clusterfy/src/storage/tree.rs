@@ -78,8 +78,9 @@ impl SharedStorage {
         if self.durable {
             self.backend.flush().await?;
         }
-        // Nobody watching is fine.
-        let _ = self.changes.send(path.clone());
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(path.clone());
+        }
         Ok(())
     }
 
