@@ -1,6 +1,7 @@
 //! Connecting a [`RedisMirror`], with options.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clusterfy_core::Result;
@@ -8,6 +9,7 @@ use clusterfy_core::Result;
 use crate::RedisMirror;
 use crate::error::RedisMirrorError;
 use crate::redact::SecretUrl;
+use crate::tls::{self, Pem, TlsSettings};
 
 /// When a write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,6 +40,7 @@ pub(crate) struct Settings {
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) health_check_interval: Duration,
+    pub(crate) tls: TlsSettings,
 }
 
 impl Settings {
@@ -73,7 +76,7 @@ impl Settings {
         if self.backoff_max < self.backoff_initial {
             return bad("the longest reconnect backoff must not be shorter than the first");
         }
-        Ok(())
+        tls::validate(&self.url, &self.tls)
     }
 }
 
@@ -89,6 +92,7 @@ impl fmt::Debug for Settings {
             .field("response_timeout", &self.response_timeout)
             .field("reconnect_backoff", &(self.backoff_initial..=self.backoff_max))
             .field("health_check_interval", &self.health_check_interval)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -131,8 +135,10 @@ impl RedisMirror {
     /// Connects to the Redis at `url` with default options, loads the state from it, and starts
     /// mirroring: see [`RedisMirrorBuilder::connect`].
     ///
-    /// `url` is `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS; needs a build
-    /// of the `redis` crate with a TLS feature), or `unix:///path/to/socket[?db=N&pass=...]`.
+    /// `url` is `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (the same over TLS,
+    /// trusting the system's certificate authorities unless
+    /// [`tls_ca_cert`](RedisMirrorBuilder::tls_ca_cert) names others), or
+    /// `unix:///path/to/socket[?db=N&user=U&pass=P]`.
     pub async fn connect(url: impl Into<String>) -> Result<RedisMirror> {
         RedisMirror::builder(url).connect().await
     }
@@ -152,6 +158,7 @@ impl RedisMirror {
                 backoff_initial: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(5),
                 health_check_interval: Duration::from_secs(1),
+                tls: TlsSettings::default(),
             },
         }
     }
@@ -229,14 +236,60 @@ impl RedisMirrorBuilder {
         self
     }
 
+    /// For a `rediss://` URL: trusts the certificate authorities in `pem` (one or more PEM
+    /// certificates, `-----BEGIN CERTIFICATE-----`) instead of the system's, to verify the
+    /// server's certificate with. For a server whose certificate comes from a private authority.
+    ///
+    /// The host in the URL must still be a name or IP address the server's certificate is made out
+    /// to. `connect` fails with [`ErrorKind::Config`](clusterfy_core::ErrorKind::Config) if `pem`
+    /// holds no certificate, or if the URL is not a `rediss://` one.
+    #[must_use]
+    pub fn tls_ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.settings.tls.ca_cert = Some(Pem::Bytes(pem.into()));
+        self
+    }
+
+    /// Like [`tls_ca_cert`](RedisMirrorBuilder::tls_ca_cert), with the PEM read from the file at
+    /// `path` when the mirror connects (a file that cannot be read is a
+    /// [`ErrorKind::Config`](clusterfy_core::ErrorKind::Config) error naming it).
+    #[must_use]
+    pub fn tls_ca_cert_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.tls.ca_cert = Some(Pem::File(path.into()));
+        self
+    }
+
+    /// For a `rediss://` URL: presents the client certificate `cert_pem` (the certificate, then
+    /// any intermediates) with its private key `key_pem` (PKCS#8, PKCS#1 or SEC1 PEM), for servers
+    /// that require one (`tls-auth-clients yes`, Redis's default when TLS is on). The key is never
+    /// shown in `Debug` output.
+    #[must_use]
+    pub fn tls_client_cert(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.settings.tls.client_cert = Some((Pem::Bytes(cert_pem.into()), Pem::Bytes(key_pem.into())));
+        self
+    }
+
+    /// Like [`tls_client_cert`](RedisMirrorBuilder::tls_client_cert), with both read from files
+    /// when the mirror connects.
+    #[must_use]
+    pub fn tls_client_cert_files(
+        mut self,
+        cert_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+    ) -> Self {
+        self.settings.tls.client_cert = Some((Pem::File(cert_path.into()), Pem::File(key_path.into())));
+        self
+    }
+
     /// Connects to Redis, loads the state (every field of the hash `<prefix>:data`) into
     /// memory, and starts the mirror task on the current tokio runtime.
     ///
     /// Fails, rather than starting empty, when Redis cannot be reached: the state lives there
     /// between runs, and starting without it would overwrite it. Errors:
-    /// [`ErrorKind::Config`](clusterfy_core::ErrorKind::Config) for a bad URL or option, or when
-    /// not called within a tokio runtime; [`ErrorKind::Storage`](clusterfy_core::ErrorKind::Storage)
-    /// when Redis is unreachable, refuses the credentials, or `<prefix>:data` is not a hash.
+    /// [`ErrorKind::Config`](clusterfy_core::ErrorKind::Config) for a bad URL or option, when
+    /// not called within a tokio runtime, or when the TLS handshake fails (the server's certificate
+    /// is not trusted, the server wants a client certificate, or the port does not speak TLS);
+    /// [`ErrorKind::Storage`](clusterfy_core::ErrorKind::Storage) when Redis is unreachable,
+    /// refuses the credentials, or `<prefix>:data` is not a hash.
     pub async fn connect(self) -> Result<RedisMirror> {
         self.settings.validate()?;
         Ok(RedisMirror::start(self.settings).await?)
@@ -254,6 +307,17 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("redis://user:***@example:6379"), "{shown}");
         assert!(shown.contains("key_prefix: \"p\""), "{shown}");
+    }
+
+    #[test]
+    fn debug_of_a_tls_builder_hides_the_password_and_the_client_key() {
+        let builder = RedisMirror::builder("rediss://:hunter2@example:6380/0")
+            .tls_ca_cert_file("/etc/redis/ca.pem")
+            .tls_client_cert(b"cert".to_vec(), b"-----BEGIN PRIVATE KEY----- hunter3".to_vec());
+        let shown = format!("{builder:?}");
+        assert!(shown.contains("rediss://:***@example:6380/0"), "{shown}");
+        assert!(shown.contains("/etc/redis/ca.pem"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
     }
 
     #[test]

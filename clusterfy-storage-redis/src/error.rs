@@ -7,20 +7,36 @@ use std::time::Duration;
 use clusterfy_core::{Error, ErrorKind};
 use redis::RedisError;
 
+use crate::tls::{TlsFailure, is_tls_url};
+
 #[derive(Debug)]
 pub(crate) enum RedisMirrorError {
     /// A builder option is out of range; the text names it.
     Setting(String),
     /// `connect` was polled outside a tokio runtime, so the mirror task has nowhere to run.
     NoRuntime { url: String },
-    /// The URL does not parse, or asks for something this build cannot do (TLS).
+    /// The URL does not parse, or the TLS certificates given do not fit it.
     InvalidUrl { url: String, source: RedisError },
+    /// The TLS handshake failed at start.
+    Tls { url: String, failure: TlsFailure, source: RedisError },
     /// Redis could not be reached, or refused the connection, at start.
     Unreachable { url: String, source: RedisError },
     /// The state could not be loaded from the data hash at start.
     Load { url: String, key: String, source: RedisError },
     /// Redis has not confirmed a write within the ack timeout.
     NotConfirmed { url: String, timeout: Duration, waiting_for: &'static str },
+}
+
+/// A hint for TLS and plain text mixed up: a plain-text server never answers a TLS handshake (the
+/// attempt times out), and a TLS server hangs up on plain text.
+fn mixup_hint(url: &str, err: &RedisError) -> &'static str {
+    if is_tls_url(url) && err.is_timeout() {
+        " (for rediss://, the port must be Redis's tls-port)"
+    } else if err.is_connection_dropped() && !err.is_connection_refusal() {
+        " (if that port serves TLS, use rediss://)"
+    } else {
+        ""
+    }
 }
 
 /// Whether Redis refused the credentials (or wanted some and got none).
@@ -56,10 +72,30 @@ impl From<RedisMirrorError> for Error {
                 ErrorKind::Config,
                 format!(
                     "the Redis URL {url} is not usable ({source}); use redis://[[user]:password@]host[:port][/db], \
-                     rediss://... (with a TLS-enabled build) or unix:///path/to/socket"
+                     rediss://... (TLS; an optional #insecure at the end skips the certificate check) or \
+                     unix:///path/to/socket"
                 ),
             )
             .with_context("url", url),
+            RedisMirrorError::Tls { url, failure, source } => {
+                let message = match failure {
+                    TlsFailure::Untrusted => format!(
+                        "Redis at {url} presented a TLS certificate that is not trusted; if it comes from a \
+                         private certificate authority, trust that with tls_ca_cert or tls_ca_cert_file \
+                         (otherwise the system's authorities are used), and connect to a host name or IP address \
+                         the certificate is made out to"
+                    ),
+                    TlsFailure::Refused => format!(
+                        "Redis at {url} ended the TLS handshake; if it requires client certificates \
+                         (tls-auth-clients yes, its default), give one with tls_client_cert"
+                    ),
+                    TlsFailure::NotTls => format!(
+                        "the server at {url} does not speak TLS on that port; use redis:// for a plain-text \
+                         port, or the server's tls-port"
+                    ),
+                };
+                Error::new(ErrorKind::Config, message).with_context("url", url).with_source(source)
+            }
             RedisMirrorError::Unreachable { url, source } => {
                 let message = if is_auth_error(&source) {
                     format!(
@@ -68,7 +104,9 @@ impl From<RedisMirrorError> for Error {
                 } else {
                     format!(
                         "cannot reach Redis at {url}, so the state cannot be loaded and the storage does not \
-                         start (starting empty would overwrite the state kept there); start Redis or fix the URL"
+                         start (starting empty would overwrite the state kept there); start Redis or fix the \
+                         URL{}",
+                        mixup_hint(&url, &source)
                     )
                 };
                 Error::new(ErrorKind::Storage, message).with_context("url", url).with_source(source)

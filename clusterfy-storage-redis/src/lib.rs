@@ -6,6 +6,7 @@ mod mirror;
 mod redact;
 mod state;
 mod task;
+mod tls;
 
 pub use config::{AckMode, RedisMirrorBuilder};
 pub use mirror::{MirrorStatus, RedisMirror};

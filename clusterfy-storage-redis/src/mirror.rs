@@ -15,6 +15,7 @@ use crate::config::{AckMode, Settings};
 use crate::error::RedisMirrorError;
 use crate::state::{Map, Op, Recorded, State};
 use crate::task::{self, Mirror};
+use crate::tls;
 
 /// How many notices a subscriber may fall behind before it misses some.
 const NOTICE_BUFFER: usize = 64;
@@ -103,12 +104,15 @@ impl RedisMirror {
         let url = settings.url.redacted().to_owned();
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| RedisMirrorError::NoRuntime { url: url.clone() })?;
-        let client = redis::Client::open(settings.url.expose())
-            .map_err(|source| RedisMirrorError::InvalidUrl { url: url.clone(), source })?;
+        let client = tls::client(&settings.url, &settings.tls)?;
         let data_key = settings.data_key();
-        let mut connection = task::open(&client, &task::connection_config(&settings))
-            .await
-            .map_err(|source| RedisMirrorError::Unreachable { url: url.clone(), source })?;
+        let mut connection =
+            task::open(&client, &task::connection_config(&settings)).await.map_err(|source| {
+                match tls::failure(&source).filter(|_| tls::is_tls_url(settings.url.expose())) {
+                    Some(failure) => RedisMirrorError::Tls { url: url.clone(), failure, source },
+                    None => RedisMirrorError::Unreachable { url: url.clone(), source },
+                }
+            })?;
         let map: Map =
             redis::cmd("HGETALL").arg(&data_key).query_async(&mut connection.conn).await.map_err(
                 |source| RedisMirrorError::Load { url: url.clone(), key: data_key.clone(), source },

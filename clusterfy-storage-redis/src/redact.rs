@@ -119,6 +119,12 @@ mod tests {
             ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
             ("redis://alice:s3cret@host", "redis://alice:***@host"),
             ("rediss://alice:s3cret@host:6380#insecure", "rediss://alice:***@host:6380#insecure"),
+            ("rediss://:s3cret@host:6380/0", "rediss://:***@host:6380/0"),
+            (
+                "rediss://default:s3cret@127.0.0.1:6380/#insecure",
+                "rediss://default:***@127.0.0.1:6380/#insecure",
+            ),
+            ("valkeys://:s3cret@host", "valkeys://:***@host"),
             ("redis://s3cret@host", "redis://***@host"),
             ("redis://:p@ss:w@rd@host", "redis://:***@host"),
             ("redis://:pa/ss?x@host", "redis://:***@host"),

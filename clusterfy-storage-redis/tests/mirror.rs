@@ -387,13 +387,20 @@ async fn unreachable_redis_at_start_is_a_clear_error_without_the_password() {
 
 #[tokio::test]
 async fn bad_urls_are_config_errors_without_the_password() {
-    for url in ["rediss://:hunter2@127.0.0.1:1", "http://:hunter2@127.0.0.1:1", "hunter2"] {
+    for url in ["rediss://:hunter2@127.0.0.1:1#unknown-fragment", "http://:hunter2@127.0.0.1:1", "hunter2"] {
         let err = RedisMirror::connect(url).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{url}: {err}");
         assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
     }
+    // TLS options need a TLS URL.
+    let err =
+        RedisMirror::builder("redis://:hunter2@127.0.0.1:1").tls_ca_cert("pem").connect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.message().contains("rediss://"), "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+    // rediss:// is supported: nobody listening is an unreachable server, not a bad URL.
     let err = RedisMirror::connect("rediss://127.0.0.1:1").await.unwrap_err();
-    assert!(err.message().contains("TLS"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
 }
 
 #[test]

@@ -7,6 +7,11 @@
 //! where a skipped test is a failed test (it panics). Tests that kill the server use
 //! [`RedisServer::start_owned_or_skip`], which never hands out a server it cannot kill.
 //!
+//! [`RedisServer::start_tls`] starts one that speaks only TLS on its TCP port (`rediss://`), with a
+//! throwaway certificate authority made by the `openssl` command in the server's directory (see
+//! [`TlsFiles`]); [`RedisServer::start_tls_or_skip`] skips (or fails in CI) when `openssl` is
+//! missing or `redis-server` was built without TLS.
+//!
 //! Everything here is blocking and uses only `std`; from async tests the short waits (a server is
 //! ready in a few milliseconds) are harmless, or wrap them in `spawn_blocking`.
 //!
@@ -70,13 +75,152 @@ wait "$pid"
 if [ "$owner_gone" = yes ]; then rm -rf -- "$CLUSTERFY_REDIS_SERVER_DIR"; fi
 "#;
 
+/// Certificates made for a TLS server ([`RedisServer::start_tls`]), all PEM files in the server's
+/// directory, valid for 7 days, with EC P-256 keys.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The throwaway certificate authority that signed the server's and the client's certificates:
+    /// what a client has to trust.
+    pub ca_cert: PathBuf,
+    /// A client certificate signed by [`ca_cert`](TlsFiles::ca_cert), for servers that require one
+    /// ([`RedisServer::start_mtls`]).
+    pub client_cert: PathBuf,
+    /// The private key of [`client_cert`](TlsFiles::client_cert).
+    pub client_key: PathBuf,
+    /// Another certificate authority, which signed nothing the server has: trusting only it must
+    /// make the connection fail.
+    pub other_ca_cert: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    require_client_certs: bool,
+}
+
+/// The `openssl` configuration the certificates are made with. The server's certificate is valid
+/// for `127.0.0.1` and `localhost`.
+const OPENSSL_CONFIG: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = Clusterfy test
+[ca_ext]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client_ext]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+";
+
+impl TlsFiles {
+    /// Makes a certificate authority, a server and a client certificate signed by it, and an
+    /// unrelated second authority, in `dir`.
+    fn create(dir: &Path, require_client_certs: bool) -> io::Result<TlsFiles> {
+        let file = |name: &str| dir.join(name);
+        let config = file("openssl.cnf");
+        std::fs::write(&config, OPENSSL_CONFIG)?;
+        let files = TlsFiles {
+            ca_cert: file("ca.crt"),
+            client_cert: file("client.crt"),
+            client_key: file("client.key"),
+            other_ca_cert: file("other-ca.crt"),
+            server_cert: file("server.crt"),
+            server_key: file("server.key"),
+            require_client_certs,
+        };
+        // A new EC P-256 key and a request (or, with -x509, a self-signed certificate) for it.
+        let new_key = |key: &Path, out: &Path, subject: &str, x509: &[&str]| {
+            let mut args: Vec<OsString> = vec!["req".into()];
+            args.extend(x509.iter().map(OsString::from));
+            args.extend(["-config".into(), config.clone().into_os_string()]);
+            args.extend(
+                ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", subject]
+                    .map(OsString::from),
+            );
+            args.extend(["-keyout".into(), key.into(), "-out".into(), out.into()]);
+            openssl(&args)
+        };
+        let ca_key = file("ca.key");
+        let ca = ["-x509", "-extensions", "ca_ext", "-days", "7"];
+        new_key(&ca_key, &files.ca_cert, "/CN=Clusterfy test CA", &ca)?;
+        new_key(&file("other-ca.key"), &files.other_ca_cert, "/CN=Clusterfy unrelated test CA", &ca)?;
+        let signed = |cert: &Path, key: &Path, subject: &str, extensions: &str, serial: &str| {
+            let request = file("request.csr");
+            new_key(key, &request, subject, &[])?;
+            let mut args: Vec<OsString> =
+                ["x509", "-req", "-days", "7", "-set_serial", serial, "-extensions", extensions]
+                    .map(OsString::from)
+                    .into();
+            for (option, path) in [
+                ("-extfile", &*config),
+                ("-in", &*request),
+                ("-CA", &*files.ca_cert),
+                ("-CAkey", &*ca_key),
+                ("-out", cert),
+            ] {
+                args.extend([option.into(), path.into()]);
+            }
+            openssl(&args)
+        };
+        signed(&files.server_cert, &files.server_key, "/CN=localhost", "server_ext", "2")?;
+        signed(&files.client_cert, &files.client_key, "/CN=clusterfy-test-client", "client_ext", "3")?;
+        Ok(files)
+    }
+
+    /// The `redis-server` arguments that serve TLS, and nothing else, on `port`.
+    fn server_args(&self, port: u16) -> Vec<OsString> {
+        let mut args: Vec<OsString> = ["--port", "0", "--tls-port"].map(OsString::from).into();
+        args.push(port.to_string().into());
+        for (option, path) in [
+            ("--tls-cert-file", &self.server_cert),
+            ("--tls-key-file", &self.server_key),
+            ("--tls-ca-cert-file", &self.ca_cert),
+        ] {
+            args.extend([option.into(), path.into()]);
+        }
+        args.push("--tls-auth-clients".into());
+        args.push(if self.require_client_certs { "yes" } else { "no" }.into());
+        args
+    }
+}
+
+/// Runs `openssl` with `args`, failing with its output; `NotFound` if it is not installed.
+fn openssl(args: &[OsString]) -> io::Result<()> {
+    let output = Command::new("openssl").args(args).stdin(Stdio::null()).output().map_err(|err| {
+        io::Error::new(err.kind(), format!("cannot run openssl, which makes the test certificates: {err}"))
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let shown: Vec<_> = args.iter().map(|arg| arg.to_string_lossy()).collect();
+    Err(io::Error::other(format!(
+        "openssl {} failed ({}): {}",
+        shown.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    )))
+}
+
 /// A `redis-server` process owned by a test, or an outside server named by
 /// `CLUSTERFY_TEST_REDIS_URL`.
 ///
 /// An owned server listens on `127.0.0.1:<free port>` and on a Unix socket, keeps nothing on disk
 /// (`--save "" --appendonly no`), so after [`kill`](RedisServer::kill) and
 /// [`restart`](RedisServer::restart) it is empty — what an outage test wants: the client has to
-/// rewrite its state. Dropping it kills the process and removes its directory.
+/// rewrite its state. Dropping it kills the process and removes its directory. A TLS server
+/// ([`start_tls`](RedisServer::start_tls)) serves only TLS on that port, and keeps its certificates
+/// ([`tls`](RedisServer::tls)) in its directory across restarts.
 pub struct RedisServer {
     url: String,
     owned: Option<Owned>,
@@ -86,6 +230,7 @@ struct Owned {
     binary: OsString,
     port: u16,
     dir: PathBuf,
+    tls: Option<TlsFiles>,
     process: Option<Process>,
 }
 
@@ -105,24 +250,74 @@ impl RedisServer {
     /// [`io::ErrorKind::NotFound`] if the binary is not installed; any other error if it does not
     /// start within 10 seconds (the message carries the server's log).
     pub fn start() -> io::Result<RedisServer> {
+        RedisServer::start_owned(None)
+    }
+
+    /// Starts a `redis-server` like [`start`](RedisServer::start), but speaking only TLS on its TCP
+    /// port: [`url`](RedisServer::url) is `rediss://127.0.0.1:<port>`. Its certificate, for
+    /// `127.0.0.1` and `localhost`, is signed by a throwaway certificate authority made with the
+    /// `openssl` command in the server's directory ([`tls`](RedisServer::tls) names the files).
+    /// Clients need not present a certificate (`--tls-auth-clients no`).
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] if `redis-server` or `openssl` is not installed;
+    /// [`io::ErrorKind::Unsupported`] if `redis-server` was built without TLS; any other error as
+    /// [`start`](RedisServer::start).
+    pub fn start_tls() -> io::Result<RedisServer> {
+        RedisServer::start_owned(Some(false))
+    }
+
+    /// Like [`start_tls`](RedisServer::start_tls), but the server requires a client certificate
+    /// signed by its authority (`--tls-auth-clients yes`, Redis's default):
+    /// [`TlsFiles::client_cert`] and [`TlsFiles::client_key`] are one.
+    ///
+    /// # Errors
+    ///
+    /// As [`start_tls`](RedisServer::start_tls).
+    pub fn start_mtls() -> io::Result<RedisServer> {
+        RedisServer::start_owned(Some(true))
+    }
+
+    /// `tls`: `None` for plain TCP, else whether clients must present a certificate.
+    fn start_owned(tls: Option<bool>) -> io::Result<RedisServer> {
         let binary = std::env::var_os(REDIS_SERVER_BIN_ENV)
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| OsString::from("redis-server"));
         ensure_runs(&binary)?;
+        if tls.is_some() {
+            ensure_tls_built(&binary)?;
+        }
         let dir = private_temp_dir()?;
+        let result = RedisServer::start_in(&binary, &dir, tls);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    fn start_in(binary: &OsString, dir: &Path, tls: Option<bool>) -> io::Result<RedisServer> {
+        let tls = match tls {
+            Some(require_client_certs) => Some(TlsFiles::create(dir, require_client_certs)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "rediss" } else { "redis" };
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            let mut owned = Owned { binary: binary.clone(), port, dir: dir.clone(), process: None };
+            let mut owned =
+                Owned { binary: binary.clone(), port, dir: dir.to_owned(), tls: tls.clone(), process: None };
             match owned.spawn() {
                 Ok(()) => {
-                    return Ok(RedisServer { url: format!("redis://127.0.0.1:{port}"), owned: Some(owned) });
+                    return Ok(RedisServer {
+                        url: format!("{scheme}://127.0.0.1:{port}"),
+                        owned: Some(owned),
+                    });
                 }
                 // Another process may have taken the port since it was picked: try a fresh one.
                 Err(err) => last_error = Some(err),
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Err(last_error.unwrap_or_else(|| io::Error::other("redis-server did not start")))
     }
 
@@ -162,7 +357,35 @@ impl RedisServer {
         or_skip(test, RedisServer::start())
     }
 
-    /// The URL clients connect with: `redis://127.0.0.1:<port>` for an owned server.
+    /// A fresh TLS server ([`start_tls`](RedisServer::start_tls)) for the test named `test`
+    /// (never the one `CLUSTERFY_TEST_REDIS_URL` names); `None` (after a loud `SKIPPED` line on
+    /// stderr) if `redis-server` or `openssl` is not installed or `redis-server` lacks TLS.
+    ///
+    /// # Panics
+    ///
+    /// As [`start_or_skip`](RedisServer::start_or_skip): in CI a skipped test fails.
+    pub fn start_tls_or_skip(test: &str) -> Option<RedisServer> {
+        or_skip(test, RedisServer::start_tls())
+    }
+
+    /// Like [`start_tls_or_skip`](RedisServer::start_tls_or_skip), with a server that requires a
+    /// client certificate ([`start_mtls`](RedisServer::start_mtls)).
+    ///
+    /// # Panics
+    ///
+    /// As [`start_or_skip`](RedisServer::start_or_skip).
+    pub fn start_mtls_or_skip(test: &str) -> Option<RedisServer> {
+        or_skip(test, RedisServer::start_mtls())
+    }
+
+    /// The certificates of a TLS server ([`start_tls`](RedisServer::start_tls)); `None` for a
+    /// plain or outside one.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.owned.as_ref().and_then(|owned| owned.tls.as_ref())
+    }
+
+    /// The URL clients connect with: `redis://127.0.0.1:<port>` for an owned server,
+    /// `rediss://127.0.0.1:<port>` for a TLS one.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -245,12 +468,17 @@ impl Owned {
 
     /// Starts the server process and waits for its readiness line.
     fn spawn(&mut self) -> io::Result<()> {
+        let listen = match &self.tls {
+            Some(tls) => tls.server_args(self.port),
+            None => vec!["--port".into(), self.port.to_string().into()],
+        };
         let mut shell = Command::new("sh")
             .arg("-c")
             .arg(GUARD_SCRIPT)
             .env("CLUSTERFY_REDIS_SERVER_DIR", &self.dir)
             .arg(&self.binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1"])
             .arg("--unixsocket")
             .arg(self.socket_path())
             .args(["--unixsocketperm", "700"])
@@ -304,7 +532,11 @@ fn or_skip(test: &str, started: io::Result<RedisServer>) -> Option<RedisServer> 
     match started {
         Ok(server) => Some(server),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            skip(test, &format!("redis-server is not installed ({err})"));
+            skip(test, &format!("a program it needs is not installed ({err})"));
+            None
+        }
+        Err(err) if err.kind() == io::ErrorKind::Unsupported => {
+            skip(test, &err.to_string());
             None
         }
         Err(err) => panic!("{test}: redis-server is installed but did not start: {err}"),
@@ -348,6 +580,41 @@ fn ensure_runs(binary: &OsString) -> io::Result<()> {
     }
 }
 
+/// Fails with `Unsupported` when `binary` was built without TLS. Asked to serve TLS without a
+/// certificate, a build with TLS complains about the missing `tls-cert-file`; one without says
+/// something else (and, told to listen nowhere, exits too).
+fn ensure_tls_built(binary: &OsString) -> io::Result<()> {
+    let mut probe = Command::new(binary)
+        .args(["--port", "0", "--tls-port", "1", "--save", "", "--appendonly", "no", "--logfile", ""])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while probe.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = probe.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let output = probe.wait_with_output()?;
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if said.contains("tls-cert-file") {
+        Ok(())
+    } else {
+        let last = said.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("");
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{} was built without TLS (asked for a TLS port it said: {last})",
+                Path::new(binary).display()
+            ),
+        ))
+    }
+}
+
 /// A loopback port nobody listened on a moment ago.
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
@@ -386,12 +653,13 @@ pub fn skip(test: &str, reason: &str) {
     assert!(
         !running_in_ci(),
         "{test}: cannot run: {reason}. CI is set, and in CI a skipped test is a failed test \
-         (install redis-server or set {TEST_REDIS_URL_ENV})"
+         (install redis-server or set {TEST_REDIS_URL_ENV}; TLS tests also need openssl and a TLS build)"
     );
     eprintln!(
         "\n==============================================================\n\
          SKIPPED: {test}: {reason}.\n\
-         Install redis-server (apt-get install redis-server) or set {TEST_REDIS_URL_ENV}.\n\
+         Install redis-server (apt-get install redis-server) or set {TEST_REDIS_URL_ENV}; TLS tests\n\
+         also need the openssl command and a redis-server built with TLS (Debian's is).\n\
          ==============================================================\n"
     );
 }
@@ -426,6 +694,40 @@ mod tests {
         assert!(server.unix_url().is_none());
         let mut server = server;
         assert_eq!(server.kill().expect_err("not owned").kind(), io::ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn tls_server_serves_only_tls_and_keeps_its_certificates_across_restarts() {
+        let Some(mut server) = RedisServer::start_tls_or_skip("redis_server::tls") else { return };
+        let port = server.port().expect("owned");
+        assert_eq!(server.url(), format!("rediss://127.0.0.1:{port}"));
+        let tls = server.tls().expect("a TLS server").clone();
+        let verify = |ca: &Path, cert: &Path| {
+            Command::new("openssl").arg("verify").arg("-CAfile").arg(ca).arg(cert).output().expect("openssl")
+        };
+        for cert in [&tls.server_cert, &tls.client_cert] {
+            let verified = verify(&tls.ca_cert, cert);
+            assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+            assert!(!verify(&tls.other_ca_cert, cert).status.success(), "the other CA signed nothing");
+        }
+        assert!(plain_ping(port).is_err(), "the TCP port speaks only TLS");
+        server.restart().expect("restart");
+        assert_eq!(server.port(), Some(port));
+        assert!(plain_ping(port).is_err(), "still only TLS after a restart");
+        assert!(tls.ca_cert.exists(), "the certificates stay for restarts");
+        drop(server);
+        assert!(!tls.ca_cert.exists(), "the temp dir is removed on drop");
+    }
+
+    /// A plain-text `PING` on `port`: the reply, or an error when the server closes the connection.
+    fn plain_ping(port: u16) -> io::Result<String> {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+        stream.set_read_timeout(Some(READY_TIMEOUT))?;
+        stream.write_all(b"PING\r\n")?;
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply)?;
+        Ok(String::from_utf8_lossy(&reply).trim_end().to_owned())
     }
 
     fn ping(port: u16) -> String {
