@@ -55,7 +55,7 @@
 //!   replaced values, deletes, compare-and-swaps, batches) are all there after the backend is
 //!   dropped and opened again, twice. A backend that claims [`Capabilities::durable`] must be
 //!   reopenable; one that cannot be reopened passes only if it does not claim durability, and
-//!   prints `skipped: volatile backend` on stderr.
+//!   says so on stderr.
 //! - `concurrent_writers_lose_nothing`: eight tasks at once write disjoint keys (puts, batches,
 //!   deletes) and increment one shared counter by compare-and-swap; every write and every
 //!   increment is there at the end.
