@@ -31,7 +31,12 @@ impl PrimaryInbound {
             Request::Storage(StorageRequest::Watch { path }) => {
                 let path = Path::parse(&path)?;
                 self.inner.watch_dispatch.call_once(|| super::watchers::dispatch_changes(&self.inner));
-                self.inner.update_slot(self.worker.id, |s| s.watches.push(path));
+                self.inner.update_slot(self.worker.id, |s| {
+                    // Watching a path twice is one watch: a worker that re-watches must not grow the list.
+                    if !s.watches.contains(&path) {
+                        s.watches.push(path);
+                    }
+                });
                 Ok(Reply::Done)
             }
             Request::Storage(request) => self.inner.storage.handle(request).await,
