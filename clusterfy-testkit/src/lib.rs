@@ -3,6 +3,7 @@
 pub mod redis_server;
 pub mod storage;
 pub mod transport;
+mod watchdog;
 
 /// Expands to the `main` of a test target (declared with `harness = false`) that runs the
 /// transport conformance suite on a transport: one named test `<name>::<case>` per case.

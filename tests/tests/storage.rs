@@ -167,7 +167,10 @@ async fn the_primary_watches_its_own_storage() {
     shut_down_cleanly(&primary).await;
 }
 
-common::over_transports!(
+/// Every scenario above, written once: each runs over both transports and on both durable backends.
+macro_rules! storage_scenarios {
+    ($($runner:tt)*) => {
+        $($runner)*!(
     a_worker_watching_a_path_is_told_of_writes_on_its_branch_only,
     the_primary_watches_its_own_storage,
     two_workers_write_and_read_the_same_path,
@@ -176,13 +179,8 @@ common::over_transports!(
     compare_and_swap_from_racing_workers_has_exactly_one_winner,
     concurrent_updates_from_several_workers_lose_no_increment,
 );
+    };
+}
 
-common::over_durable_storages!(
-    a_worker_watching_a_path_is_told_of_writes_on_its_branch_only,
-    the_primary_watches_its_own_storage,
-    two_workers_write_and_read_the_same_path,
-    save_under_a_missing_parent_fails_with_not_found_naming_the_prefix,
-    save_with_parents_creates_them_and_a_map_path_reads_the_whole_subtree,
-    compare_and_swap_from_racing_workers_has_exactly_one_winner,
-    concurrent_updates_from_several_workers_lose_no_increment,
-);
+storage_scenarios!(common::over_transports);
+storage_scenarios!(common::over_durable_storages);

@@ -74,14 +74,7 @@ fn run_watched(
              the backend is far too slow"
         ))),
         Err(RecvTimeoutError::Disconnected) => Err(Failure::failed(match thread.join() {
-            Err(panic) => match panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or(panic.downcast_ref::<&str>().copied())
-            {
-                Some(message) => format!("the case panicked: {message}"),
-                None => "the case panicked".to_owned(),
-            },
+            Err(panic) => crate::watchdog::describe_panic(panic.as_ref()),
             Ok(()) => "the case ended without an outcome".to_owned(),
         })),
     }

@@ -136,14 +136,7 @@ fn run_case(case: &'static Case, mode: PeerMode, factory: &Factory) -> Result<()
             "watchdog: the case did not finish within {WATCHDOG:?}; a transport call blocks or hangs"
         ))),
         Err(RecvTimeoutError::Disconnected) => Err(Failure::new(match thread.join() {
-            Err(panic) => match panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or(panic.downcast_ref::<&str>().copied())
-            {
-                Some(message) => format!("the case panicked: {message}"),
-                None => "the case panicked".to_owned(),
-            },
+            Err(panic) => crate::watchdog::describe_panic(panic.as_ref()),
             Ok(()) => "the case ended without an outcome".to_owned(),
         })),
     };
