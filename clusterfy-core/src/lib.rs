@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod os;
 pub mod path;
 pub mod protocol;
 pub mod session;
@@ -20,7 +21,7 @@ pub use error::{Error, ErrorKind, Result, WireError};
 pub use path::Path;
 pub use protocol::{Origin, WorkerId, WorkerSelector, WorkerStatus};
 pub use storage::{BatchOp, Capabilities, CasConflict, NoticeReceiver, StorageBackend, StorageNotice};
-pub use transport::{Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
+pub use transport::{Authentication, Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
 pub use value::{Value, from_value, to_value};
 #[cfg(test)]
 mod protocol_properties;

@@ -8,22 +8,24 @@ use crate::protocol::{
     Destination, Hello, Message, PROTOCOL_VERSION, RequestId, Welcome, WorkerId, WorkerSelector,
 };
 
-/// The primary's side of one worker's handshake: checks the first frame against the id and the
-/// one-time token it gave that worker.
+/// The primary's side of one worker's handshake: checks the first frame against the worker's id
+/// and, for transports that authenticate with one, the one-time token it gave that worker.
 #[derive(Debug)]
 pub struct PrimaryHandshake {
     worker_id: WorkerId,
+    /// `None` when the channel itself authenticates (it was inherited at spawn).
     token: Option<String>,
+    spent: bool,
 }
 
 impl PrimaryHandshake {
-    /// Expects worker `worker_id` presenting `token`.
-    pub fn new(worker_id: WorkerId, token: String) -> Self {
-        PrimaryHandshake { worker_id, token: Some(token) }
+    /// Expects worker `worker_id`, presenting `token` if one was given to it.
+    pub fn new(worker_id: WorkerId, token: Option<String>) -> Self {
+        PrimaryHandshake { worker_id, token, spent: false }
     }
 
-    /// Checks the first frame of a connection. On success the token is spent: no later
-    /// connection can present it again.
+    /// Checks the first frame of a connection. On success the handshake is spent: no later
+    /// connection can pass it again.
     pub fn check_hello(&mut self, first: Message) -> Result<Hello> {
         let Message::Hello(hello) = first else {
             return Err(Error::new(
@@ -41,15 +43,17 @@ impl PrimaryHandshake {
             )
             .with_context("worker_id", hello.worker_id));
         }
-        let Some(token) = &self.token else {
-            return Err(Error::new(ErrorKind::Unauthorized, "this worker's one-time token was already used")
+        if self.spent {
+            return Err(Error::new(ErrorKind::Unauthorized, "this worker's handshake was already used")
                 .with_context("worker_id", self.worker_id));
-        };
-        if hello.worker_id != self.worker_id || !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
+        }
+        let token_ok =
+            self.token.as_ref().is_none_or(|t| constant_time_eq(hello.token.as_bytes(), t.as_bytes()));
+        if hello.worker_id != self.worker_id || !token_ok {
             return Err(Error::new(ErrorKind::Unauthorized, "connection refused: wrong worker id or token")
                 .with_context("worker_id", self.worker_id));
         }
-        self.token = None;
+        self.spent = true;
         Ok(hello)
     }
 }
@@ -219,7 +223,7 @@ mod tests {
 
     #[test]
     fn handshake_accepts_the_right_token_once() {
-        let mut hs = PrimaryHandshake::new(WorkerId(3), "secret".into());
+        let mut hs = PrimaryHandshake::new(WorkerId(3), Some("secret".into()));
         assert_eq!(hs.check_hello(hello(3, "wrong")).unwrap_err().kind(), ErrorKind::Unauthorized);
         assert_eq!(hs.check_hello(hello(4, "secret")).unwrap_err().kind(), ErrorKind::Unauthorized);
         assert!(hs.check_hello(hello(3, "secret")).is_ok());
@@ -227,8 +231,16 @@ mod tests {
     }
 
     #[test]
+    fn an_inherited_channel_needs_no_token_but_the_right_id_once() {
+        let mut hs = PrimaryHandshake::new(WorkerId(3), None);
+        assert_eq!(hs.check_hello(hello(4, "")).unwrap_err().kind(), ErrorKind::Unauthorized);
+        assert!(hs.check_hello(hello(3, "")).is_ok());
+        assert_eq!(hs.check_hello(hello(3, "")).unwrap_err().kind(), ErrorKind::Unauthorized);
+    }
+
+    #[test]
     fn handshake_rejects_other_versions_and_other_first_frames() {
-        let mut hs = PrimaryHandshake::new(WorkerId(1), "t".into());
+        let mut hs = PrimaryHandshake::new(WorkerId(1), Some("t".into()));
         let old = Message::Hello(Hello { protocol_version: 0, worker_id: WorkerId(1), token: "t".into() });
         assert_eq!(hs.check_hello(old).unwrap_err().kind(), ErrorKind::Protocol);
         assert_eq!(

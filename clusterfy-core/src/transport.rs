@@ -17,7 +17,8 @@ use crate::protocol::WorkerId;
 pub const ENV_TRANSPORT: &str = "CLUSTERFY_TRANSPORT";
 /// Environment variable with the worker's id; its presence makes a process a worker.
 pub const ENV_WORKER_ID: &str = "CLUSTERFY_WORKER_ID";
-/// Environment variable with the worker's one-time handshake token.
+/// Environment variable with the worker's one-time handshake token, set only for transports
+/// that authenticate with one ([`Authentication::Token`]).
 pub const ENV_TOKEN: &str = "CLUSTERFY_TOKEN";
 
 /// The reading half of a connection.
@@ -100,6 +101,19 @@ pub struct SpawnInfo {
     pub name: String,
 }
 
+/// How the primary knows that a connection comes from the worker it spawned.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authentication {
+    /// The channel itself: it is handed to the child at spawn (an inherited, already connected
+    /// socket) and no other process can open it, so the worker carries no secret.
+    InheritedChannel,
+    /// A one-time token: the primary puts it in the worker's environment ([`ENV_TOKEN`]) and
+    /// the worker presents it in its `Hello`. For channels that another process could reach
+    /// first (a wrapper, a network).
+    Token,
+}
+
 /// Moves bytes between the primary and its workers.
 ///
 /// `#[async_trait]` so it can be held as `Arc<dyn Transport>`.
@@ -121,6 +135,9 @@ pub struct SpawnInfo {
 pub trait Transport: Send + Sync + Debug + 'static {
     /// A short stable name, written to [`ENV_TRANSPORT`] so the worker picks the same transport.
     fn name(&self) -> &'static str;
+
+    /// How the primary authenticates this transport's connections.
+    fn authentication(&self) -> Authentication;
 
     /// Primary side, before spawn: set what the child needs (environment, piped stdio) on
     /// `command`, and return the rendezvous that completes the connection after spawn.
@@ -149,3 +166,38 @@ pub trait Rendezvous: Send {
     /// must be cancel-safe.
     async fn accept(&mut self) -> Result<Connection>;
 }
+
+/// A shared or boxed transport is a transport, so the caller can keep a handle to it.
+macro_rules! forward_transport {
+    ($($pointer:ident)::+) => {
+        #[async_trait]
+        impl<T: Transport + ?Sized> Transport for $($pointer)::+<T> {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+
+            fn authentication(&self) -> Authentication {
+                (**self).authentication()
+            }
+
+            async fn prepare(
+                &self,
+                info: &SpawnInfo,
+                command: &mut tokio::process::Command,
+            ) -> Result<Box<dyn Rendezvous>> {
+                (**self).prepare(info, command).await
+            }
+
+            async fn connect(&self, env: &WorkerEnv) -> Result<Connection> {
+                (**self).connect(env).await
+            }
+
+            fn close(&self) -> Result<()> {
+                (**self).close()
+            }
+        }
+    };
+}
+
+forward_transport!(std::sync::Arc);
+forward_transport!(Box);

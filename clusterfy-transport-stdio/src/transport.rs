@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::Stdio;
 
 use async_trait::async_trait;
-use clusterfy_core::transport::ENV_TRANSPORT;
+use clusterfy_core::transport::{Authentication, ENV_TRANSPORT};
 use clusterfy_core::{Connection, Error, ErrorKind, Rendezvous, Result, SpawnInfo, Transport, WorkerEnv};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use tokio::net::unix::pipe;
@@ -30,6 +30,12 @@ impl StdioTransport {
 impl Transport for StdioTransport {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// A token: the pipes may lead through a wrapper (ssh, a container runtime) to a program
+    /// the primary did not start itself.
+    fn authentication(&self) -> Authentication {
+        Authentication::Token
     }
 
     async fn prepare(

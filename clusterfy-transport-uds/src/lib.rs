@@ -1,8 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-mod config;
-mod error;
 mod transport;
 
-pub use config::UdsTransportBuilder;
-pub use transport::{ENV_UDS_PATH, UdsTransport};
+pub use transport::{ENV_UDS_FD, UdsTransport};

@@ -28,7 +28,7 @@ pub use clusterfy_core as core;
 
 /// Transports: how workers talk to the primary.
 pub mod transport {
-    pub use clusterfy_core::{Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
+    pub use clusterfy_core::{Authentication, Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
     #[cfg(feature = "transport-stdio")]
     pub use clusterfy_transport_stdio::StdioTransport;
     #[cfg(feature = "transport-uds")]
@@ -39,8 +39,6 @@ pub mod transport {
 pub const ENV_WORKER_NAME: &str = "CLUSTERFY_WORKER_NAME";
 /// Environment variable with the largest frame the primary accepts.
 pub const ENV_MAX_FRAME_LEN: &str = "CLUSTERFY_MAX_FRAME_LEN";
-/// Exit code of a worker whose primary went away.
-pub const PRIMARY_LOST_EXIT_CODE: i32 = 70;
 
 /// Which side of the cluster this process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

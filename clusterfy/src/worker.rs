@@ -11,7 +11,7 @@ use clusterfy_core::protocol::{
     ShutdownAck,
 };
 use clusterfy_core::session::check_welcome;
-use clusterfy_core::transport::{ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
+use clusterfy_core::transport::{Authentication, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
 use clusterfy_core::{
     Command, Error, ErrorKind, Origin, Result, Target, Transport, WorkerEnv, WorkerId, WorkerSelector,
     WorkerStatus,
@@ -22,16 +22,24 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 
+use crate::ENV_MAX_FRAME_LEN;
 use crate::commands::{BroadcastReply, CommandRegistry, expect_target};
 use crate::events::{EVENT_BUFFER, EventStream, WorkerRef, subscribe};
 use crate::link::{Inbound, Link, LinkEnd, read_first, write_single};
 use crate::storage::Storage;
-use crate::{ENV_MAX_FRAME_LEN, PRIMARY_LOST_EXIT_CODE};
 
 /// Default deadline of a worker's requests.
 pub const DEFAULT_WORKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest time shutdown hooks may take before the worker exits anyway.
+/// Longest time shutdown hooks may take together; after it the shutdown goes on without them.
 pub const SHUTDOWN_HOOKS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time [`Worker::exit`] waits for running command handlers to reply.
+const EXIT_WAITS_FOR_HANDLERS: Duration = Duration::from_secs(10);
+
+tokio::task_local! {
+    /// Set while a command handler runs, so [`Worker::exit`] knows it must return for the
+    /// handler's reply to go out.
+    static IN_HANDLER: ();
+}
 
 /// Something that happened to this worker.
 #[non_exhaustive]
@@ -44,7 +52,8 @@ pub enum WorkerEvent {
         /// Its name.
         name: String,
     },
-    /// The primary asked this worker to shut down while it was busy: finish, then exit.
+    /// The primary asked this worker to shut down: finish what it does, then return from `main`
+    /// (see [`Worker::shutdown_requested`]).
     ShutdownRequested,
     /// This worker's status changed.
     Status(WorkerStatus),
@@ -111,9 +120,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// Adds a hook run once before the worker exits on a shutdown request, on
-    /// [`Worker::exit`] or when the primary is gone (the original's `registerShutdownMethod`).
-    /// Hooks run in the order added, within [`SHUTDOWN_HOOKS_TIMEOUT`] together.
+    /// Adds a hook run once when the shutdown begins: on a shutdown request, on [`Worker::exit`]
+    /// or when the primary is gone (the original's `registerShutdownMethod`). Hooks run in the
+    /// order added, within [`SHUTDOWN_HOOKS_TIMEOUT`] together, beside the program's own code;
+    /// [`Worker::shutdown_requested`] resolves once they are done. They do not end the process.
     #[must_use]
     pub fn on_shutdown<F, Fut>(mut self, hook: F) -> Self
     where
@@ -154,15 +164,18 @@ impl WorkerBuilder {
         }
         let env = self.env.take().unwrap_or_else(WorkerEnv::from_process);
         let worker_id = parse_env::<u64>(&env, ENV_WORKER_ID).map(WorkerId)?;
-        let token = env.require(ENV_TOKEN)?.to_owned();
         let max_frame_len = match env.get(ENV_MAX_FRAME_LEN) {
             Some(_) => parse_env::<usize>(&env, ENV_MAX_FRAME_LEN)?,
             None => DEFAULT_MAX_FRAME_LEN,
         };
-        guard_against_orphaning();
         let transport = match self.transport.take() {
             Some(t) => t,
             None => transport_named(env.require(ENV_TRANSPORT)?)?,
+        };
+        let token = match transport.authentication() {
+            Authentication::Token => env.require(ENV_TOKEN)?.to_owned(),
+            // The channel is the proof: nobody else holds it.
+            _ => String::new(),
         };
         let mut connection = transport.connect(&env).await?;
         let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, worker_id, token });
@@ -184,7 +197,7 @@ impl WorkerBuilder {
             ErrorKind::Closed,
         );
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let (shutdown, _) = watch::channel(false);
+        let (shutdown, _) = watch::channel(ShutdownState::default());
         let worker = Worker {
             inner: Arc::new(WorkerInner {
                 me: WorkerRef { id: worker_id, name: welcome.name },
@@ -195,12 +208,13 @@ impl WorkerBuilder {
                 hooks: Mutex::new(self.hooks),
                 events,
                 shutdown,
+                handlers: watch::channel(0).0,
                 changes: broadcast::channel(EVENT_BUFFER).0,
                 request_timeout: self.request_timeout,
             }),
         };
         let reader = reader.spawn(Arc::new(WorkerInbound { worker: worker.clone() }));
-        tokio::spawn(exit_when_primary_is_gone(worker.clone(), reader));
+        tokio::spawn(shut_down_when_primary_is_gone(worker.clone(), reader));
         worker.set_local_status(WorkerStatus::Idle);
         link.notify(Notice::Ready).await?;
         Ok(worker)
@@ -230,26 +244,20 @@ fn transport_named(name: &str) -> Result<Arc<dyn Transport>> {
     }
 }
 
-/// Linux: die with the primary even if this worker never reads its connection again (a busy
-/// loop blocking the runtime). Connection EOF covers every other case.
-fn guard_against_orphaning() {
-    #[cfg(target_os = "linux")]
-    {
-        if let Err(err) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
-            tracing::warn!(error = %err, "could not ask to die with the primary");
-        }
-        // The primary may have died before the call above; then we were already re-parented.
-        if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
-            std::process::exit(PRIMARY_LOST_EXIT_CODE);
-        }
-    }
+async fn shut_down_when_primary_is_gone(worker: Worker, reader: tokio::task::JoinHandle<LinkEnd>) {
+    let end = reader.await;
+    tracing::warn!(worker = %worker.inner.me, end = ?end, "connection to the primary ended; shutting down");
+    worker.set_local_status(WorkerStatus::Stopping);
+    worker.begin_shutdown(ShutdownReason::PrimaryGone);
 }
 
-async fn exit_when_primary_is_gone(worker: Worker, reader: tokio::task::JoinHandle<LinkEnd>) {
-    let end = reader.await;
-    tracing::warn!(worker = %worker.inner.me, end = ?end, "connection to the primary ended; exiting");
-    worker.run_hooks(ShutdownReason::PrimaryGone).await;
-    std::process::exit(PRIMARY_LOST_EXIT_CODE);
+/// Where this worker's shutdown stands.
+#[derive(Debug, Clone, Copy, Default)]
+struct ShutdownState {
+    /// Why it began; `None` while the worker runs normally.
+    reason: Option<ShutdownReason>,
+    /// The shutdown hooks have run (or timed out).
+    hooks_done: bool,
 }
 
 struct WorkerInner {
@@ -260,7 +268,9 @@ struct WorkerInner {
     commands: CommandRegistry<WorkerContext>,
     hooks: Mutex<Vec<ShutdownHook>>,
     events: broadcast::Sender<WorkerEvent>,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<ShutdownState>,
+    /// Command handlers running now; [`Worker::exit`] waits for their replies.
+    handlers: watch::Sender<usize>,
     /// Storage changes the primary reports for this worker's watches.
     changes: broadcast::Sender<clusterfy_core::Path>,
     request_timeout: Duration,
@@ -321,9 +331,9 @@ impl Worker {
     }
 
     /// Changes the status and tells the primary (the original's `changeCurrentWorkerStatus`).
-    /// Set `Processing` while working and `Idle` when done: an idle worker exits at once on a
-    /// shutdown request. Setting `Idle` after a shutdown request turned the worker `Stopping`
-    /// finishes the shutdown: hooks run and the process exits with code 0.
+    /// Set `Processing` while working and `Idle` when done; the primary's statistics show it.
+    /// After a shutdown request the status stays `Stopping`: setting `Idle` then is accepted and
+    /// changes nothing. It never ends the process.
     pub async fn set_status(&self, status: WorkerStatus) -> Result<()> {
         // Decided under the lock, so a shutdown request arriving at the same moment either sees
         // the new status or turns it Stopping first; never both are lost.
@@ -348,8 +358,7 @@ impl Worker {
             }
         };
         match changed {
-            None => self.finish(ShutdownReason::Requested, 0).await,
-            Some(false) => Ok(()),
+            None | Some(false) => Ok(()),
             Some(true) => {
                 let _ = self.inner.events.send(WorkerEvent::Status(status));
                 self.inner.link.notify(Notice::Status(status)).await
@@ -417,17 +426,52 @@ impl Worker {
         subscribe(self.inner.events.subscribe(), |missed| WorkerEvent::Lagged { missed })
     }
 
-    /// Whether the primary asked this worker to shut down.
+    /// Whether this worker's shutdown has begun: the primary asked, the primary is gone, or
+    /// [`Worker::exit`] was called.
     pub fn is_shutdown_requested(&self) -> bool {
-        *self.inner.shutdown.borrow()
+        self.inner.shutdown.borrow().reason.is_some()
     }
 
-    /// Resolves once the primary asked this worker to shut down (while it was busy; an idle
-    /// worker exits at once).
+    /// Why this worker's shutdown began, once it has.
+    pub fn shutdown_reason(&self) -> Option<ShutdownReason> {
+        self.inner.shutdown.borrow().reason
+    }
+
+    /// Resolves once this worker's shutdown has begun (the primary asked, or the primary is gone)
+    /// and its shutdown hooks have run. Return from `main` then: the process ends with every
+    /// destructor run, and the primary sees a clean exit. A worker that does not end within the
+    /// primary's shutdown timeout is killed. After [`Worker::exit`] it never resolves: that call
+    /// ends the process with its own code.
     pub async fn shutdown_requested(&self) {
+        self.wait_shutdown(|state| {
+            state.hooks_done && !matches!(state.reason, Some(ShutdownReason::Exit(_)))
+        })
+        .await;
+    }
+
+    async fn wait_shutdown(&self, until: impl FnMut(&ShutdownState) -> bool) {
         let mut rx = self.inner.shutdown.subscribe();
-        // The sender lives as long as `self`, so this only ends when the flag is set.
-        let _ = rx.wait_for(|requested| *requested).await;
+        // The sender lives as long as `self`, so this ends only when `until` holds.
+        let _ = rx.wait_for(until).await;
+    }
+
+    /// Begins the shutdown for `reason` unless it has begun already: runs the hooks in a task
+    /// of their own, then wakes [`Worker::shutdown_requested`].
+    fn begin_shutdown(&self, reason: ShutdownReason) {
+        let first = self.inner.shutdown.send_if_modified(|state| {
+            let first = state.reason.is_none();
+            if first {
+                state.reason = Some(reason);
+            }
+            first
+        });
+        if first {
+            let worker = self.clone();
+            tokio::spawn(async move {
+                worker.run_hooks(reason).await;
+                worker.inner.shutdown.send_modify(|state| state.hooks_done = true);
+            });
+        }
     }
 
     async fn run_hooks(&self, reason: ShutdownReason) {
@@ -441,45 +485,45 @@ impl Worker {
             }
         };
         if tokio::time::timeout(SHUTDOWN_HOOKS_TIMEOUT, all).await.is_err() {
-            tracing::warn!("shutdown hooks did not finish within {SHUTDOWN_HOOKS_TIMEOUT:?}; exiting anyway");
+            tracing::warn!(
+                "shutdown hooks did not finish within {SHUTDOWN_HOOKS_TIMEOUT:?}; going on without them"
+            );
         }
     }
 
-    /// Runs the shutdown hooks, tells the primary, and exits the process with `code` (the
-    /// original's `exit`).
-    pub async fn exit(&self, code: i32) -> ! {
-        self.finish(ShutdownReason::Exit(code), code).await
+    /// Ends this worker process with `code` (the original's `exit`): runs the shutdown hooks
+    /// (unless they ran already), waits until every running command handler has replied, tells
+    /// the primary, and exits.
+    ///
+    /// Called from a command handler, it returns at once so the handler can finish: the caller
+    /// of that command still gets its reply, and the process exits right after. Called anywhere
+    /// else, it does not return.
+    pub async fn exit(&self, code: i32) {
+        let worker = self.clone();
+        tokio::spawn(async move { worker.finish(code).await });
+        if IN_HANDLER.try_with(|()| ()).is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
-    async fn finish(&self, reason: ShutdownReason, code: i32) -> ! {
-        self.run_hooks(reason).await;
+    async fn finish(&self, code: i32) -> ! {
+        self.begin_shutdown(ShutdownReason::Exit(code));
+        self.wait_shutdown(|state| state.hooks_done).await;
+        let mut handlers = self.inner.handlers.subscribe();
+        if tokio::time::timeout(EXIT_WAITS_FOR_HANDLERS, handlers.wait_for(|&running| running == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "command handlers still running after {EXIT_WAITS_FOR_HANDLERS:?}; exiting anyway"
+            );
+        }
         self.set_local_status(WorkerStatus::Stopping);
         let link = &self.inner.link;
         // Best effort: the primary learns of the exit from the process anyway.
         let _ = link.notify(Notice::Status(WorkerStatus::Stopping)).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), link.flush()).await;
         std::process::exit(code)
-    }
-
-    /// Decides how to take `cy_shutdown`; the flag `true` says this request turned the worker
-    /// Stopping.
-    fn on_shutdown_request(&self) -> (ShutdownAck, bool) {
-        let decision = {
-            let mut current = self.lock_status();
-            match *current {
-                WorkerStatus::Processing => {
-                    *current = WorkerStatus::Stopping;
-                    (ShutdownAck::Stopping, true)
-                }
-                WorkerStatus::Stopping => (ShutdownAck::Stopping, false),
-                WorkerStatus::Initializing | WorkerStatus::Loaded | WorkerStatus::Idle => {
-                    (ShutdownAck::Exiting, false)
-                }
-            }
-        };
-        // Raised after the status changed, so code woken by it already sees Stopping.
-        let _ = self.inner.shutdown.send_replace(true);
-        decision
     }
 }
 
@@ -508,16 +552,13 @@ impl WorkerInbound {
                 worker.inner.commands.run(&command.name, command.payload, ctx).await.map(Reply::Command)
             }
             Request::Shutdown => {
-                let (ack, turned_stopping) = worker.on_shutdown_request();
-                if turned_stopping {
-                    let _ = worker.inner.events.send(WorkerEvent::Status(WorkerStatus::Stopping));
-                    let _ = worker.inner.events.send(WorkerEvent::ShutdownRequested);
+                if worker.set_local_status(WorkerStatus::Stopping) != WorkerStatus::Stopping {
                     let _ = link.notify(Notice::Status(WorkerStatus::Stopping)).await;
                 }
-                let _ = link.reply(id, Ok(Reply::Shutdown(ack))).await;
-                if ack == ShutdownAck::Exiting {
-                    worker.finish(ShutdownReason::Requested, 0).await;
-                }
+                let _ = worker.inner.events.send(WorkerEvent::ShutdownRequested);
+                // The process ends when the program returns (or calls `exit`), never from here.
+                let _ = link.reply(id, Ok(Reply::Shutdown(ShutdownAck::Stopping))).await;
+                worker.begin_shutdown(ShutdownReason::Requested);
                 return;
             }
             Request::Storage(_) => Err(Error::new(
@@ -532,7 +573,11 @@ impl WorkerInbound {
 impl Inbound for WorkerInbound {
     fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request) {
         let link = Arc::clone(link);
-        tokio::spawn(async move { self.handle(&link, id, body).await });
+        let running = HandlerRunning::start(&self.worker.inner.handlers);
+        tokio::spawn(IN_HANDLER.scope((), async move {
+            self.handle(&link, id, body).await;
+            drop(running);
+        }));
     }
 
     fn on_notice(&self, notice: Notice) {
@@ -545,5 +590,21 @@ impl Inbound for WorkerInbound {
             },
             other => tracing::debug!(notice = ?other, "ignoring a notice meant for the primary"),
         }
+    }
+}
+
+/// Counts one running request handler for as long as it lives (its reply is queued by then).
+struct HandlerRunning(watch::Sender<usize>);
+
+impl HandlerRunning {
+    fn start(count: &watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        HandlerRunning(count.clone())
+    }
+}
+
+impl Drop for HandlerRunning {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }

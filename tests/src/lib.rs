@@ -27,11 +27,15 @@ pub const GARBAGE_UNDECODABLE: &str = "undecodable";
 /// A frame header announcing a payload far above the primary's maximum frame size.
 pub const GARBAGE_OVERSIZE: &str = "oversize";
 
-/// What the `garbage` scenario's process exits with when the primary closed its connection
-/// after the malformed frame, having told it why (a `Notice::Error` of kind protocol).
-pub const GARBAGE_CLOSED_WITH_NOTICE: i32 = 0;
-/// What the `garbage` scenario's process exits with when the connection closed without a notice.
-pub const GARBAGE_CLOSED_WITHOUT_NOTICE: i32 = 3;
+/// What the `garbage` and `evil` scenarios' processes exit with when the primary closed their
+/// connection having told them why (a `Notice::Error` of kind protocol, or unauthorized).
+pub const HUNG_UP_WITH_NOTICE: i32 = 0;
+/// What the `garbage` and `evil` scenarios' processes exit with when the connection closed
+/// without that notice.
+pub const HUNG_UP_WITHOUT_NOTICE: i32 = 3;
+
+/// The worker of the `primary` scenario that runs a program without Clusterfy (`sleep`).
+pub const FOREIGN_WORKER: &str = "foreign-sleep";
 
 /// The first line the `primary` scenario prints on stdout, followed by its workers' pids.
 pub const PIDS_LINE_PREFIX: &str = "worker-pids";
@@ -39,7 +43,8 @@ pub const PIDS_LINE_PREFIX: &str = "worker-pids";
 /// How a `test-worker` process behaves; passed as its first argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
-    /// Registers every worker command, connects and idles until shut down.
+    /// Registers every worker command, connects, serves until a shutdown request, lets running
+    /// work finish and returns from `main`.
     Normal,
     /// Connects, turns Processing for good, never finishes and traps SIGTERM (each one is
     /// reported to the primary as [`Note`] `"sigterm"`), so only SIGKILL ends it.
@@ -48,16 +53,16 @@ pub enum Scenario {
     NeverConnect,
     /// Exits with code 1 before connecting.
     CrashOnStart,
-    /// First connects with a wrong token using raw frames, records how the primary answered
-    /// (see [`HandshakeReport`]), then connects properly and behaves as [`Scenario::Normal`].
+    /// Presents another worker's id in the `Hello` on its own channel, then exits once the primary
+    /// hangs up: [`HUNG_UP_WITH_NOTICE`] if it was told it is unauthorized first.
     Evil,
     /// Speaks the protocol by hand: a valid handshake, `Ready`, then answers the first request
     /// with the malformed bytes [`ENV_GARBAGE`] names, and exits once the primary hangs up.
     Garbage,
     /// Plays a primary: forks two [`Scenario::Normal`] workers of this binary, waits until they
-    /// are ready, prints [`PIDS_LINE_PREFIX`] and their pids on one stdout line, and waits. It
-    /// registers [`Note`], and passes [`ENV_HOOK_FILE`] (with the worker's name appended) on to
-    /// its workers.
+    /// are ready, forks `sleep 1000` as [`FOREIGN_WORKER`], prints [`PIDS_LINE_PREFIX`] and the
+    /// three pids on one stdout line, and waits. It registers [`Note`], and passes
+    /// [`ENV_HOOK_FILE`] (with the worker's name appended) on to its workers.
     Primary,
     /// Plays a primary on a durable storage (`persist-primary sled <dir>` or
     /// `persist-primary redis <url> <key prefix>`): forks [`PERSIST_WRITERS`] normal workers and
@@ -230,8 +235,8 @@ impl Command for FlapStatus {
 }
 
 /// Turns Processing and answers; the worker stays busy until the primary asks it to shut down
-/// (`Worker::shutdown_requested`), works `finish_ms` milliseconds more, then turns Idle, which
-/// finishes the shutdown.
+/// (`Worker::shutdown_requested`), works `finish_ms` milliseconds more, then turns Idle; the
+/// process ends only after that work.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkUntilShutdown {
     /// Time from the shutdown request to the end of the work.
@@ -395,18 +400,6 @@ impl Command for IncrementMany {
     const NAME: &'static str = "test.increment_many";
     const TARGET: Target = Target::Worker;
     type Reply = i64;
-}
-
-/// Answers how the `evil` scenario's first connection, with a wrong token, was answered:
-/// `"refused: <kind>, then closed"`, `"closed without a notice"`, `"welcomed"`, or
-/// `"no such attempt"` in other scenarios.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HandshakeReport;
-
-impl Command for HandshakeReport {
-    const NAME: &'static str = "test.handshake_report";
-    const TARGET: Target = Target::Worker;
-    type Reply = String;
 }
 
 /// Never registered by `test-worker`: sending it must fail with an unknown-command error.

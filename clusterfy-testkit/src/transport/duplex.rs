@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use clusterfy_core::transport::{Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
+use clusterfy_core::transport::{Authentication, Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
 use clusterfy_core::{Error, ErrorKind, Result};
 use tokio::io::{DuplexStream, duplex};
 use tokio::process::{Child, Command};
@@ -84,6 +84,11 @@ fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
 impl Transport for DuplexReference {
     fn name(&self) -> &'static str {
         "duplex"
+    }
+
+    /// A token: the rendezvous key in the environment is no secret.
+    fn authentication(&self) -> Authentication {
+        Authentication::Token
     }
 
     async fn prepare(&self, _info: &SpawnInfo, command: &mut Command) -> Result<Box<dyn Rendezvous>> {

@@ -4,6 +4,7 @@ mod inbound;
 mod options;
 mod restart;
 mod signals;
+mod spawner;
 mod stats;
 mod supervisor;
 mod watchers;

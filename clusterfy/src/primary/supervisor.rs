@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use clusterfy_core::codec::FrameDecoder;
 use clusterfy_core::protocol::{Message, Notice, PROTOCOL_VERSION, Welcome};
 use clusterfy_core::session::PrimaryHandshake;
-use clusterfy_core::transport::{ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, Rendezvous, SpawnInfo};
+use clusterfy_core::transport::{
+    Authentication, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, Rendezvous, SpawnInfo,
+};
 use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerStatus};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +19,7 @@ use tokio::task::JoinHandle;
 use super::inbound::PrimaryInbound;
 use super::options::WorkerOptions;
 use super::restart::{RestartDecision, RestartTracker};
+use super::spawner;
 use super::{Control, PrimaryInner, WorkerState};
 use crate::events::{Event, ExitReason, WorkerRef};
 use crate::link::{Link, LinkEnd, read_first, write_single};
@@ -120,7 +123,7 @@ fn build_command(
     inner: &PrimaryInner,
     worker: &WorkerRef,
     options: &WorkerOptions,
-    token: &str,
+    token: Option<&str>,
 ) -> Result<tokio::process::Command> {
     let (path, args) = match &options.program {
         Some(program) => (program.path.clone(), program.args.clone()),
@@ -136,7 +139,6 @@ fn build_command(
         .envs(options.env.iter().map(|(k, v)| (k, v)))
         .env(ENV_WORKER_ID, worker.id.to_string())
         .env(ENV_WORKER_NAME, &worker.name)
-        .env(ENV_TOKEN, token)
         .env(ENV_TRANSPORT, inner.transport.name())
         .env(ENV_MAX_FRAME_LEN, inner.max_frame_len.to_string())
         .stdin(Stdio::null())
@@ -145,6 +147,11 @@ fn build_command(
         .process_group(0)
         // No orphans even if the primary's runtime is dropped without a shutdown.
         .kill_on_drop(true);
+    if let Some(token) = token {
+        command.env(ENV_TOKEN, token);
+    }
+    // And none if the primary process dies: the kernel kills the child, whatever it runs.
+    clusterfy_core::os::die_with_parent(&mut command);
     Ok(command)
 }
 
@@ -156,12 +163,15 @@ async fn run_once(
     control: &mut mpsc::UnboundedReceiver<Control>,
     spawned: &mut Option<oneshot::Sender<Result<()>>>,
 ) -> Result<ExitReason> {
-    let token = new_token();
-    let mut command = build_command(inner, worker, options, &token)?;
+    let token = match inner.transport.authentication() {
+        Authentication::Token => Some(new_token()),
+        _ => None,
+    };
+    let mut command = build_command(inner, worker, options, token.as_deref())?;
     let info = SpawnInfo { worker_id: worker.id, name: worker.name.clone() };
     let mut rendezvous = inner.transport.prepare(&info, &mut command).await?;
     let program = command.as_std().get_program().to_string_lossy().into_owned();
-    let mut child = command.spawn().map_err(|e| {
+    let mut child = spawner::spawn(command).await?.map_err(|e| {
         Error::new(
             ErrorKind::Io,
             format!("could not start worker program {program:?}: {e}; check the path and its permissions"),
@@ -233,10 +243,7 @@ async fn run_once(
             end = &mut reader, if !reader_done => {
                 reader_done = true;
                 inner.update_slot(worker.id, |s| s.link = None);
-                inner.emit(Event::Disconnect { worker: worker.clone() });
-                if let Ok(LinkEnd::Failed(err)) = end {
-                    inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err.with_context("worker", worker)) });
-                }
+                report_link_end(inner, worker, end.ok());
                 match tokio::time::timeout(DISCONNECTED_GRACE, &mut exit_rx).await {
                     Ok(exit) => break exit.unwrap_or(ExitReason::Code(-1)),
                     Err(_) => kill_now(),
@@ -250,14 +257,30 @@ async fn run_once(
         // The process is dead, so its end of the stream is closed: what it wrote last (a final
         // status, a reply) is still buffered and is read before the EOF; the bound only guards
         // against a descendant that inherited the connection.
-        if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader).await.is_err() {
-            reader.abort();
-        }
-        inner.emit(Event::Disconnect { worker: worker.clone() });
+        let end = match tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader).await {
+            Ok(end) => end.ok(),
+            Err(_) => {
+                reader.abort();
+                None
+            }
+        };
+        report_link_end(inner, worker, end);
     }
     // The process is gone: whatever was still in flight to it fails now.
     link.close();
     Ok(reason)
+}
+
+/// Publishes the end of a worker's connection: the error that ended it, if any, first, so that
+/// a subscriber always learns what went wrong before it sees the Disconnect (and then the Exit).
+fn report_link_end(inner: &PrimaryInner, worker: &WorkerRef, end: Option<LinkEnd>) {
+    if let Some(LinkEnd::Failed(err)) = end {
+        inner.emit(Event::Error {
+            worker: Some(worker.clone()),
+            error: Arc::new(err.with_context("worker", worker)),
+        });
+    }
+    inner.emit(Event::Disconnect { worker: worker.clone() });
 }
 
 /// Reports why a worker could not connect and keeps it for [`Primary::ready`](super::Primary::ready).
@@ -300,7 +323,7 @@ async fn connect(
     inner: &Arc<PrimaryInner>,
     worker: &WorkerRef,
     rendezvous: &mut dyn Rendezvous,
-    token: String,
+    token: Option<String>,
 ) -> Result<(Arc<Link>, JoinHandle<LinkEnd>)> {
     let mut handshake = PrimaryHandshake::new(worker.id, token);
     loop {

@@ -7,25 +7,25 @@ use std::time::Duration;
 
 use clusterfy::core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, encode_frame};
 use clusterfy::core::protocol::{Hello, Message, Notice, PROTOCOL_VERSION};
-use clusterfy::core::transport::{ENV_TOKEN, ENV_WORKER_ID};
+use clusterfy::core::transport::{ByteReader, ByteWriter, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
+use clusterfy::transport::{Connection, Transport, WorkerEnv};
 use clusterfy::{
     ENV_WORKER_NAME, Error, ErrorKind, Primary, Program, Result, ShutdownReason, Worker, WorkerBuilder,
     WorkerId, WorkerOptions, WorkerStatus,
 };
 use clusterfy_tests::{
     ACK_LINE_PREFIX, AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_HOOK_FILE,
-    Echo, ExitGracefully, ExitWith, FlapStatus, GARBAGE_CLOSED_WITH_NOTICE, GARBAGE_CLOSED_WITHOUT_NOTICE,
-    GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED,
-    HandshakeReport, Identity, IncrementMany, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX,
-    PrimaryEcho, ReadAt, RunKv, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI,
-    WorkUntilShutdown, WriteSequence,
+    Echo, ExitGracefully, ExitWith, FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE,
+    HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE, HUNG_UP_WITHOUT_NOTICE, Identity,
+    IncrementMany, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX, PrimaryEcho, ReadAt, RunKv, SaveAt,
+    Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI, WorkUntilShutdown, WriteSequence,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::sync::RwLock;
 
-/// Environment variable of the uds transport with the worker's socket path.
-const ENV_UDS_PATH: &str = "CLUSTERFY_UDS_PATH";
+/// Held (shared) by work that must finish before the process may end after a shutdown request.
+static WORK: RwLock<()> = RwLock::const_new(());
 
 fn main() -> ExitCode {
     let arg = std::env::args().nth(1).unwrap_or_default();
@@ -64,18 +64,11 @@ fn main() -> ExitCode {
 
 async fn run(scenario: Scenario) -> Result<()> {
     match scenario {
-        Scenario::Normal => {
-            connect(worker_builder("no such attempt".to_owned())).await?;
-            std::future::pending::<()>().await;
-        }
+        Scenario::Normal => serve_until_shutdown(connect(worker_builder()).await?).await,
         Scenario::IgnoreShutdown => ignore_shutdown().await?,
         Scenario::NeverConnect => std::future::pending::<()>().await,
         Scenario::CrashOnStart => unreachable!("handled before the runtime starts"),
-        Scenario::Evil => {
-            let report = connect_with_wrong_token().await?;
-            connect(worker_builder(report)).await?;
-            std::future::pending::<()>().await;
-        }
+        Scenario::Evil => impersonate().await?,
         Scenario::Garbage => garbage().await?,
         Scenario::Primary => primary().await?,
         Scenario::PersistPrimary => persist_primary().await?,
@@ -92,6 +85,13 @@ fn identity(worker: &Worker) -> Identity {
     }
 }
 
+/// What a well-behaved worker does: serve until the shutdown request, let running work finish,
+/// then return from `main`.
+async fn serve_until_shutdown(worker: Worker) {
+    worker.shutdown_requested().await;
+    let _no_work_left = WORK.write().await;
+}
+
 /// Connects `builder`.
 async fn connect(builder: WorkerBuilder) -> Result<Worker> {
     builder.connect().await
@@ -102,8 +102,7 @@ type Watch = Arc<tokio::sync::Mutex<Option<clusterfy::EventStream<clusterfy::Pat
 
 /// A builder with a handler for every worker command of `clusterfy_tests` and a shutdown hook
 /// that writes to the file named by [`ENV_HOOK_FILE`], if set.
-fn worker_builder(handshake_report: String) -> WorkerBuilder {
-    let handshake_report = Arc::new(handshake_report);
+fn worker_builder() -> WorkerBuilder {
     let watch: Watch = Arc::default();
     let next_watch = Arc::clone(&watch);
     Worker::builder()
@@ -157,7 +156,10 @@ fn worker_builder(handshake_report: String) -> WorkerBuilder {
             worker.set_status(WorkerStatus::Idle).await
         })
         .command(|exit: ExitWith, _| async move { std::process::exit(exit.code) })
-        .command(|exit: ExitGracefully, ctx| async move { ctx.worker().exit(exit.code).await })
+        .command(|exit: ExitGracefully, ctx| async move {
+            ctx.worker().exit(exit.code).await;
+            Ok(())
+        })
         .command(|set: SetStatus, ctx| async move {
             ctx.worker().set_status(set.status).await?;
             Ok(ctx.worker().status())
@@ -172,15 +174,17 @@ fn worker_builder(handshake_report: String) -> WorkerBuilder {
         .command(|work: WorkUntilShutdown, ctx| async move {
             let worker = ctx.worker().clone();
             worker.set_status(WorkerStatus::Processing).await?;
+            // Taken before the reply, so the process cannot end before this work is done.
+            let working = WORK.read().await;
             tokio::spawn(async move {
                 worker.shutdown_requested().await;
                 if work.finish_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(work.finish_ms)).await;
                 }
-                // Finishing the work: Idle after a shutdown request exits the process.
                 if let Err(err) = worker.set_status(WorkerStatus::Idle).await {
                     eprintln!("test-worker: turning Idle after the shutdown request failed: {err}");
                 }
+                drop(working);
             });
             Ok(())
         })
@@ -213,10 +217,6 @@ fn worker_builder(handshake_report: String) -> WorkerBuilder {
             }
             Ok(last)
         })
-        .command(move |_: HandshakeReport, _| {
-            let report = Arc::clone(&handshake_report);
-            async move { Ok(report.as_str().to_owned()) }
-        })
         .on_shutdown(|reason| async move {
             if let Some(path) = std::env::var_os(ENV_HOOK_FILE) {
                 let name = std::env::var(ENV_WORKER_NAME).unwrap_or_default();
@@ -235,7 +235,7 @@ fn worker_builder(handshake_report: String) -> WorkerBuilder {
 async fn ignore_shutdown() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("trapping SIGTERM", e))?;
-    let worker = connect(worker_builder("no such attempt".to_owned())).await?;
+    let worker = connect(worker_builder()).await?;
     worker.set_status(WorkerStatus::Processing).await?;
     while sigterm.recv().await.is_some() {
         worker.run_on_primary(Note { text: "sigterm".to_owned() }).await?;
@@ -253,76 +253,86 @@ fn worker_id_from_env() -> Result<WorkerId> {
     raw.parse().map(WorkerId).map_err(|_| Error::new(ErrorKind::Config, format!("{ENV_WORKER_ID}={raw:?}")))
 }
 
-async fn write_message(stream: &mut UnixStream, message: &Message) -> Result<()> {
+/// This worker's own channel, taken with the transport the primary chose, to speak the protocol
+/// by hand.
+async fn raw_channel() -> Result<Connection> {
+    let env = WorkerEnv::from_process();
+    match env.require(ENV_TRANSPORT)? {
+        "uds" => clusterfy::transport::UdsTransport::new().connect(&env).await,
+        "stdio" => clusterfy::transport::StdioTransport::new().connect(&env).await,
+        other => Err(Error::new(ErrorKind::Config, format!("unknown transport {other:?}"))),
+    }
+}
+
+async fn write_message(writer: &mut ByteWriter, message: &Message) -> Result<()> {
     let mut frame = Vec::new();
     encode_frame(message, DEFAULT_MAX_FRAME_LEN, &mut frame)?;
-    stream.write_all(&frame).await.map_err(|e| Error::io("writing a frame", e))
+    writer.write_all(&frame).await.map_err(|e| Error::io("writing a frame", e))?;
+    writer.flush().await.map_err(|e| Error::io("writing a frame", e))
 }
 
 /// The next message, or `None` at EOF.
-async fn read_message(stream: &mut UnixStream, decoder: &mut FrameDecoder) -> Result<Option<Message>> {
+async fn read_message(reader: &mut ByteReader, decoder: &mut FrameDecoder) -> Result<Option<Message>> {
     loop {
         if let Some(message) = decoder.decode::<Message>()? {
             return Ok(Some(message));
         }
-        let n = stream.read_buf(decoder.buffer_mut()).await.map_err(|e| Error::io("reading a frame", e))?;
+        let n = reader.read_buf(decoder.buffer_mut()).await.map_err(|e| Error::io("reading a frame", e))?;
         if n == 0 {
             return Ok(None);
         }
     }
 }
 
-/// Connects with a wrong token and tells how the primary answered.
-async fn connect_with_wrong_token() -> Result<String> {
-    let path = env_var(ENV_UDS_PATH)?;
-    let mut stream =
-        UnixStream::connect(&path).await.map_err(|e| Error::io("connecting with a wrong token", e))?;
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        worker_id: worker_id_from_env()?,
-        token: "0123456789abcdef-certainly-not-the-token".to_owned(),
-    };
-    write_message(&mut stream, &Message::Hello(hello)).await?;
-    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-    let first = tokio::time::timeout(Duration::from_secs(10), read_message(&mut stream, &mut decoder))
-        .await
-        .map_err(|_| Error::new(ErrorKind::Timeout, "the primary neither answered nor closed"))??;
-    let report = match first {
-        None => "closed without a notice".to_owned(),
-        Some(Message::Welcome(_)) => return Ok("welcomed".to_owned()),
-        Some(Message::Notice(Notice::Error(err))) => {
-            let rest =
-                tokio::time::timeout(Duration::from_secs(10), read_message(&mut stream, &mut decoder)).await;
-            match rest {
-                Ok(Ok(None)) => format!("refused: {:?}, then closed", err.kind),
-                Ok(other) => format!("refused: {:?}, then {other:?}", err.kind),
-                Err(_) => format!("refused: {:?}, but left open", err.kind),
+/// Reads until the primary hangs up; the exit code says whether it sent a `Notice::Error` of
+/// kind `expected` first.
+async fn exit_when_hung_up(reader: &mut ByteReader, decoder: &mut FrameDecoder, expected: ErrorKind) -> ! {
+    let mut noticed = false;
+    loop {
+        match read_message(reader, decoder).await {
+            Ok(Some(Message::Notice(Notice::Error(err)))) if err.kind == expected => noticed = true,
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(err) => {
+                eprintln!("test-worker: reading until the primary hung up failed: {err}");
+                break;
             }
         }
-        Some(other) => format!("unexpected answer {other:?}"),
+    }
+    std::process::exit(if noticed { HUNG_UP_WITH_NOTICE } else { HUNG_UP_WITHOUT_NOTICE })
+}
+
+/// Presents another worker's id on its own channel, then waits for the primary to hang up.
+async fn impersonate() -> Result<()> {
+    let Connection { mut reader, mut writer, .. } = raw_channel().await?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: WorkerId(worker_id_from_env()?.0 + 1000),
+        token: std::env::var(ENV_TOKEN).unwrap_or_default(),
     };
-    Ok(report)
+    write_message(&mut writer, &Message::Hello(hello)).await?;
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    exit_when_hung_up(&mut reader, &mut decoder, ErrorKind::Unauthorized).await
 }
 
 /// A valid handshake by hand, then malformed bytes in answer to the first request.
 async fn garbage() -> Result<()> {
     let mode = env_var(ENV_GARBAGE)?;
-    let path = env_var(ENV_UDS_PATH)?;
-    let mut stream = UnixStream::connect(&path).await.map_err(|e| Error::io("connecting", e))?;
+    let Connection { mut reader, mut writer, .. } = raw_channel().await?;
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         worker_id: worker_id_from_env()?,
-        token: env_var(ENV_TOKEN)?,
+        token: std::env::var(ENV_TOKEN).unwrap_or_default(),
     };
-    write_message(&mut stream, &Message::Hello(hello)).await?;
+    write_message(&mut writer, &Message::Hello(hello)).await?;
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-    match read_message(&mut stream, &mut decoder).await? {
+    match read_message(&mut reader, &mut decoder).await? {
         Some(Message::Welcome(_)) => {}
         other => return Err(Error::new(ErrorKind::Protocol, format!("expected Welcome, got {other:?}"))),
     }
-    write_message(&mut stream, &Message::Notice(Notice::Ready)).await?;
+    write_message(&mut writer, &Message::Notice(Notice::Ready)).await?;
     loop {
-        match read_message(&mut stream, &mut decoder).await? {
+        match read_message(&mut reader, &mut decoder).await? {
             Some(Message::Request { .. }) => break,
             Some(_) => {}
             None => return Err(Error::new(ErrorKind::Closed, "the primary closed before sending a request")),
@@ -336,26 +346,12 @@ async fn garbage() -> Result<()> {
         other => return Err(Error::new(ErrorKind::Config, format!("{ENV_GARBAGE}={other:?}"))),
     };
     debug_assert!(bytes.len() > HEADER_LEN);
-    stream.write_all(&bytes).await.map_err(|e| Error::io("writing garbage", e))?;
-    // Wait for the primary to hang up; note whether it said why first.
-    let mut noticed = false;
-    loop {
-        match read_message(&mut stream, &mut decoder).await {
-            Ok(Some(Message::Notice(Notice::Error(err)))) if err.kind == ErrorKind::Protocol => {
-                noticed = true
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(err) => {
-                eprintln!("test-worker (garbage): reading after the garbage failed: {err}");
-                break;
-            }
-        }
-    }
-    std::process::exit(if noticed { GARBAGE_CLOSED_WITH_NOTICE } else { GARBAGE_CLOSED_WITHOUT_NOTICE })
+    writer.write_all(&bytes).await.map_err(|e| Error::io("writing garbage", e))?;
+    writer.flush().await.map_err(|e| Error::io("writing garbage", e))?;
+    exit_when_hung_up(&mut reader, &mut decoder, ErrorKind::Protocol).await
 }
 
-/// A primary of two workers of this binary that prints their pids and waits.
+/// A primary of two workers of this binary and one `sleep`, that prints their pids and waits.
 async fn primary() -> Result<()> {
     let primary = Primary::builder()
         .ready_timeout(Duration::from_secs(20))
@@ -374,6 +370,8 @@ async fn primary() -> Result<()> {
         primary.fork(name, options).await?;
     }
     primary.ready().await?;
+    // A program that knows nothing of Clusterfy: only the kernel can end it with its primary.
+    primary.fork(FOREIGN_WORKER, WorkerOptions::default().program(Program::new("sleep", ["1000"]))).await?;
     let pids: Vec<String> = primary.workers().iter().filter_map(|w| w.pid).map(|p| p.to_string()).collect();
     println!("{PIDS_LINE_PREFIX} {}", pids.join(" "));
     std::future::pending::<()>().await;

@@ -306,6 +306,20 @@ pub(crate) fn process_is_running(pid: nix::unistd::Pid) -> bool {
     }
 }
 
+/// Entries named `clusterfy*` in the directories where a primary could leave files: the temp
+/// dir and `$XDG_RUNTIME_DIR`.
+pub(crate) fn clusterfy_entries() -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![std::env::temp_dir()];
+    dirs.extend(std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from));
+    dirs.iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("clusterfy"))
+        .map(|entry| entry.path())
+        .collect()
+}
+
 /// Shuts the cluster down and checks every worker that was running exited by itself with code 0.
 pub(crate) async fn shut_down_cleanly(primary: &Primary) {
     let running: Vec<String> =

@@ -1,0 +1,148 @@
+//! The operating-system edges of spawning a worker: adopting a descriptor the child inherited,
+//! and asking the kernel to kill the child when its primary dies.
+//!
+//! This is the only module of the workspace that may use `unsafe`; every block says why it is
+//! sound.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, PoisonError};
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::stat::{SFlag, fstat};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Descriptors this process already adopted: each inherited descriptor has one owner.
+static ADOPTED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
+
+/// Takes ownership of the inherited socket `fd` (named in the environment variable `source`, for
+/// errors) and marks it close-on-exec, so the worker's own children do not inherit its channel.
+///
+/// Fails with [`ErrorKind::Config`] when `fd` is a standard stream, is not open, or is not a
+/// socket, and with [`ErrorKind::InvalidState`] when this process already took it.
+pub fn adopt_inherited_socket(fd: RawFd, source: &str) -> Result<OwnedFd> {
+    let config = |why: String| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "{source}={fd} does not name this worker's channel: {why}; the process must be started by a \
+                 Clusterfy primary (Primary::fork), which passes the channel as an inherited descriptor"
+            ),
+        )
+        .with_context("fd", fd)
+    };
+    if fd <= 2 {
+        return Err(config("descriptors 0 to 2 are the standard streams".to_owned()));
+    }
+    let mut adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
+    // SAFETY: F_GETFD only reads the descriptor's flags; with a number that is not open it fails
+    // with EBADF and touches nothing.
+    if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } == -1 {
+        return Err(config("no such open descriptor".to_owned()));
+    }
+    if adopted.contains(&fd) {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!("the channel in {source}={fd} was already taken: a worker process connects once"),
+        ));
+    }
+    // SAFETY: `fd` is open (checked just above) and owned by no other object of this process: it
+    // was inherited at spawn, nothing in this process created it, and `ADOPTED` (held locked
+    // until the end of this function) makes sure Clusterfy takes it at most once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let is_socket =
+        fstat(&owned).map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK);
+    match is_socket {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            // Not ours to close: give the number back untouched.
+            std::mem::forget(owned);
+            return Err(config("it is not a socket".to_owned()));
+        }
+    }
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| {
+        Error::new(ErrorKind::Io, format!("marking the channel {source}={fd} close-on-exec: {e}"))
+    })?;
+    adopted.insert(fd);
+    Ok(owned)
+}
+
+/// Makes the child of `command` receive SIGKILL when the primary process dies, from the first
+/// instruction of the program it executes: any program, whether it links Clusterfy or not.
+///
+/// Linux delivers the parent-death signal when the *thread* that forked the child ends, so the
+/// caller must spawn from a thread that lives as long as the process (the facade has one
+/// spawner thread for that). Elsewhere this does nothing; workers there notice the end of their
+/// connection instead.
+pub fn die_with_parent(command: &mut tokio::process::Command) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let parent = nix::unistd::getpid();
+        let in_child = move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(|errno| std::io::Error::from_raw_os_error(errno as i32))?;
+            // The primary may have died between fork and the call above; then the child was
+            // already handed to another parent and would never get the signal.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        };
+        // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+        // calls are allowed: it makes two system calls (prctl, getppid), takes no lock and
+        // allocates nothing (an io::Error from a raw OS error does not allocate).
+        unsafe {
+            command.pre_exec(in_child);
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = command;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    use super::*;
+
+    #[test]
+    fn a_socket_is_adopted_once() {
+        let (mine, _peer) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let raw = OwnedFd::from(mine).into_raw_fd();
+        let owned = adopt_inherited_socket(raw, "TEST_FD").expect("a socket is adopted");
+        assert_eq!(owned.as_raw_fd(), raw);
+        let flags = fcntl(&owned, FcntlArg::F_GETFD).expect("flags");
+        assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
+        let again = adopt_inherited_socket(raw, "TEST_FD").expect_err("second adoption");
+        assert_eq!(again.kind(), ErrorKind::InvalidState);
+        // Kept open, so that no other test of this process gets the number, which stays taken.
+        std::mem::forget(owned);
+    }
+
+    #[test]
+    fn standard_streams_closed_descriptors_and_files_are_refused() {
+        for fd in [0, 2] {
+            assert_eq!(
+                adopt_inherited_socket(fd, "TEST_FD").expect_err("std stream").kind(),
+                ErrorKind::Config
+            );
+        }
+        let closed = adopt_inherited_socket(1_000_000, "TEST_FD").expect_err("not open");
+        assert_eq!(closed.kind(), ErrorKind::Config);
+        assert!(closed.message().contains("TEST_FD=1000000"), "{closed}");
+        let file = tempfile_fd();
+        let err = adopt_inherited_socket(file.as_raw_fd(), "TEST_FD").expect_err("a file");
+        assert!(err.message().contains("not a socket"), "{err}");
+        // Refused descriptors are left open for their owner.
+        assert!(fcntl(&file, FcntlArg::F_GETFD).is_ok());
+    }
+
+    fn tempfile_fd() -> OwnedFd {
+        let path = std::env::temp_dir().join(format!("clusterfy-os-test-{}", std::process::id()));
+        let file = std::fs::File::create(&path).expect("temp file");
+        let _ = std::fs::remove_file(&path);
+        OwnedFd::from(file)
+    }
+}

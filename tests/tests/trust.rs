@@ -1,0 +1,95 @@
+//! A local process of the same user, reading everything it may, tries to get into the cluster
+//! over the default transport: it must find no way to pass as a worker or to delay one.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
+
+use clusterfy::core::transport::ENV_TOKEN;
+use clusterfy::{Program, WorkerOptions};
+use clusterfy_tests::{Echo, Scenario};
+use common::{bounded, clusterfy_entries, options, pid_of, primary_builder, test_worker_path};
+
+/// The inodes of the Unix sockets this process holds that listen for connections.
+fn listening_unix_sockets_of_this_process() -> Vec<u64> {
+    let mine: BTreeSet<u64> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    // /proc/net/unix: Num RefCount Protocol Flags Type St Inode [Path]; flag 0x10000 = listening.
+    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+            let inode: u64 = fields.get(6)?.parse().ok()?;
+            (flags & 0x1_0000 != 0 && mine.contains(&inode)).then_some(inode)
+        })
+        .collect()
+}
+
+/// `NUL`-separated fields of a `/proc/<pid>` file.
+fn proc_fields(pid: nix::unistd::Pid, file: &str) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_else(|e| panic!("reading {file}: {e}"));
+    raw.split(|&b| b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_user_process_reading_environ_cmdline_and_temp_dirs_can_neither_enter_nor_delay_a_worker() {
+    let before = clusterfy_entries();
+    let primary = primary_builder().build().await.expect("primary");
+    primary.fork("honest", options(Scenario::Normal)).await.expect("fork");
+    bounded("ready", primary.ready()).await.expect("ready");
+    // A worker that starts 2 s late: the window in which an impostor would try its luck.
+    let late =
+        Program::new("/bin/sh", ["-c".into(), "sleep 2; exec \"$0\" normal".into(), test_worker_path()]);
+    primary.fork("late", WorkerOptions::default().program(late)).await.expect("fork");
+    let pid = pid_of(&primary, "late");
+
+    // Everything the impostor can read: the worker's environment and command line, the temp
+    // dirs, and the worker's descriptors.
+    let environ = proc_fields(pid, "environ");
+    let cmdline = proc_fields(pid, "cmdline");
+    assert!(
+        !environ.iter().any(|var| var.starts_with(&format!("{ENV_TOKEN}="))),
+        "no secret in the worker's environment: {environ:?}"
+    );
+    let mut candidates: Vec<std::path::PathBuf> =
+        clusterfy_entries().into_iter().filter(|p| !before.contains(p)).collect();
+    assert!(candidates.is_empty(), "the cluster created files others could find: {candidates:?}");
+    let values = environ.iter().filter_map(|var| var.split_once('=').map(|(_, value)| value.to_owned()));
+    candidates
+        .extend(values.chain(cmdline.iter().cloned()).map(std::path::PathBuf::from).filter(|p| p.exists()));
+    for candidate in &candidates {
+        let connected = std::os::unix::net::UnixStream::connect(candidate);
+        assert!(connected.is_err(), "{} accepts connections", candidate.display());
+    }
+    let mut sockets = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the worker's descriptors").flatten() {
+        let target = std::fs::read_link(entry.path()).expect("descriptor link");
+        if target.as_os_str().as_bytes().starts_with(b"socket:") {
+            sockets += 1;
+            let opened = std::fs::OpenOptions::new().read(true).write(true).open(entry.path());
+            assert!(opened.is_err(), "the channel {target:?} opens through {}", entry.path().display());
+        }
+    }
+    assert_eq!(sockets, 1, "the late worker holds its channel, and only that");
+    assert_eq!(listening_unix_sockets_of_this_process(), Vec::<u64>::new(), "the primary listens nowhere");
+
+    // Nothing could get in its way: the late worker connects once it starts.
+    bounded("ready", primary.ready()).await.expect("the late worker gets ready");
+    let echoed = bounded("echo", primary.run("late", Echo { text: "in".into() })).await;
+    assert_eq!(echoed.expect("the late worker answers"), "in");
+    common::shut_down_cleanly(&primary).await;
+}
