@@ -186,7 +186,8 @@ async fn worker() -> Result<()> {
         .connect()
         .await?;
     println!("[worker] {} (#{}) is ready", worker.name(), worker.id());
-    // Work arrives as commands; an idle worker exits on its own when the primary shuts it down.
-    std::future::pending::<()>().await;
+    // Work arrives as commands until the primary shuts this worker down; returning then ends
+    // the process cleanly.
+    worker.shutdown_requested().await;
     Ok(())
 }

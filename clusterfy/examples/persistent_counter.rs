@@ -63,7 +63,7 @@ async fn primary() -> Result<()> {
 }
 
 async fn worker() -> Result<()> {
-    Worker::builder()
+    let worker = Worker::builder()
         .command(|count: CountUp, ctx| async move {
             let storage = ctx.worker().storage();
             let mut last = 0;
@@ -75,6 +75,6 @@ async fn worker() -> Result<()> {
         })
         .connect()
         .await?;
-    std::future::pending::<()>().await;
+    worker.shutdown_requested().await;
     Ok(())
 }

@@ -922,15 +922,15 @@ async fn save_distinct(worker: &Worker, value: &str) -> clusterfy::Result<()> {
 
 /// A worker process: answers [`Measure`] and [`Echo`] until the primary shuts it down.
 async fn run_worker() -> BenchResult<()> {
-    let _worker = Worker::builder()
+    let worker = Worker::builder()
         .command(|measure: Measure, ctx: WorkerContext| async move {
             run_measurement(ctx.worker(), &measure).await
         })
         .command(|echo: Echo, _| async move { Ok(echo.0) })
         .connect()
         .await?;
-    // Work arrives as commands; an idle worker exits by itself when the primary shuts it down.
-    std::future::pending::<()>().await;
+    // Work arrives as commands until the primary shuts this worker down.
+    worker.shutdown_requested().await;
     Ok(())
 }
 
