@@ -12,7 +12,7 @@ use clusterfy::{
 };
 use clusterfy_tests::{Echo, FlapStatus, Scenario, SetStatus, WhoAmI};
 use common::{
-    WAIT, bounded, events_until, info, is_about, next_event_matching, options, primary_builder,
+    WAIT, bounded, events_until, info, is_about, is_error_of, next_event_matching, options, primary_builder,
     shut_down_cleanly, start_cluster,
 };
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,13 @@ async fn ready_fails_with_timeout_when_a_worker_never_connects() {
     let err = bounded("ready", primary.ready()).await.expect_err("never ready");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(err.to_string().contains("silent"), "the error names the worker: {err}");
+    // The supervisor's own deadline fires too; both say the same.
+    let failure = next_event_matching(&mut events, WAIT, "silent's connect failure", |e| {
+        is_error_of(e, "silent", ErrorKind::Timeout)
+    })
+    .await;
+    let Event::Error { error, .. } = failure else { unreachable!("matched an error event") };
+    assert_eq!(error.message(), err.message(), "one message, whichever deadline fires first");
 }
 
 async fn ready_fails_with_worker_exited_when_a_worker_crashes_on_start_without_revive() {

@@ -5,9 +5,9 @@
 mod common;
 
 use clusterfy::transport::StdioTransport;
-use clusterfy::{Primary, Program, Value, WorkerOptions};
+use clusterfy::{ErrorKind, Event, Primary, Program, Value, WorkerOptions};
 use clusterfy_tests::{Echo, SaveAt, Scenario};
-use common::{bounded, shut_down_cleanly, test_worker_path};
+use common::{WAIT, bounded, is_error_of, next_event_matching, shut_down_cleanly, test_worker_path};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_behind_a_wrapper_command_serves_over_stdio() {
@@ -36,4 +36,28 @@ async fn a_worker_behind_a_wrapper_command_serves_over_stdio() {
     let stored = bounded("read", primary.storage().retrieve::<String>("greeting")).await;
     assert_eq!(stored.expect("read").as_deref(), Some("from afar"));
     shut_down_cleanly(&primary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_worker_that_prints_before_it_connects_is_told_that_this_is_the_cause() {
+    let primary = Primary::builder().transport(StdioTransport::new()).build().await.expect("primary");
+    let mut events = primary.events();
+    let careless = Program::new(
+        "/bin/sh",
+        [
+            "-c".into(),
+            format!("echo 'starting up...'; exec \"$0\" {}", Scenario::Normal.as_str()),
+            test_worker_path().to_string_lossy().into_owned(),
+        ],
+    );
+    primary.fork("careless", WorkerOptions::default().program(careless)).await.expect("fork");
+    let refused = next_event_matching(&mut events, WAIT, "the refusal", |e| {
+        is_error_of(e, "careless", ErrorKind::Protocol)
+    })
+    .await;
+    let Event::Error { error, .. } = refused else { unreachable!("matched an error event") };
+    let message = error.to_string();
+    assert!(message.contains("starting up..."), "quotes what came: {message}");
+    assert!(message.contains("must not print to stdout before"), "names the cause: {message}");
+    assert!(bounded("ready", primary.ready()).await.is_err(), "the careless worker never gets ready");
 }

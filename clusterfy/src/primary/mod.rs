@@ -476,7 +476,7 @@ impl Primary {
         let deadline = tokio::time::Instant::now() + self.inner.ready_timeout;
         let mut changed = self.inner.changed.subscribe();
         loop {
-            let pending: Vec<String> = {
+            let pending: Vec<WorkerRef> = {
                 let slots = self.inner.slots();
                 let mut pending = Vec::new();
                 for slot in slots.values() {
@@ -500,27 +500,20 @@ impl Primary {
                             .with_context("worker", &slot.worker));
                         }
                         WorkerState::Starting | WorkerState::Connected | WorkerState::Restarting => {
-                            pending.push(slot.worker.name.clone());
+                            pending.push(slot.worker.clone());
                         }
                     }
                 }
                 pending
             };
-            if pending.is_empty() {
+            let Some(first) = pending.first() else {
                 return Ok(());
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(_) => continue,
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "workers not ready within {:?}: [{}]; do they call Worker::builder().connect()?",
-                            self.inner.ready_timeout,
-                            pending.join(", ")
-                        ),
-                    ));
-                }
+            };
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                let names: Vec<&str> = pending.iter().map(|w| w.name.as_str()).collect();
+                return Err(supervisor::not_connected_in_time(self.inner.ready_timeout)
+                    .with_context("worker", first)
+                    .with_context("not_ready", names.join(", ")));
             }
         }
     }

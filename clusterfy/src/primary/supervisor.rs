@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clusterfy_core::codec::FrameDecoder;
+use clusterfy_core::codec::{FrameDecoder, HEADER_LEN};
 use clusterfy_core::protocol::{Message, Notice, PROTOCOL_VERSION, Welcome};
 use clusterfy_core::session::PrimaryHandshake;
 use clusterfy_core::transport::{
@@ -219,8 +219,7 @@ async fn run_once(
                     return Ok(wait_exit(&mut exit_rx).await);
                 }
                 Err(_) => {
-                    let err = Error::new(ErrorKind::Timeout, format!("worker did not connect within {:?}; killed it", inner.ready_timeout))
-                        .with_context("worker", worker);
+                    let err = not_connected_in_time(inner.ready_timeout).with_context("worker", worker);
                     connect_failed(inner, worker, err);
                     kill_now();
                     return Ok(wait_exit(&mut exit_rx).await);
@@ -269,6 +268,38 @@ async fn run_once(
     // The process is gone: whatever was still in flight to it fails now.
     link.close();
     Ok(reason)
+}
+
+/// A worker that printed to stdout before it connected (over stdio) sends text where its `Hello`
+/// belongs: say that, rather than only what the text looks like as a frame header.
+fn explain_text_instead_of_hello(err: Error, received: &[u8]) -> Error {
+    let head = &received[..received.len().min(60)];
+    let is_text =
+        head.len() >= HEADER_LEN && head.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+    if err.kind() != ErrorKind::Protocol || !is_text {
+        return err;
+    }
+    Error::new(
+        ErrorKind::Protocol,
+        format!(
+            "the worker sent text ({:?}) where its Hello belongs: over the stdio transport a worker must not \
+             print to stdout before Worker::builder().connect(); print to stderr instead",
+            String::from_utf8_lossy(head)
+        ),
+    )
+    .with_source(err)
+}
+
+/// The one description of a worker that did not connect in time, whichever deadline noticed it:
+/// the ready timeout here or in [`Primary::ready`](super::Primary::ready), or the handshake's.
+pub(super) fn not_connected_in_time(waited: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "the worker did not connect within {waited:?}, so it is killed; does its program call \
+             Worker::builder().connect() at start?"
+        ),
+    )
 }
 
 /// Publishes the end of a worker's connection: the error that ended it, if any, first, so that
@@ -335,8 +366,8 @@ async fn connect(
                 .await
             {
                 Ok(Ok(first)) => handshake.check_hello(first),
-                Ok(Err(err)) => Err(err),
-                Err(_) => Err(Error::new(ErrorKind::Timeout, "connection sent no Hello in time")),
+                Ok(Err(err)) => Err(explain_text_instead_of_hello(err, decoder.buffer_mut())),
+                Err(_) => Err(not_connected_in_time(HANDSHAKE_TIMEOUT)),
             };
         if let Err(err) = checked {
             let err = err.with_context("worker", worker).with_context("connection", &connection.description);
