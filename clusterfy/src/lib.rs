@@ -28,11 +28,12 @@ pub use clusterfy_core as core;
 
 /// Transports: how workers talk to the primary.
 pub mod transport {
+    pub use clusterfy_core::transport::{ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
     pub use clusterfy_core::{Authentication, Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
     #[cfg(feature = "transport-stdio")]
     pub use clusterfy_transport_stdio::StdioTransport;
     #[cfg(feature = "transport-uds")]
-    pub use clusterfy_transport_uds::UdsTransport;
+    pub use clusterfy_transport_uds::{ENV_UDS_FD, UdsTransport};
 }
 
 /// Environment variable with the worker's name (informational; the handshake is authoritative).

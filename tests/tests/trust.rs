@@ -93,3 +93,37 @@ async fn a_same_user_process_reading_environ_cmdline_and_temp_dirs_can_neither_e
     assert_eq!(echoed.expect("the late worker answers"), "in");
     common::shut_down_cleanly(&primary).await;
 }
+
+/// Linux sends the parent-death signal when the *thread* that forked a child ends, not the
+/// process. A worker forked while the primary's runtime was driven by a thread that then ends
+/// must not die with that thread.
+#[test]
+fn a_worker_outlives_the_thread_that_drove_its_fork() {
+    let runtime = std::sync::Arc::new(
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime"),
+    );
+    let primary = runtime.block_on(primary_builder().build()).expect("primary");
+    let (driving, forking) = (std::sync::Arc::clone(&runtime), primary.clone());
+    // This thread drives the runtime while the worker is forked, then ends.
+    let thread = std::thread::spawn(move || {
+        driving.block_on(forking.fork("survivor", options(Scenario::Normal))).expect("fork");
+        nix::unistd::gettid()
+    })
+    .join()
+    .expect("the forking thread");
+    runtime.block_on(async {
+        let task = format!("/proc/self/task/{thread}");
+        bounded("the forking thread to be gone", async {
+            while std::path::Path::new(&task).exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        // A parent-death signal would be pending by now, and a process with SIGKILL pending runs
+        // no code of its own again: only a worker that lives answers.
+        bounded("ready", primary.ready()).await.expect("the worker gets ready");
+        let echoed = bounded("echo", primary.run("survivor", Echo { text: "alive".into() })).await;
+        assert_eq!(echoed.expect("the worker outlived the thread"), "alive");
+        common::shut_down_cleanly(&primary).await;
+    });
+}
