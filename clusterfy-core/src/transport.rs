@@ -131,6 +131,9 @@ pub enum Authentication {
 ///   [`ErrorKind::Config`] naming the variable (`worker_without_environment_gets_config_error`).
 /// - [`Transport::close`] releases what `prepare` created (socket files, directories)
 ///   (`close_removes_what_prepare_created`).
+/// - A transport whose [`Transport::authentication`] is [`Authentication::InheritedChannel`]
+///   offers no other way in: `prepare` hands the worker no file-system path and opens no
+///   listening socket (`inherited_channel_leaves_no_way_in`).
 #[async_trait]
 pub trait Transport: Send + Sync + Debug + 'static {
     /// A short stable name, written to [`ENV_TRANSPORT`] so the worker picks the same transport.

@@ -3,38 +3,13 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
 
 use clusterfy::core::transport::ENV_TOKEN;
 use clusterfy::{Program, WorkerOptions};
+use clusterfy_testkit::transport::listening_unix_sockets_of_this_process;
 use clusterfy_tests::{Echo, Scenario};
 use common::{bounded, clusterfy_entries, options, pid_of, primary_builder, test_worker_path};
-
-/// The inodes of the Unix sockets this process holds that listen for connections.
-fn listening_unix_sockets_of_this_process() -> Vec<u64> {
-    let mine: BTreeSet<u64> = std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .flatten()
-        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .collect();
-    // /proc/net/unix: Num RefCount Protocol Flags Type St Inode [Path]; flag 0x10000 = listening.
-    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
-            let inode: u64 = fields.get(6)?.parse().ok()?;
-            (flags & 0x1_0000 != 0 && mine.contains(&inode)).then_some(inode)
-        })
-        .collect()
-}
 
 /// `NUL`-separated fields of a `/proc/<pid>` file.
 fn proc_fields(pid: nix::unistd::Pid, file: &str) -> Vec<String> {
@@ -85,7 +60,7 @@ async fn a_same_user_process_reading_environ_cmdline_and_temp_dirs_can_neither_e
         }
     }
     assert_eq!(sockets, 1, "the late worker holds its channel, and only that");
-    assert_eq!(listening_unix_sockets_of_this_process(), Vec::<u64>::new(), "the primary listens nowhere");
+    assert!(listening_unix_sockets_of_this_process().is_empty(), "the primary listens nowhere");
 
     // Nothing could get in its way: the late worker connects once it starts.
     bounded("ready", primary.ready()).await.expect("the late worker gets ready");

@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, HEADER_LEN, encode_frame, to_payload};
 use clusterfy_core::protocol::Message;
-use clusterfy_core::transport::{ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, SpawnInfo, WorkerEnv};
+use clusterfy_core::transport::{
+    Authentication, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, SpawnInfo, WorkerEnv,
+};
 use clusterfy_core::{Connection, ErrorKind, Result, WorkerId};
 use tokio::process::Command;
 use tokio::task::JoinSet;
 
 use super::failure::{Context, Failure, Outcome, ensure, within};
 use super::launch::{Link, PeerExit, Suite, receive};
+use super::listening_unix_sockets_of_this_process;
 use super::peer::{Script, exit};
 use super::wire::{FrameReader, ToPeer, ToPrimary, burst_body, pattern};
 
@@ -46,6 +49,7 @@ cases!(
     worker_that_never_connects_times_out,
     worker_without_environment_gets_config_error,
     close_removes_what_prepare_created,
+    inherited_channel_leaves_no_way_in,
 );
 
 /// How long a case waits for something that must not happen.
@@ -479,6 +483,30 @@ async fn close_removes_what_prepare_created(suite: Arc<Suite>) -> Outcome {
             suite.transport.name()
         );
     }
+    Ok(())
+}
+
+/// A transport that authenticates by the channel itself must offer nothing else to connect to.
+async fn inherited_channel_leaves_no_way_in(suite: Arc<Suite>) -> Outcome {
+    if suite.transport.authentication() != Authentication::InheritedChannel {
+        eprintln!(
+            "note: the {} transport authenticates with a token; only inherited channels must leave no way in",
+            suite.transport.name()
+        );
+        return Ok(());
+    }
+    let listening_before = listening_unix_sockets_of_this_process();
+    let (rendezvous, env) = prepare_unspawned(&suite, 1).await?;
+    for (key, value) in &env {
+        ensure!(
+            !std::path::Path::new(value).exists(),
+            "prepare handed the worker the path {value} (in {key}), which another process could open too"
+        );
+    }
+    let new: Vec<u64> =
+        listening_unix_sockets_of_this_process().difference(&listening_before).copied().collect();
+    ensure!(new.is_empty(), "prepare left sockets listening for connections (inodes {new:?})");
+    drop(rendezvous);
     Ok(())
 }
 

@@ -42,6 +42,11 @@
 //!   variable a worker is given.
 //! - `close_removes_what_prepare_created`: every file-system path `prepare` handed to workers is
 //!   gone after [`Transport::close`], which succeeds twice.
+//! - `inherited_channel_leaves_no_way_in`: for a transport whose
+//!   [`Transport::authentication`] is
+//!   [`InheritedChannel`](clusterfy_core::Authentication::InheritedChannel), `prepare` hands the
+//!   worker no file-system path and leaves this process no new listening socket (on Linux, where
+//!   `/proc` tells); token transports are exempt, with a note.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,7 +61,10 @@ mod duplex;
 mod failure;
 mod launch;
 mod peer;
+mod sockets;
 mod wire;
+
+pub use sockets::listening_unix_sockets_of_this_process;
 
 pub use duplex::{DuplexReference, ENV_DUPLEX_KEY};
 
