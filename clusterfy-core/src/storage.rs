@@ -4,6 +4,7 @@
 //! contract in the `clusterfy` facade, so every backend behaves the same.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -121,6 +122,44 @@ pub struct CasConflict {
 ///   [`Capabilities::durable`] promises (`flush_after_writes_succeeds`; durability itself:
 ///   `durable_writes_survive_reopen`).
 /// - All methods may be called concurrently from many tasks (`concurrent_writers_lose_nothing`).
+///
+/// # Shared backends
+///
+/// `Arc<B>` and `Box<B>` are backends too, for every backend `B` (also `dyn StorageBackend`), and
+/// forward every call to `B`. So a backend can be handed to the primary while the application
+/// keeps a handle to it, for the backend's own methods:
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use clusterfy_core::StorageBackend;
+/// # use clusterfy_core::{BatchOp, Capabilities, CasConflict, NoticeReceiver, Result};
+/// # #[derive(Debug, Default)]
+/// # struct MyBackend;
+/// # impl MyBackend { fn queued_writes(&self) -> usize { 0 } }
+/// # #[async_trait::async_trait]
+/// # impl StorageBackend for MyBackend {
+/// #     fn capabilities(&self) -> Capabilities { Capabilities::volatile() }
+/// #     async fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>> { Ok(None) }
+/// #     async fn put(&self, _: &[u8], _: &[u8]) -> Result<()> { Ok(()) }
+/// #     async fn delete(&self, _: &[u8]) -> Result<()> { Ok(()) }
+/// #     async fn compare_and_swap(&self, _: &[u8], _: Option<&[u8]>, _: Option<&[u8]>)
+/// #         -> Result<Result<(), CasConflict>> { Ok(Ok(())) }
+/// #     async fn scan_prefix(&self, _: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> { Ok(Vec::new()) }
+/// #     async fn apply_batch(&self, _: Vec<BatchOp>) -> Result<()> { Ok(()) }
+/// #     async fn flush(&self) -> Result<()> { Ok(()) }
+/// #     fn notices(&self) -> Option<NoticeReceiver> { None }
+/// # }
+/// // Like `clusterfy::PrimaryBuilder::storage`, which takes `impl StorageBackend`.
+/// fn give_to_the_primary(backend: impl StorageBackend) -> Arc<dyn StorageBackend> {
+///     Arc::new(backend)
+/// }
+///
+/// let backend = Arc::new(MyBackend::default());
+/// let in_use = give_to_the_primary(Arc::clone(&backend));
+/// assert_eq!(backend.queued_writes(), 0); // still ours to ask
+/// # drop(in_use);
+/// ```
 #[async_trait]
 pub trait StorageBackend: Send + Sync + Debug + 'static {
     /// What this backend guarantees.
@@ -155,4 +194,178 @@ pub trait StorageBackend: Send + Sync + Debug + 'static {
     /// A receiver of this backend's [`StorageNotice`]s, or `None` for a backend that has none
     /// (one that depends on no outside service).
     fn notices(&self) -> Option<NoticeReceiver>;
+}
+
+/// Forwards every method, so that a backend shared through an `Arc` (or boxed) can be handed to
+/// the primary and still be used (for example a Redis mirror's `wait_mirrored`).
+macro_rules! forward_backend {
+    ($($pointer:ident)::+) => {
+        #[async_trait]
+        #[deny(clippy::missing_trait_methods)]
+        impl<B: StorageBackend + ?Sized> StorageBackend for $($pointer)::+<B> {
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+
+            async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+                (**self).get(key).await
+            }
+
+            async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+                (**self).put(key, value).await
+            }
+
+            async fn delete(&self, key: &[u8]) -> Result<()> {
+                (**self).delete(key).await
+            }
+
+            async fn compare_and_swap(
+                &self,
+                key: &[u8],
+                expected: Option<&[u8]>,
+                new: Option<&[u8]>,
+            ) -> Result<Result<(), CasConflict>> {
+                (**self).compare_and_swap(key, expected, new).await
+            }
+
+            async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+                (**self).scan_prefix(prefix).await
+            }
+
+            async fn apply_batch(&self, ops: Vec<BatchOp>) -> Result<()> {
+                (**self).apply_batch(ops).await
+            }
+
+            async fn flush(&self) -> Result<()> {
+                (**self).flush().await
+            }
+
+            fn notices(&self) -> Option<NoticeReceiver> {
+                (**self).notices()
+            }
+        }
+    };
+}
+
+forward_backend!(Arc);
+forward_backend!(Box);
+
+#[cfg(test)]
+// A failed unwrap is the clearest failure report a test can give.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records every call, so a wrapper can be seen to forward each method to it.
+    #[derive(Debug, Default)]
+    struct Recording {
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Recording {
+        fn called(&self, method: &'static str) {
+            self.calls.lock().unwrap().push(method);
+        }
+
+        fn calls(&self) -> Vec<&'static str> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+    }
+
+    #[async_trait]
+    impl StorageBackend for Recording {
+        fn capabilities(&self) -> Capabilities {
+            self.called("capabilities");
+            Capabilities::volatile().with_visible_outside(true)
+        }
+        async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.called("get");
+            Ok(Some(key.to_vec()))
+        }
+        async fn put(&self, _: &[u8], _: &[u8]) -> Result<()> {
+            self.called("put");
+            Ok(())
+        }
+        async fn delete(&self, _: &[u8]) -> Result<()> {
+            self.called("delete");
+            Ok(())
+        }
+        async fn compare_and_swap(
+            &self,
+            _: &[u8],
+            _: Option<&[u8]>,
+            new: Option<&[u8]>,
+        ) -> Result<Result<(), CasConflict>> {
+            self.called("compare_and_swap");
+            Ok(Err(CasConflict { current: new.map(<[u8]>::to_vec) }))
+        }
+        async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.called("scan_prefix");
+            Ok(vec![(prefix.to_vec(), Vec::new())])
+        }
+        async fn apply_batch(&self, ops: Vec<BatchOp>) -> Result<()> {
+            self.called("apply_batch");
+            assert_eq!(ops.len(), 1);
+            Ok(())
+        }
+        async fn flush(&self) -> Result<()> {
+            self.called("flush");
+            Ok(())
+        }
+        fn notices(&self) -> Option<NoticeReceiver> {
+            self.called("notices");
+            None
+        }
+    }
+
+    /// Calls every method of `backend` once, checking the answers `Recording` gives.
+    async fn call_every_method(backend: &impl StorageBackend) {
+        assert!(backend.capabilities().visible_outside);
+        assert_eq!(backend.get(b"k").await.unwrap(), Some(b"k".to_vec()));
+        backend.put(b"k", b"v").await.unwrap();
+        backend.delete(b"k").await.unwrap();
+        let lost = backend.compare_and_swap(b"k", None, Some(b"n")).await.unwrap();
+        assert_eq!(lost, Err(CasConflict { current: Some(b"n".to_vec()) }));
+        assert_eq!(backend.scan_prefix(b"p").await.unwrap(), [(b"p".to_vec(), Vec::new())]);
+        backend.apply_batch(vec![BatchOp::Delete { key: b"k".to_vec() }]).await.unwrap();
+        backend.flush().await.unwrap();
+        assert!(backend.notices().is_none());
+    }
+
+    const EVERY_METHOD: [&str; 9] = [
+        "capabilities",
+        "get",
+        "put",
+        "delete",
+        "compare_and_swap",
+        "scan_prefix",
+        "apply_batch",
+        "flush",
+        "notices",
+    ];
+
+    #[tokio::test]
+    async fn an_arc_or_box_of_a_backend_forwards_every_method_and_the_backend_stays_usable() {
+        let backend = Arc::new(Recording::default());
+        // What `PrimaryBuilder::storage(impl StorageBackend)` does with what it is given.
+        let handed_over: Arc<dyn StorageBackend> = Arc::new(Arc::clone(&backend));
+        call_every_method(&handed_over).await;
+        assert_eq!(backend.calls(), EVERY_METHOD, "through Arc<Arc<B>> as a trait object");
+
+        call_every_method(&Arc::clone(&backend)).await;
+        assert_eq!(backend.calls(), EVERY_METHOD, "through Arc<B>");
+
+        let boxed: Box<dyn StorageBackend> = Box::new(Arc::clone(&backend));
+        call_every_method(&boxed).await;
+        assert_eq!(backend.calls(), EVERY_METHOD, "through Box<dyn StorageBackend>");
+
+        let boxed_concrete = Box::new(Recording::default());
+        call_every_method(&boxed_concrete).await;
+        assert_eq!(boxed_concrete.calls(), EVERY_METHOD, "through Box<B>");
+
+        drop((handed_over, boxed));
+        assert_eq!(Arc::strong_count(&backend), 1, "the wrappers hold no extra reference");
+    }
 }

@@ -11,6 +11,16 @@ use crate::error::RedisMirrorError;
 use crate::redact::SecretUrl;
 use crate::tls::{self, Pem, TlsSettings};
 
+/// How long a write in [`AckMode::Redis`], a `flush` in that mode, or
+/// [`RedisMirror::wait_mirrored`] waits for Redis by default: 5 s.
+///
+/// Half of a worker's default request timeout (10 s, `clusterfy::DEFAULT_WORKER_REQUEST_TIMEOUT`),
+/// so that a worker's save that waits for an unreachable Redis fails with the mirror's own error
+/// ("Redis did not confirm the write within 5s (it is unreachable or slow) ...") rather than with
+/// the worker's "no reply from the primary within 10s". See [`RedisMirrorBuilder::ack_timeout`]
+/// before changing either.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// When a write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AckMode {
@@ -22,8 +32,9 @@ pub enum AckMode {
     Memory,
     /// A write returns only once Redis has it (and every write before it), or fails with
     /// [`ErrorKind::Timeout`](clusterfy_core::ErrorKind::Timeout) after the
-    /// [`ack_timeout`](RedisMirrorBuilder::ack_timeout) when Redis cannot be reached. For users who
-    /// prefer consistency with Redis to availability; `durable` is `true`.
+    /// [`ack_timeout`](RedisMirrorBuilder::ack_timeout) (default [`DEFAULT_ACK_TIMEOUT`], 5 s)
+    /// when Redis cannot be reached. For users who prefer consistency with Redis to availability;
+    /// `durable` is `true`.
     Redis,
 }
 
@@ -152,7 +163,7 @@ impl RedisMirror {
                 key_prefix: "clusterfy".to_owned(),
                 queue_capacity: 100_000,
                 ack: AckMode::Memory,
-                ack_timeout: Duration::from_secs(10),
+                ack_timeout: DEFAULT_ACK_TIMEOUT,
                 connect_timeout: Duration::from_secs(5),
                 response_timeout: Duration::from_secs(10),
                 backoff_initial: Duration::from_millis(100),
@@ -194,8 +205,18 @@ impl RedisMirrorBuilder {
 
     /// How long a write in [`AckMode::Redis`], a `flush` in that mode, or
     /// [`RedisMirror::wait_mirrored`] waits for Redis before failing with
-    /// [`ErrorKind::Timeout`](clusterfy_core::ErrorKind::Timeout) (default 10 s). The write stays
-    /// applied in memory and queued for Redis either way.
+    /// [`ErrorKind::Timeout`](clusterfy_core::ErrorKind::Timeout) (default
+    /// [`DEFAULT_ACK_TIMEOUT`], 5 s). The write stays applied in memory and queued for Redis
+    /// either way.
+    ///
+    /// **Keep it below the workers' request timeout** (`WorkerBuilder::request_timeout` in the
+    /// `clusterfy` facade, 10 s by default). A worker's save is a request to the primary, which
+    /// answers it once the mirror has: with an `ack_timeout` as long or longer, the worker gives up
+    /// first and reports only "no reply from the primary within 10s; the handler may be stuck",
+    /// instead of the mirror's error that says Redis is unreachable. The shared storage applies
+    /// writes one at a time, so a save queued behind one that waits for Redis waits in turn:
+    /// leave room for that, or raise the request timeout along with this one. (The primary's own
+    /// saves have no request timeout: they wait `ack_timeout`.)
     #[must_use]
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.settings.ack_timeout = timeout;

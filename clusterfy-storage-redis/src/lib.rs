@@ -8,5 +8,5 @@ mod state;
 mod task;
 mod tls;
 
-pub use config::{AckMode, RedisMirrorBuilder};
+pub use config::{AckMode, DEFAULT_ACK_TIMEOUT, RedisMirrorBuilder};
 pub use mirror::{MirrorStatus, RedisMirror};

@@ -206,13 +206,7 @@ impl RedisMirror {
                 url = %self.url(), capacity, dropped,
                 "the queue of writes for Redis is full; dropped it, Redis will be rewritten from memory"
             );
-            self.shared.notify(StorageNotice::Overflow {
-                detail: format!(
-                    "the queue of writes waiting for Redis reached its capacity of {capacity}; its {dropped} \
-                     writes were dropped and Redis will be rewritten from memory (resync) once it is \
-                     reachable, so no write is lost"
-                ),
-            });
+            self.shared.notify(StorageNotice::Overflow { detail: overflow_detail(capacity, dropped) });
         }
         self.shared.wake.notify_one();
         Some(seq)
@@ -225,6 +219,17 @@ impl RedisMirror {
             _ => Ok(()),
         }
     }
+}
+
+/// What an overflow notice says. `dropped` counts the writes the queue held, which is at most
+/// its capacity: writes already being sent are not dropped, and the write that found the queue
+/// full was never in it.
+fn overflow_detail(capacity: usize, dropped: usize) -> String {
+    format!(
+        "the queue of writes waiting for Redis reached its capacity of {capacity}; the {dropped} writes \
+         it held were dropped and Redis will be rewritten from memory (resync) once it is reachable, \
+         so no write is lost"
+    )
 }
 
 impl Drop for RedisMirror {

@@ -66,7 +66,9 @@ pub(crate) enum Recorded {
     /// The queue was full: it was emptied and a resync scheduled, whose snapshot carries this
     /// write and every dropped one.
     Overflowed {
-        /// Writes (weights) dropped from the queue, this one included.
+        /// Writes (weights) the queue held and dropped: never more than its capacity. Neither this
+        /// write, which was never queued, nor the writes in flight, which the mirror task had
+        /// already taken, count.
         dropped: usize,
     },
 }
@@ -139,7 +141,7 @@ impl State {
         }
         let weight = op.weight();
         if self.pending().saturating_add(weight) > self.capacity {
-            let dropped = self.queued + weight;
+            let dropped = self.queued;
             self.schedule_resync();
             return (self.seq, Recorded::Overflowed { dropped });
         }
@@ -274,7 +276,9 @@ mod tests {
             assert_eq!(state.record(put(&[k])).1, Recorded::Queued);
         }
         state.map_mut().insert(vec![3], b"v".to_vec());
-        assert_eq!(state.record(put(&[3])), (4, Recorded::Overflowed { dropped: 4 }));
+        // postmortem: this reported 4 dropped writes from a queue of capacity 3, counting the
+        // write that overflowed, which was never queued.
+        assert_eq!(state.record(put(&[3])), (4, Recorded::Overflowed { dropped: 3 }));
         assert_eq!(state.pending(), 0);
         assert_eq!(state.record(put(&[4])), (5, Recorded::Covered), "no queueing until the snapshot");
         match state.take_work(LIMITS) {
@@ -286,6 +290,48 @@ mod tests {
         }
         assert_eq!(state.record(put(&[5])), (6, Recorded::Queued), "queueing resumes after the snapshot");
         assert_eq!(seqs(state.take_work(LIMITS)), [6]);
+    }
+
+    #[test]
+    fn overflow_counts_no_more_writes_than_the_queue_held() {
+        // Writes in flight are not dropped (the mirror task has them), so they do not count.
+        let mut state = State::new(Map::new(), 4);
+        for k in 0..3u8 {
+            state.record(put(&[k]));
+        }
+        let Some(Work::Writes(_)) = state.take_work(LIMITS) else { panic!("no work") };
+        assert_eq!(state.record(put(b"x")).1, Recorded::Queued);
+        assert_eq!(state.record(put(b"y")).1, Recorded::Overflowed { dropped: 1 });
+
+        // A batch larger than the whole capacity overflows an empty queue: nothing was dropped.
+        let mut state = State::new(Map::new(), 3);
+        let big = Op::Batch((0..10u8).map(|k| BatchOp::Delete { key: vec![k] }).collect());
+        assert_eq!(state.record(big).1, Recorded::Overflowed { dropped: 0 });
+
+        // Any mix of sizes, taken and not: the count is what was queued, within the capacity.
+        for capacity in 1..8 {
+            let mut state = State::new(Map::new(), capacity);
+            for i in 0..200usize {
+                let op = match i % 5 {
+                    0 => Op::Batch((0..(i % 7) as u8).map(|k| BatchOp::Delete { key: vec![k] }).collect()),
+                    _ => put(&[i as u8]),
+                };
+                let queued_before = state.pending() - state.in_flight;
+                match state.record(op).1 {
+                    Recorded::Overflowed { dropped } => {
+                        assert_eq!(dropped, queued_before, "capacity {capacity}, write {i}");
+                        assert!(dropped <= capacity, "capacity {capacity}, write {i}: {dropped}");
+                    }
+                    Recorded::Queued | Recorded::Covered => {}
+                }
+                match i % 4 {
+                    0 => drop(state.take_work(LIMITS)),
+                    1 => state.writes_done(),
+                    _ => {}
+                }
+                assert!(state.pending() <= capacity, "capacity {capacity}, write {i}");
+            }
+        }
     }
 
     #[test]

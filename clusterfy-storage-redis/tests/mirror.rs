@@ -11,10 +11,10 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clusterfy_core::{BatchOp, ErrorKind, StorageBackend, StorageNotice};
-use clusterfy_storage_redis::{AckMode, RedisMirror};
+use clusterfy_storage_redis::{AckMode, DEFAULT_ACK_TIMEOUT, RedisMirror};
 use clusterfy_testkit::redis_server::RedisServer;
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -150,10 +150,15 @@ async fn overflow_during_an_outage_is_announced_and_resynced_exactly() {
         }
     }
     let overflow = notice(&mut notices, "Overflow", |n| matches!(n, StorageNotice::Overflow { .. })).await;
-    assert!(
-        matches!(&overflow, StorageNotice::Overflow { detail } if detail.contains("capacity of 8")),
-        "{overflow:?}"
-    );
+    let StorageNotice::Overflow { detail } = &overflow else { unreachable!("{overflow:?}") };
+    assert!(detail.contains("capacity of 8"), "{detail}");
+    // The count is of the writes the queue held, so never more than its capacity.
+    let dropped: usize = detail
+        .split_once("; the ")
+        .and_then(|(_, rest)| rest.split_once(" writes it held were dropped"))
+        .and_then(|(count, _)| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count of dropped writes in {detail:?}"));
+    assert!(dropped <= 8, "{detail}");
     let status = mirror.status();
     assert!(status.queued_writes <= 8 && status.resync_pending, "{status:?}");
 
@@ -238,6 +243,56 @@ async fn ack_redis_write_during_an_outage_times_out_and_still_arrives() {
     notice(&mut notices, "Resynced", is_resynced).await;
     mirror.flush().await.unwrap();
     assert_eq!(in_redis(&url, mirror.data_key()).await, Map::from([(b"k".to_vec(), b"v".to_vec())]));
+}
+
+/// A worker's request timeout by default (`clusterfy::DEFAULT_WORKER_REQUEST_TIMEOUT`; this crate
+/// does not depend on the facade). A worker's save waits for the primary, which waits for Redis.
+const WORKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_redis_save_with_redis_down_fails_with_the_mirrors_error_before_a_workers_deadline() {
+    let Some(mut server) = RedisServer::start_owned_or_skip("ack_redis_save_with_redis_down") else {
+        return;
+    };
+    let url = server.url().to_owned();
+    // The default ack timeout: what a user who only picks AckMode::Redis gets.
+    let mirror = builder(&url, &prefix("ack-default")).ack(AckMode::Redis).connect().await.unwrap();
+    blocking(|| server.kill());
+
+    // A save through the shared storage is one batch.
+    let started = Instant::now();
+    let save = vec![BatchOp::Put { key: b"config\0".to_vec(), value: b"v".to_vec() }];
+    let err = timeout(DEADLINE, mirror.apply_batch(save)).await.unwrap().unwrap_err();
+    let waited = started.elapsed();
+
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(
+        err.message(),
+        "Redis did not confirm the write within 5s (it is unreachable or slow); the memory state has it, \
+         and it stays queued for Redis"
+    );
+    assert_eq!(err.context_value("url"), Some(url.as_str()));
+    assert!(waited >= DEFAULT_ACK_TIMEOUT, "failed after {waited:?}, before the ack timeout");
+    // Half the worker's deadline: room for the request's own way and for one save queued behind.
+    assert!(DEFAULT_ACK_TIMEOUT * 2 <= WORKER_REQUEST_TIMEOUT);
+    assert!(waited < WORKER_REQUEST_TIMEOUT, "{waited:?}: a worker would have given up first");
+}
+
+#[tokio::test]
+async fn an_arc_of_the_mirror_is_a_backend_and_the_mirror_stays_at_hand() {
+    let Some(server) = RedisServer::start_or_skip("an_arc_of_the_mirror_is_a_backend") else { return };
+    let mirror = Arc::new(builder(server.url(), &prefix("arc")).connect().await.unwrap());
+    // What `PrimaryBuilder::storage(impl StorageBackend)` does with the clone it is given.
+    let given: Arc<dyn StorageBackend> = Arc::new(Arc::clone(&mirror));
+    assert!(given.capabilities().visible_outside && given.notices().is_some());
+    given.put(b"through", b"the primary").await.unwrap();
+    given.apply_batch(vec![BatchOp::Put { key: b"b".to_vec(), value: b"2".to_vec() }]).await.unwrap();
+
+    mirror.wait_mirrored().await.unwrap();
+    let status = mirror.status();
+    assert!(status.connected && status.unconfirmed_writes == 0, "{status:?}");
+    assert_eq!(in_redis(server.url(), mirror.data_key()).await, in_memory(&mirror).await);
+    assert_eq!(given.get(b"through").await.unwrap(), Some(b"the primary".to_vec()));
 }
 
 #[tokio::test]

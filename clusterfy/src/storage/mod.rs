@@ -1,11 +1,39 @@
 //! Shared storage: the tree semantics over a [`StorageBackend`]
 //! (in [`SharedStorage`]) and the typed handle both the primary and workers use.
+//!
+//! The backends live here too (each behind its feature), with what they report
+//! ([`StorageNotice`], also published as [`Event::Storage`](crate::Event::Storage)).
+//!
+//! # Keeping a handle to the backend
+//!
+//! [`PrimaryBuilder::storage`](crate::PrimaryBuilder::storage) takes any [`StorageBackend`], and
+//! an `Arc` of a backend is one. Hand the primary a clone of an `Arc` to keep using the backend's
+//! own methods afterwards, such as `RedisMirror::wait_mirrored` before a clean exit or
+//! `RedisMirror::status` for a health check:
+//!
+//! ```no_run
+//! # #[cfg(feature = "storage-mem")]
+//! # async fn example() -> clusterfy::Result<()> {
+//! use std::sync::Arc;
+//!
+//! use clusterfy::Primary;
+//! use clusterfy::storage::{MemStorage, StorageBackend};
+//!
+//! // With feature `storage-redis`, the same for `Arc::new(RedisMirror::connect(url).await?)`.
+//! let backend = Arc::new(MemStorage::new());
+//! let primary = Primary::builder().storage(Arc::clone(&backend)).build().await?;
+//! primary.storage().save("greeting", "hello").await?;
+//! assert!(!backend.scan_prefix(b"").await?.is_empty(), "the backend is still ours to use");
+//! # Ok(())
+//! # }
+//! ```
 
 mod tree;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use clusterfy_core::error::excerpt;
 use clusterfy_core::protocol::{Reply, Request, StorageRequest};
 use clusterfy_core::{Error, ErrorKind, Path, Result, Value, from_value, to_value};
 use futures::StreamExt;
@@ -15,11 +43,13 @@ use tokio::sync::broadcast;
 
 pub use tree::SharedStorage;
 
-pub use clusterfy_core::{BatchOp, Capabilities, CasConflict, StorageBackend};
+pub use clusterfy_core::{BatchOp, Capabilities, CasConflict, NoticeReceiver, StorageBackend, StorageNotice};
 #[cfg(feature = "storage-mem")]
 pub use clusterfy_storage_mem::MemStorage;
 #[cfg(feature = "storage-redis")]
-pub use clusterfy_storage_redis::{AckMode, MirrorStatus, RedisMirror, RedisMirrorBuilder};
+pub use clusterfy_storage_redis::{
+    AckMode, DEFAULT_ACK_TIMEOUT, MirrorStatus, RedisMirror, RedisMirrorBuilder,
+};
 #[cfg(feature = "storage-sled")]
 pub use clusterfy_storage_sled::{SledStorage, SledStorageBuilder};
 
@@ -45,6 +75,11 @@ enum Access {
 /// Typed access to the shared storage by dotted path, the same on the primary and on workers.
 ///
 /// Values go in and out as any `serde` type; a map path reads or writes the whole subtree.
+///
+/// Errors are the same on both sides too: the same kind, message and context for the same
+/// failure, whether the primary's storage or a worker's request to it ran into it. Every error of
+/// a call on a path has a `path` context entry (a backend error names it as well); on a worker,
+/// only failures of the request itself (a timeout, a lost connection) differ.
 #[derive(Clone)]
 pub struct Storage {
     access: Access,
@@ -61,7 +96,28 @@ impl std::fmt::Debug for Storage {
 }
 
 fn unexpected(reply: Reply) -> Error {
-    Error::new(ErrorKind::Protocol, format!("unexpected reply to a storage request: {reply:?}"))
+    // The variant only: the reply may carry a value of any size.
+    let kind = match reply {
+        Reply::Done => "Done",
+        Reply::Value(_) => "Value",
+        Reply::Swapped(_) => "Swapped",
+        Reply::Command(_) => "Command",
+        Reply::Broadcast(_) => "Broadcast",
+        Reply::Shutdown(_) => "Shutdown",
+    };
+    Error::new(ErrorKind::Protocol, format!("unexpected reply to a storage request: {kind}"))
+}
+
+/// `value` as a [`Value`]; an error names the path it was for (cut: it is not validated yet).
+fn encode<T: Serialize + ?Sized>(path: &str, value: &T) -> Result<Value> {
+    to_value(value).map_err(|e| e.with_context("path", excerpt(path)))
+}
+
+/// Names `path` on an error that does not name a path yet (a backend failure, or on a worker a
+/// timeout or a closed connection), so that every storage error says where it happened, and the
+/// same failure carries the same context on the primary and on a worker.
+fn at_path(err: Error, path: &Path) -> Error {
+    if err.context_value("path").is_some() { err } else { err.with_context("path", path) }
 }
 
 impl Storage {
@@ -73,28 +129,29 @@ impl Storage {
         Storage { access: Access::Remote { link, deadline, changes } }
     }
 
-    async fn exec(&self, request: StorageRequest) -> Result<Reply> {
-        match &self.access {
+    async fn exec(&self, path: &Path, request: StorageRequest) -> Result<Reply> {
+        let result = match &self.access {
             Access::Local(storage) => storage.handle(request).await,
             Access::Remote { link, deadline, .. } => link.request(Request::Storage(request), *deadline).await,
-        }
+        };
+        result.map_err(|err| at_path(err, path))
     }
 
     /// Saves `value` at `path` (the original's `saveToStorage`). The parent map must exist:
     /// otherwise the error is [`ErrorKind::NotFound`] naming the missing prefix.
     pub async fn save<T: Serialize + ?Sized>(&self, path: &str, value: &T) -> Result<()> {
-        self.save_value(path, to_value(value)?, false).await
+        self.save_value(path, encode(path, value)?, false).await
     }
 
     /// Saves `value` at `path`, creating missing parent maps.
     pub async fn save_with_parents<T: Serialize + ?Sized>(&self, path: &str, value: &T) -> Result<()> {
-        self.save_value(path, to_value(value)?, true).await
+        self.save_value(path, encode(path, value)?, true).await
     }
 
     async fn save_value(&self, path: &str, value: Value, create_parents: bool) -> Result<()> {
         let path = Path::parse(path)?;
         let request = StorageRequest::Save { path: path.as_str().to_owned(), value, create_parents };
-        match self.exec(request).await? {
+        match self.exec(&path, request).await? {
             Reply::Done => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -112,7 +169,7 @@ impl Storage {
     /// Reads the value or subtree at `path` as a [`Value`].
     pub async fn retrieve_value(&self, path: &str) -> Result<Option<Value>> {
         let path = Path::parse(path)?;
-        match self.exec(StorageRequest::Get { path: path.as_str().to_owned() }).await? {
+        match self.exec(&path, StorageRequest::Get { path: path.as_str().to_owned() }).await? {
             Reply::Value(value) => Ok(value),
             other => Err(unexpected(other)),
         }
@@ -121,7 +178,7 @@ impl Storage {
     /// Removes the value or subtree at `path`; a missing path is fine.
     pub async fn delete(&self, path: &str) -> Result<()> {
         let path = Path::parse(path)?;
-        match self.exec(StorageRequest::Delete { path: path.as_str().to_owned() }).await? {
+        match self.exec(&path, StorageRequest::Delete { path: path.as_str().to_owned() }).await? {
             Reply::Done => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -135,8 +192,8 @@ impl Storage {
         expected: Option<&T>,
         new: Option<&T>,
     ) -> Result<std::result::Result<(), Option<Value>>> {
-        let expected = expected.map(to_value).transpose()?;
-        let new = new.map(to_value).transpose()?;
+        let expected = expected.map(|v| encode(path, v)).transpose()?;
+        let new = new.map(|v| encode(path, v)).transpose()?;
         self.compare_and_swap_value(path, expected, new).await
     }
 
@@ -148,7 +205,7 @@ impl Storage {
     ) -> Result<std::result::Result<(), Option<Value>>> {
         let path = Path::parse(path)?;
         match self
-            .exec(StorageRequest::CompareAndSwap { path: path.as_str().to_owned(), expected, new })
+            .exec(&path, StorageRequest::CompareAndSwap { path: path.as_str().to_owned(), expected, new })
             .await?
         {
             Reply::Swapped(outcome) => Ok(outcome),
@@ -167,7 +224,8 @@ impl Storage {
             Access::Remote { changes, .. } => {
                 // Subscribe before asking, so no change between the two is missed.
                 let receiver = changes.subscribe();
-                match self.exec(StorageRequest::Watch { path: watched.as_str().to_owned() }).await? {
+                match self.exec(&watched, StorageRequest::Watch { path: watched.as_str().to_owned() }).await?
+                {
                     Reply::Done => receiver,
                     other => return Err(unexpected(other)),
                 }
@@ -189,7 +247,7 @@ impl Storage {
             let typed =
                 current.clone().map(from_value::<T>).transpose().map_err(|e| e.with_context("path", path))?;
             let next = f(typed);
-            let next_value = next.as_ref().map(to_value).transpose()?;
+            let next_value = next.as_ref().map(|v| encode(path, v)).transpose()?;
             match self.compare_and_swap_value(path, current, next_value).await? {
                 Ok(()) => return Ok(next),
                 Err(seen) => current = seen,
@@ -200,5 +258,236 @@ impl Storage {
             format!("update gave up after {UPDATE_ATTEMPTS} attempts lost to concurrent writers; spread the writes over more paths"),
         )
         .with_context("path", path))
+    }
+}
+
+#[cfg(all(test, feature = "storage-mem"))]
+// A failed unwrap is the clearest failure report a test can give.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use async_trait::async_trait;
+    use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder};
+    use clusterfy_core::protocol::{Notice, RequestId};
+    use clusterfy_core::value;
+
+    use super::*;
+    use crate::link::Inbound;
+
+    /// The primary's side of a worker's connection, for storage requests: what `PrimaryInbound`
+    /// does with them.
+    struct ServeStorage(Arc<SharedStorage>);
+
+    impl Inbound for ServeStorage {
+        fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request) {
+            let link = Arc::clone(link);
+            tokio::spawn(async move {
+                let result = match body {
+                    Request::Storage(request) => self.0.handle(request).await,
+                    other => panic!("not a storage request: {other:?}"),
+                };
+                link.reply(id, result).await.unwrap();
+            });
+        }
+
+        fn on_notice(&self, _: Notice) {}
+    }
+
+    /// The worker's side: nothing but replies arrive in these tests.
+    struct NoRequests;
+
+    impl Inbound for NoRequests {
+        fn on_request(self: Arc<Self>, _: &Arc<Link>, _: RequestId, body: Request) {
+            panic!("a request to the worker: {body:?}");
+        }
+
+        fn on_notice(&self, _: Notice) {}
+    }
+
+    /// The primary's `Storage` and a worker's `Storage` over an in-memory connection, both on
+    /// the same shared storage.
+    fn local_and_remote(backend: impl StorageBackend) -> (Storage, Storage) {
+        let shared = Arc::new(SharedStorage::new(Arc::new(backend)));
+        let (primary_end, worker_end) = tokio::io::duplex(1 << 16);
+        let (read, write) = tokio::io::split(primary_end);
+        let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+        let (primary_link, reader) = Link::new(
+            "worker \"w\" (#1)".into(),
+            Box::new(read),
+            Box::new(write),
+            decoder,
+            DEFAULT_MAX_FRAME_LEN,
+            ErrorKind::WorkerExited,
+        );
+        reader.spawn(Arc::new(ServeStorage(Arc::clone(&shared))));
+        drop(primary_link);
+        let (read, write) = tokio::io::split(worker_end);
+        let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+        let (worker_link, reader) = Link::new(
+            "the primary".into(),
+            Box::new(read),
+            Box::new(write),
+            decoder,
+            DEFAULT_MAX_FRAME_LEN,
+            ErrorKind::Closed,
+        );
+        reader.spawn(Arc::new(NoRequests));
+        let (changes, _) = broadcast::channel(16);
+        (Storage::local(shared), Storage::remote(worker_link, Duration::from_secs(10), changes))
+    }
+
+    /// A backend whose writes all fail like a Redis mirror's in an outage: with a context key of
+    /// its own and a source.
+    #[derive(Debug)]
+    struct Unreachable;
+
+    impl Unreachable {
+        fn fail<T>() -> Result<T> {
+            Err(Error::new(ErrorKind::Timeout, "Redis did not confirm the write within 5s")
+                .with_context("url", "redis://127.0.0.1:6379")
+                .with_source(std::io::Error::other("connection refused")))
+        }
+    }
+
+    #[async_trait]
+    impl StorageBackend for Unreachable {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::volatile()
+        }
+        async fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+        async fn put(&self, _: &[u8], _: &[u8]) -> Result<()> {
+            Unreachable::fail()
+        }
+        async fn delete(&self, _: &[u8]) -> Result<()> {
+            Unreachable::fail()
+        }
+        async fn compare_and_swap(
+            &self,
+            _: &[u8],
+            _: Option<&[u8]>,
+            _: Option<&[u8]>,
+        ) -> Result<Result<(), CasConflict>> {
+            Unreachable::fail()
+        }
+        async fn scan_prefix(&self, _: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            Ok(Vec::new())
+        }
+        async fn apply_batch(&self, _: Vec<BatchOp>) -> Result<()> {
+            Unreachable::fail()
+        }
+        async fn flush(&self) -> Result<()> {
+            Unreachable::fail()
+        }
+        fn notices(&self) -> Option<clusterfy_core::NoticeReceiver> {
+            None
+        }
+    }
+
+    fn assert_same(what: &str, local: Error, remote: Error) -> Error {
+        assert_eq!(local.kind(), remote.kind(), "{what}: kind");
+        assert_eq!(local.message(), remote.message(), "{what}: message");
+        assert_eq!(local.context(), remote.context(), "{what}: context");
+        assert_eq!(local.to_string(), remote.to_string(), "{what}: Display");
+        local
+    }
+
+    #[tokio::test]
+    async fn a_storage_error_is_the_same_on_the_primary_and_on_a_worker() {
+        let (local, remote) = local_and_remote(MemStorage::new());
+        local.save("present", &value!({"leaf": "text"})).await.unwrap();
+        for storage in [&local, &remote] {
+            assert_eq!(storage.retrieve::<String>("present.leaf").await.unwrap().as_deref(), Some("text"));
+        }
+
+        let missing = assert_same(
+            "missing parent",
+            local.save("present.missing.leaf", &1).await.unwrap_err(),
+            remote.save("present.missing.leaf", &1).await.unwrap_err(),
+        );
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        assert_eq!(missing.context_value("path"), Some("present.missing.leaf"));
+        assert_eq!(missing.context_value("prefix"), Some("present.missing"));
+
+        let below_leaf = assert_same(
+            "below a leaf",
+            local.save("present.leaf.x", &1).await.unwrap_err(),
+            remote.save("present.leaf.x", &1).await.unwrap_err(),
+        );
+        assert_eq!(below_leaf.kind(), ErrorKind::InvalidInput);
+        assert_eq!(below_leaf.context_value("path"), Some("present.leaf.x"));
+
+        let bad_key = value!({" padded": 1});
+        let bad_key = assert_same(
+            "unaddressable map key",
+            local.save("present.map", &bad_key).await.unwrap_err(),
+            remote.save("present.map", &bad_key).await.unwrap_err(),
+        );
+        assert_eq!(
+            (bad_key.kind(), bad_key.context_value("path")),
+            (ErrorKind::InvalidInput, Some("present.map"))
+        );
+
+        let bad_path = assert_same(
+            "bad path",
+            local.save("x. a", &1).await.unwrap_err(),
+            remote.save("x. a", &1).await.unwrap_err(),
+        );
+        assert_eq!(
+            (bad_path.kind(), bad_path.context_value("path")),
+            (ErrorKind::InvalidPath, Some("\"x. a\""))
+        );
+
+        let wrong_type = assert_same(
+            "wrong type",
+            local.retrieve::<i64>("present.leaf").await.unwrap_err(),
+            remote.retrieve::<i64>("present.leaf").await.unwrap_err(),
+        );
+        assert_eq!(wrong_type.context_value("path"), Some("present.leaf"));
+
+        let not_a_map = BTreeMap::from([(vec![1u8], 1)]);
+        let unencodable = assert_same(
+            "unencodable value",
+            local.save("present.x", &not_a_map).await.unwrap_err(),
+            remote.save("present.x", &not_a_map).await.unwrap_err(),
+        );
+        assert_eq!(unencodable.context_value("path"), Some("present.x"));
+    }
+
+    #[tokio::test]
+    async fn a_backend_error_keeps_its_context_keys_and_message_on_a_worker_and_names_the_path() {
+        let (local, remote) = local_and_remote(Unreachable);
+        let err = assert_same(
+            "backend failure",
+            local.save("a", &1).await.unwrap_err(),
+            remote.save("a", &1).await.unwrap_err(),
+        );
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert_eq!(err.message(), "Redis did not confirm the write within 5s");
+        assert_eq!(err.context_value("url"), Some("redis://127.0.0.1:6379"));
+        assert_eq!(err.context_value("path"), Some("a"));
+        assert!(err.to_string().ends_with(": caused by: connection refused"), "{err}");
+        let swap = |storage: Storage| async move {
+            storage.compare_and_swap("b", None, Some(&2)).await.unwrap_err()
+        };
+        assert_same("compare-and-swap", swap(local.clone()).await, swap(remote.clone()).await);
+    }
+
+    #[tokio::test]
+    async fn a_worker_request_that_fails_names_the_path_too() {
+        let (_, remote) = local_and_remote(MemStorage::new());
+        let Access::Remote { link, .. } = &remote.access else { unreachable!("a remote storage") };
+        link.close();
+        let err = remote.save("a.b", &1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+        assert_eq!(err.context_value("path"), Some("a.b"));
+    }
+
+    #[test]
+    fn an_unexpected_reply_is_named_by_its_variant_not_its_content() {
+        let huge = Reply::Value(Some(Value::String("x".repeat(1 << 20))));
+        assert_eq!(unexpected(huge).message(), "unexpected reply to a storage request: Value");
     }
 }
