@@ -59,7 +59,8 @@ pub trait Command: Serialize + DeserializeOwned + Send + 'static {
 /// Checks the syntax of a command name, reserved names included (for built-ins).
 pub fn validate_command_name(name: &str) -> Result<()> {
     let bad = |why: &str| {
-        Error::new(ErrorKind::InvalidInput, why.to_owned()).with_context("command", format!("{name:?}"))
+        Error::new(ErrorKind::InvalidInput, why.to_owned())
+            .with_context("command", format!("{:?}", crate::error::excerpt(name)))
     };
     if name.is_empty() {
         return Err(bad("a command name must not be empty"));
@@ -98,5 +99,7 @@ mod tests {
         for bad in ["", "has space", "ümlaut", &"x".repeat(129)] {
             assert_eq!(validate_user_command_name(bad).unwrap_err().kind(), ErrorKind::InvalidInput);
         }
+        let huge = validate_command_name(&"x".repeat(10_000)).unwrap_err();
+        assert!(huge.to_string().len() < 400, "a huge name is quoted in part: {huge}");
     }
 }

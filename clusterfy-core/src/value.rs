@@ -31,7 +31,7 @@ use std::fmt::{self, Write as _};
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 use serde::ser::{self, Impossible, Serialize};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, excerpt};
 
 /// The serde name of [`Value`]. The converters recognise it so that a `Value` passes through
 /// [`to_value`] and [`from_value`] unchanged instead of taking its tagged wire form.
@@ -568,8 +568,9 @@ impl fmt::Display for ConvError {
             f.write_str(" at `")?;
             for (i, segment) in self.path.iter().rev().enumerate() {
                 match segment {
-                    Segment::Key(key) if i == 0 => f.write_str(key)?,
-                    Segment::Key(key) => write!(f, ".{key}")?,
+                    // Keys are data: a huge one must not make a huge message.
+                    Segment::Key(key) if i == 0 => write!(f, "{}", excerpt(key))?,
+                    Segment::Key(key) => write!(f, ".{}", excerpt(key))?,
                     Segment::Index(index) => write!(f, "[{index}]")?,
                 }
             }
@@ -594,11 +595,64 @@ impl de::Error for ConvError {
 
     // "expected ..., found ..." like the errors of this module, rather than serde's word order.
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        ConvError::new(format!("expected {exp}, found {unexp}"))
+        ConvError::new(format!("expected {exp}, found {}", Unexpected(unexp)))
     }
 
     fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        ConvError::new(format!("invalid value: expected {exp}, found {unexp}"))
+        ConvError::new(format!("invalid value: expected {exp}, found {}", Unexpected(unexp)))
+    }
+
+    // serde's own wording, with the name from the data cut like every input a message quotes.
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        if expected.is_empty() {
+            ConvError::new(format!("unknown variant `{}`, there are no variants", excerpt(variant)))
+        } else {
+            ConvError::new(format!("unknown variant `{}`, expected {}", excerpt(variant), OneOf(expected)))
+        }
+    }
+
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        if expected.is_empty() {
+            ConvError::new(format!("unknown field `{}`, there are no fields", excerpt(field)))
+        } else {
+            ConvError::new(format!("unknown field `{}`, expected {}", excerpt(field), OneOf(expected)))
+        }
+    }
+}
+
+/// serde's `Unexpected`, with a string from the data cut like every input a message quotes.
+struct Unexpected<'a>(de::Unexpected<'a>);
+
+impl fmt::Display for Unexpected<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            de::Unexpected::Str(text) => write!(f, "string {:?}", excerpt(text)),
+            other => fmt::Display::fmt(&other, f),
+        }
+    }
+}
+
+/// The names a variant or field may have, as serde lists them: "`a`", "`a` or `b`",
+/// "one of `a`, `b`, `c`".
+struct OneOf(&'static [&'static str]);
+
+impl fmt::Display for OneOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            [] => Ok(()),
+            [one] => write!(f, "`{one}`"),
+            [a, b] => write!(f, "`{a}` or `{b}`"),
+            names => {
+                f.write_str("one of ")?;
+                for (i, name) in names.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "`{name}`")?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -1495,7 +1549,7 @@ impl EnumContent {
     fn missing_content(&self) -> ConvError {
         ConvError::new(format!(
             "expected variant `{}` with content (a map with a single key), found only its name",
-            self.variant
+            excerpt(&self.variant)
         ))
     }
 }
@@ -1507,7 +1561,7 @@ impl<'de> VariantAccess<'de> for EnumContent {
         match &self.content {
             None | Some(Value::Null) => Ok(()),
             Some(other) => {
-                Err(mismatch(format_args!("no content for unit variant `{}`", self.variant), other))
+                Err(mismatch(format_args!("no content for unit variant `{}`", excerpt(&self.variant)), other))
             }
         }
     }
@@ -1522,9 +1576,10 @@ impl<'de> VariantAccess<'de> for EnumContent {
     fn tuple_variant<V: Visitor<'de>>(mut self, _len: usize, visitor: V) -> ConvResult<V::Value> {
         match self.content.take() {
             Some(Value::List(items)) => visit_list(items, visitor).map_err(|e| self.wrap(e)),
-            Some(other) => {
-                Err(self.wrap(mismatch(format_args!("a list for tuple variant `{}`", self.variant), &other)))
-            }
+            Some(other) => Err(self.wrap(mismatch(
+                format_args!("a list for tuple variant `{}`", excerpt(&self.variant)),
+                &other,
+            ))),
             None => Err(self.missing_content()),
         }
     }
@@ -1537,9 +1592,10 @@ impl<'de> VariantAccess<'de> for EnumContent {
         match self.content.take() {
             Some(Value::Map(map)) => visit_map(map, visitor).map_err(|e| self.wrap(e)),
             Some(Value::List(items)) => visit_list(items, visitor).map_err(|e| self.wrap(e)),
-            Some(other) => {
-                Err(self.wrap(mismatch(format_args!("a map for struct variant `{}`", self.variant), &other)))
-            }
+            Some(other) => Err(self.wrap(mismatch(
+                format_args!("a map for struct variant `{}`", excerpt(&self.variant)),
+                &other,
+            ))),
             None => Err(self.missing_content()),
         }
     }
@@ -1561,7 +1617,7 @@ impl KeyDeserializer<'_> {
         } else if let Ok(u) = key.parse::<u128>() {
             visitor.visit_u128(u)
         } else {
-            Err(ConvError::new(format!("expected an integer map key, found {key:?}")))
+            Err(ConvError::new(format!("expected an integer map key, found {:?}", excerpt(key))))
         }
     }
 }
@@ -1577,7 +1633,7 @@ impl<'de> de::Deserializer<'de> for KeyDeserializer<'_> {
         match self.0 {
             "true" => visitor.visit_bool(true),
             "false" => visitor.visit_bool(false),
-            other => Err(ConvError::new(format!("expected a boolean map key, found {other:?}"))),
+            other => Err(ConvError::new(format!("expected a boolean map key, found {:?}", excerpt(other)))),
         }
     }
 
@@ -1593,7 +1649,7 @@ impl<'de> de::Deserializer<'de> for KeyDeserializer<'_> {
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> ConvResult<V::Value> {
         match self.0.parse::<f64>() {
             Ok(f) => visitor.visit_f64(f),
-            Err(_) => Err(ConvError::new(format!("expected a number map key, found {:?}", self.0))),
+            Err(_) => Err(ConvError::new(format!("expected a number map key, found {:?}", excerpt(self.0)))),
         }
     }
 
@@ -2020,6 +2076,38 @@ mod tests {
             "expected a list of length 2, found one of length 3"
         );
         assert!(err_message(from_value::<(i32, i32, i32)>(value!([1, 2]))).contains("invalid length 2"));
+    }
+
+    #[test]
+    fn errors_quote_at_most_about_a_hundred_bytes_of_the_data() {
+        let long = "z".repeat(5000);
+        let cut = format!("{}… (5000 bytes)", "z".repeat(crate::error::MAX_EXCERPT_LEN));
+        // A string where another type was expected.
+        let message = err_message(from_value::<char>(Value::String(long.clone())));
+        assert_eq!(
+            message,
+            format!("invalid value: expected a character, found string \"{}", &cut[..100])
+                + "\"… (5000 bytes)"
+        );
+        // A map key in the place of the error, and a map key that does not parse.
+        let mut outer = BTreeMap::new();
+        outer.insert(long.clone(), value!("not a number"));
+        let message = err_message(from_value::<BTreeMap<String, i64>>(Value::Map(outer)));
+        assert_eq!(message, format!("expected an integer, found a string at `{cut}`"));
+        let message = err_message(from_value::<HashMap<u8, i32>>(Value::Map(BTreeMap::from([(
+            long.clone(),
+            value!(1),
+        )]))));
+        assert!(message.starts_with("expected an integer map key, found \"zzz"), "{message}");
+        assert!(message.len() < 400, "{message}");
+        // A variant name from the data.
+        let message = err_message(from_value::<Kind>(Value::String(long.clone())));
+        assert!(
+            message.starts_with(&format!("unknown variant `{cut}`, expected one of `Unit`")),
+            "{message}"
+        );
+        let message = err_message(from_value::<Kind>(Value::Map(BTreeMap::from([(long, Value::Null)]))));
+        assert!(message.len() < 400, "{message}");
     }
 
     #[test]

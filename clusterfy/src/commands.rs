@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use clusterfy_core::codec::{from_payload, to_payload};
+use clusterfy_core::error::excerpt;
 use clusterfy_core::{Command, Error, ErrorKind, Result, Target, validate_user_command_name};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -92,7 +93,8 @@ impl<Ctx: Send + 'static> CommandRegistry<Ctx> {
                     known.join(", ")
                 ),
             )
-            .with_context("command", name));
+            // The name came from the peer: any length.
+            .with_context("command", excerpt(name)));
         };
         match AssertUnwindSafe(handler(payload, ctx)).catch_unwind().await {
             Ok(result) => result.map_err(|e| {
@@ -124,4 +126,26 @@ pub(crate) fn expect_target<C: Command>(target: Target) -> Result<()> {
     };
     Err(Error::new(ErrorKind::InvalidInput, format!("command targets {declared} but was sent to {asked}"))
         .with_context("command", C::NAME))
+}
+
+#[cfg(test)]
+// A failed unwrap is the clearest failure report a test can give.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unknown_command_is_named_in_the_error_cut_to_about_a_hundred_bytes() {
+        let registry = CommandRegistry::<()>::new(Target::Worker);
+        let err = registry.run("no_such_command", Vec::new(), ()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownCommand);
+        assert_eq!(err.context_value("command"), Some("no_such_command"));
+
+        // A peer may send a name of any length.
+        let huge = "n".repeat(1 << 20);
+        let err = registry.run(&huge, Vec::new(), ()).await.unwrap_err();
+        let named = err.context_value("command").unwrap();
+        assert_eq!(named, format!("{}… (1048576 bytes)", "n".repeat(100)));
+        assert!(err.to_string().len() < 400, "{err}");
+    }
 }

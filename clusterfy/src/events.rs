@@ -123,7 +123,8 @@ pub enum Event {
         from: Origin,
         /// The command's name.
         name: String,
-        /// Where it went: "primary", a worker's name, or "all workers".
+        /// Where it went: `"primary"`, the receiving worker's name (its [`WorkerRef::name`], also
+        /// when the sender chose the worker by id), or `"all workers"` for a broadcast.
         to: String,
     },
     /// Something went wrong that no caller sees directly (a refused connection, a protocol error).

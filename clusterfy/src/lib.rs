@@ -7,6 +7,7 @@ mod primary;
 pub mod storage;
 mod worker;
 
+pub use clusterfy_core::command::{MAX_COMMAND_NAME_LEN, RESERVED_PREFIX, validate_user_command_name};
 pub use clusterfy_core::{
     Command, Error, ErrorKind, Origin, Path, Result, Target, Value, WorkerId, WorkerSelector, WorkerStatus,
     from_value, to_value, value,

@@ -6,7 +6,7 @@ use clusterfy_core::protocol::{
     BroadcastEntry, CommandRequest, Destination, Notice, Reply, Request, RequestId, StorageRequest,
 };
 use clusterfy_core::session::Route;
-use clusterfy_core::{Error, ErrorKind, Origin, Path, Result, WireError};
+use clusterfy_core::{Error, ErrorKind, Origin, Path, Result, WireError, WorkerId};
 
 use super::{Primary, PrimaryContext, PrimaryInner, WorkerState};
 use crate::events::{Event, WorkerRef};
@@ -53,12 +53,8 @@ impl PrimaryInbound {
         command.origin = self.origin();
         let route = self.inner.route(&command.destination)?;
         self.inner.emit_with(|| {
-            let to = match (&route, &command.destination) {
-                (Route::Primary, _) => "primary".to_owned(),
-                (Route::Broadcast(_), _) => "all workers".to_owned(),
-                (Route::Worker(_), Destination::Worker(selector)) => selector.to_string(),
-                (Route::Worker(id), _) => format!("worker #{id}"),
-            };
+            let to =
+                destination_name(&route, |id| self.inner.slots().get(&id).map(|s| s.worker.name.clone()));
             Event::Command { from: command.origin.clone(), name: command.name.clone(), to }
         });
         match route {
@@ -88,6 +84,18 @@ impl PrimaryInbound {
                 ))
             }
         }
+    }
+}
+
+/// Where a routed command goes, as [`Event::Command`]'s `to` tells it: `"primary"`, the worker's
+/// name (whether the sender chose the worker by id or by name), or `"all workers"`.
+fn destination_name(route: &Route, name_of: impl FnOnce(WorkerId) -> Option<String>) -> String {
+    match route {
+        Route::Primary => "primary".to_owned(),
+        Route::Broadcast(_) => "all workers".to_owned(),
+        // The route was just found in the directory, and a slot that ever connected is never
+        // removed, so the name is there; the id is only a stand-in that cannot happen.
+        Route::Worker(id) => name_of(*id).unwrap_or_else(|| format!("#{id}")),
     }
 }
 
@@ -148,5 +156,19 @@ impl Inbound for PrimaryInbound {
                 self.inner.emit(Event::Error { worker: Some(worker), error: Arc::new(Error::from(err)) });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_to_one_worker_names_the_worker_by_its_name() {
+        let names = |id: WorkerId| (id == WorkerId(2)).then(|| "w2".to_owned());
+        // Whether the sender chose it as `WorkerSelector::Id(2)` or `Name("w2")`, the route is the same.
+        assert_eq!(destination_name(&Route::Worker(WorkerId(2)), names), "w2");
+        assert_eq!(destination_name(&Route::Primary, names), "primary");
+        assert_eq!(destination_name(&Route::Broadcast(vec![WorkerId(1), WorkerId(2)]), names), "all workers");
     }
 }

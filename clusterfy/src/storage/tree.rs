@@ -22,6 +22,7 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 use std::sync::Arc;
 
+use clusterfy_core::error::excerpt;
 use clusterfy_core::path::{MAX_DEPTH, MAX_SEGMENT_LEN};
 use clusterfy_core::protocol::{Reply, StorageRequest};
 use clusterfy_core::{BatchOp, Error, ErrorKind, Path, Result, StorageBackend, Value};
@@ -187,7 +188,7 @@ impl SharedStorage {
     }
 
     /// Answers a storage request from a worker: parses its path, runs it and wraps the outcome in
-    /// the matching [`Reply`] (`Value` for get, `Done` for save and delete, `Swapped` for
+    /// the matching `Reply` (`Value` for get, `Done` for save and delete, `Swapped` for
     /// compare-and-swap). A malformed path fails with [`ErrorKind::InvalidPath`].
     pub async fn handle(&self, request: StorageRequest) -> Result<Reply> {
         Ok(match request {
@@ -270,10 +271,12 @@ impl SharedStorage {
                             return Err(Error::new(
                                 ErrorKind::InvalidInput,
                                 format!(
-                                    "cannot save {:?}: {dotted:?} holds {}, not a map; only maps have \
-                                     children, so delete or replace {dotted:?} first",
-                                    path.as_str(),
-                                    value.kind_phrase()
+                                    "cannot save {}: {} holds {}, not a map; only maps have \
+                                     children, so delete or replace {} first",
+                                    describe(path.as_str()),
+                                    describe(&dotted),
+                                    value.kind_phrase(),
+                                    describe(&dotted),
                                 ),
                             )
                             .with_context("path", path)
@@ -286,9 +289,10 @@ impl SharedStorage {
                         return Err(Error::new(
                             ErrorKind::NotFound,
                             format!(
-                                "cannot save {:?}: {dotted:?} does not exist; save the parent map first \
+                                "cannot save {}: {} does not exist; save the parent map first \
                                  or ask to create parents",
-                                path.as_str()
+                                describe(path.as_str()),
+                                describe(&dotted),
                             ),
                         )
                         .with_context("path", path)
@@ -341,11 +345,13 @@ impl Encoder<'_> {
 
     fn entries(&mut self, entries: BTreeMap<String, Value>, depth: usize) -> Result<()> {
         for (name, value) in entries {
-            if !is_segment(&name) {
+            if !Path::is_valid_segment(&name) {
                 return Err(self.refuse(format!(
-                    "the map at {} has the key {name:?}, which no path can address; keys must be \
-                     non-empty, at most {MAX_SEGMENT_LEN} bytes and contain neither '.' nor NUL",
-                    describe(&self.dotted)
+                    "the map at {} has the key {:?}, which no path can address; keys must be \
+                     non-empty, at most {MAX_SEGMENT_LEN} bytes, contain neither '.' nor NUL, and \
+                     not start or end with whitespace",
+                    describe(&self.dotted),
+                    excerpt(&name),
                 )));
             }
             if depth + 1 > MAX_DEPTH {
@@ -467,8 +473,10 @@ fn push_dotted(dotted: &mut String, segment: &str) {
     dotted.push_str(segment);
 }
 
-/// Whether `segment` is a valid path segment, by the same rules as [`Path::parse`].
-fn is_segment(segment: &str) -> bool {
+/// Whether `segment` can be a segment of a stored key. Laxer than [`Path::is_valid_segment`],
+/// which new writes follow: keys with a segment that starts or ends with whitespace were
+/// written before paths refused those, and stay readable.
+fn is_stored_segment(segment: &str) -> bool {
     !segment.is_empty() && segment.len() <= MAX_SEGMENT_LEN && !segment.contains(['.', '\0'])
 }
 
@@ -479,7 +487,7 @@ fn split_segments(rest: &[u8]) -> Option<Vec<&str>> {
     }
     rest.strip_suffix(&[0])?
         .split(|byte| *byte == 0)
-        .map(|segment| std::str::from_utf8(segment).ok().filter(|s| is_segment(s)))
+        .map(|segment| std::str::from_utf8(segment).ok().filter(|s| is_stored_segment(s)))
         .collect()
 }
 
@@ -509,15 +517,15 @@ fn corrupt(path: &Path, key: &[u8], why: impl fmt::Display) -> Error {
             "cannot read {}: the backend key {:?} holds data clusterfy never writes ({why}); the storage \
              is corrupt or was written by something else: delete or repair that key",
             describe(path.as_str()),
-            String::from_utf8_lossy(key)
+            excerpt(&String::from_utf8_lossy(key))
         ),
     )
     .with_context("path", path)
 }
 
-/// A dotted path for messages: quoted, or "the root".
+/// A dotted path for messages: quoted (and cut after about a hundred bytes), or "the root".
 fn describe(dotted: &str) -> String {
-    if dotted.is_empty() { "the root".to_owned() } else { format!("{dotted:?}") }
+    if dotted.is_empty() { "the root".to_owned() } else { format!("{:?}", excerpt(dotted)) }
 }
 
 #[cfg(test)]
@@ -925,7 +933,7 @@ mod tests {
     #[tokio::test]
     async fn unaddressable_map_keys_are_refused_and_nothing_is_written() {
         let (storage, backend) = storage();
-        for bad in ["", "x.y", "nul\0", &"k".repeat(MAX_SEGMENT_LEN + 1)] {
+        for bad in ["", "x.y", "nul\0", &"k".repeat(MAX_SEGMENT_LEN + 1), " lead", "trail ", "\ttab"] {
             let err = storage
                 .save(&p("a"), map([("fine", Value::Int(1)), (bad, Value::Int(1))]), true)
                 .await
@@ -944,6 +952,38 @@ mod tests {
         let list = Value::List(vec![map([("x.y", Value::Null)])]);
         storage.save(&p("l"), list.clone(), false).await.unwrap();
         assert_eq!(storage.get(&p("l")).await.unwrap(), Some(list));
+    }
+
+    #[tokio::test]
+    async fn keys_stored_with_surrounding_whitespace_before_it_was_refused_stay_readable() {
+        let (storage, backend) = storage();
+        let map_node = postcard::to_allocvec(&Node::Map).unwrap();
+        let leaf = postcard::to_allocvec(&Node::Leaf(Value::Int(1))).unwrap();
+        backend.map().insert(b"a\0".to_vec(), map_node);
+        backend.map().insert(b"a\0 old\0".to_vec(), leaf);
+        assert_eq!(storage.get(&p("a")).await.unwrap(), Some(map([(" old", Value::Int(1))])));
+        // It cannot be addressed on its own any more, but goes with its parent.
+        assert_eq!(Path::parse("a. old").unwrap_err().kind(), ErrorKind::InvalidPath);
+        assert!(storage.delete(&p("a")).await.unwrap());
+        assert!(raw_keys(&backend).is_empty());
+    }
+
+    #[tokio::test]
+    async fn messages_quote_at_most_about_a_hundred_bytes_of_a_path_or_key() {
+        let (storage, backend) = storage();
+        let long = vec!["s".repeat(MAX_SEGMENT_LEN); 8].join(".");
+        let err = storage.save(&p(&format!("{long}.leaf")), Value::Int(1), false).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.message().len() < 400, "{} bytes: {err}", err.message().len());
+        assert!(err.message().contains("\"… (2060 bytes): \""), "{err}");
+        assert!(err.message().contains("\"… (256 bytes) does not exist"), "{err}");
+        let key = "k".repeat(5000);
+        let err = storage.save(&p("a"), map([(&format!("{key}.x"), Value::Null)]), true).await.unwrap_err();
+        assert!(err.message().len() < 500 && err.message().contains("… (5002 bytes)"), "{err}");
+        backend.map().insert([key.as_bytes(), b"\0"].concat(), vec![0xff]);
+        let err = storage.get(&Path::root()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Storage);
+        assert!(err.message().len() < 500 && err.message().contains("… (5001 bytes)"), "{err}");
     }
 
     #[tokio::test]
