@@ -52,13 +52,16 @@ async fn worker_runs_a_command_on_another_worker_by_name_and_by_id_through_the_p
     let reply = bounded("ask by id", primary.run("asker", by_id)).await.expect("routed by id");
     assert_eq!(reply.name, "answerer");
 
-    // The primary saw the routed command go from asker to answerer.
-    let routed = next_event_matching(&mut events, WAIT, "for the routed command", |e| {
-        matches!(e, Event::Command { from: clusterfy::Origin::Worker { name, .. }, name: command, to }
-            if name == "asker" && command == WhoAmI::NAME && to.contains("answerer"))
-    })
-    .await;
-    assert!(matches!(routed, Event::Command { .. }));
+    // The primary saw both routed commands go from asker to answerer, named by its name.
+    for how in ["by name", "by id"] {
+        let routed = next_event_matching(&mut events, WAIT, "for the routed command", |e| {
+            matches!(e, Event::Command { from: clusterfy::Origin::Worker { name, .. }, name: command, .. }
+                if name == "asker" && command == WhoAmI::NAME)
+        })
+        .await;
+        let Event::Command { to, .. } = routed else { unreachable!("matched a command event") };
+        assert_eq!(to, "answerer", "the routed command {how}");
+    }
     shut_down_cleanly(&primary).await;
 }
 
