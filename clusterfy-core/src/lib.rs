@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod kv;
 pub mod os;
 pub mod path;
 pub mod protocol;

@@ -85,6 +85,13 @@ pub enum BatchOp {
         /// The key.
         key: Vec<u8>,
     },
+    /// Remove every key that starts with `prefix`, including keys put earlier in the same batch
+    /// (no effect if there are none). The tree layer replaces a subtree with one of these, so a
+    /// save needs no scan of the old subtree.
+    DeletePrefix {
+        /// The prefix; the empty prefix removes everything.
+        prefix: Vec<u8>,
+    },
 }
 
 /// A lost compare-and-swap: the value found instead of the expected one.
@@ -117,6 +124,9 @@ pub struct CasConflict {
 ///   the key, and nothing else; the empty prefix returns everything (`scan_prefix_is_ordered_and_exact`).
 /// - `apply_batch` applies all of its operations or none, in order, so a later operation on the same
 ///   key wins; no reader sees part of a batch (`batch_applies_in_order`, `batch_is_atomic_for_readers`).
+/// - [`BatchOp::DeletePrefix`] removes exactly the keys that start with its prefix, those put
+///   earlier in the same batch included, and nothing else (`batch_delete_prefix_removes_exactly_the_prefix`).
+///   In-memory stores get this from [`crate::kv::apply_batch`].
 /// - Keys and values are arbitrary bytes, including empty ones and NUL bytes (`keys_and_values_are_binary_safe`).
 /// - `flush` returns once every write that returned before it was called is as durable as
 ///   [`Capabilities::durable`] promises (`flush_after_writes_succeeds`; durability itself:

@@ -1,15 +1,11 @@
 //! [`MemStorage`]: an ordered map behind a mutex.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use clusterfy_core::kv::{self, KvMap as Map};
 use clusterfy_core::{BatchOp, Capabilities, CasConflict, Result, StorageBackend};
-
-/// Keys and values of a [`MemStorage`].
-type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// A volatile [`StorageBackend`] that keeps every pair in an ordered map in memory.
 ///
@@ -24,7 +20,7 @@ pub struct MemStorage {
 impl MemStorage {
     /// An empty storage.
     pub fn new() -> Self {
-        MemStorage { map: Mutex::new(BTreeMap::new()) }
+        MemStorage { map: Mutex::new(Map::new()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Map> {
@@ -87,30 +83,12 @@ impl StorageBackend for MemStorage {
     }
 
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let map = self.lock();
-        // Every key with the prefix sorts at or after the prefix itself, and they are contiguous,
-        // so the scan can stop at the first key without it.
-        Ok(map
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+        Ok(kv::scan_prefix(&self.lock(), prefix).map(|(key, value)| (key.clone(), value.clone())).collect())
     }
 
     async fn apply_batch(&self, ops: Vec<BatchOp>) -> Result<()> {
-        let mut map = self.lock();
-        // Applied under one lock, so readers see all of the batch or none of it. Nothing in the
-        // loop can fail or panic (allocation failure aborts), so a batch is never left half applied.
-        for op in ops {
-            match op {
-                BatchOp::Put { key, value } => {
-                    map.insert(key, value);
-                }
-                BatchOp::Delete { key } => {
-                    map.remove(&key);
-                }
-            }
-        }
+        // Applied under one lock, so readers see all of the batch or none of it.
+        kv::apply_batch(&mut self.lock(), ops);
         Ok(())
     }
 

@@ -1,11 +1,11 @@
 //! [`RedisMirror`]: the state in memory, every write mirrored to Redis in order.
 
 use std::fmt;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use clusterfy_core::kv;
 use clusterfy_core::{
     BatchOp, Capabilities, CasConflict, NoticeReceiver, Result, StorageBackend, StorageNotice,
 };
@@ -316,13 +316,7 @@ impl StorageBackend for RedisMirror {
 
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let state = self.shared.lock();
-        // Keys with the prefix are contiguous and sort at or after the prefix itself.
-        Ok(state
-            .map()
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+        Ok(kv::scan_prefix(state.map(), prefix).map(|(key, value)| (key.clone(), value.clone())).collect())
     }
 
     async fn apply_batch(&self, ops: Vec<BatchOp>) -> Result<()> {
@@ -330,19 +324,10 @@ impl StorageBackend for RedisMirror {
             return Ok(());
         }
         let seq = self.write(|map| {
-            // Applied under the one lock, so readers see all of the batch or none of it; nothing
-            // in the loop can fail or panic (allocation failure aborts).
-            for op in &ops {
-                match op {
-                    BatchOp::Put { key, value } => {
-                        map.insert(key.clone(), value.clone());
-                    }
-                    BatchOp::Delete { key } => {
-                        map.remove(key);
-                    }
-                }
-            }
-            Some(Op::Batch(ops))
+            // Applied under the one lock, so readers see all of the batch or none of it. Redis
+            // replays the plain changes: a prefix delete becomes the deletes of the keys it hit.
+            let changes = kv::apply_batch_recording(map, ops);
+            (!changes.is_empty()).then_some(Op::Batch(changes))
         });
         self.acknowledge(seq).await
     }

@@ -5,12 +5,12 @@
 //! here and reports back; what it sends is either queued writes, in order, or a snapshot of the
 //! whole map with the sequence number it reflects.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
-use clusterfy_core::BatchOp;
+use clusterfy_core::kv::Change;
 
 /// Keys and values.
-pub(crate) type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+pub(crate) type Map = clusterfy_core::kv::KvMap;
 
 /// A write as Redis has to replay it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub(crate) enum Op {
         key: Vec<u8>,
     },
     /// Mirrored inside one `MULTI`/`EXEC`, so Redis never shows part of it.
-    Batch(Vec<BatchOp>),
+    Batch(Vec<Change>),
 }
 
 impl Op {
@@ -37,9 +37,9 @@ impl Op {
 
     /// Roughly how many bytes it puts on the wire.
     pub(crate) fn bytes(&self) -> usize {
-        let one = |op: &BatchOp| match op {
-            BatchOp::Put { key, value } => key.len() + value.len(),
-            BatchOp::Delete { key } => key.len(),
+        let one = |change: &Change| match change {
+            Change::Put { key, value } => key.len() + value.len(),
+            Change::Delete { key } => key.len(),
         };
         match self {
             Op::Put { key, value } => key.len() + value.len(),
@@ -246,7 +246,7 @@ mod tests {
     fn a_batch_larger_than_a_chunk_goes_alone() {
         let mut state = State::new(Map::new(), 100);
         state.record(put(b"a"));
-        let big: Vec<BatchOp> = (0..10u8).map(|k| BatchOp::Delete { key: vec![k] }).collect();
+        let big: Vec<Change> = (0..10u8).map(|k| Change::Delete { key: vec![k] }).collect();
         assert_eq!(state.record(Op::Batch(big)).1, Recorded::Queued);
         assert_eq!(seqs(state.take_work(LIMITS)), [1]);
         state.writes_done();
@@ -305,7 +305,7 @@ mod tests {
 
         // A batch larger than the whole capacity overflows an empty queue: nothing was dropped.
         let mut state = State::new(Map::new(), 3);
-        let big = Op::Batch((0..10u8).map(|k| BatchOp::Delete { key: vec![k] }).collect());
+        let big = Op::Batch((0..10u8).map(|k| Change::Delete { key: vec![k] }).collect());
         assert_eq!(state.record(big).1, Recorded::Overflowed { dropped: 0 });
 
         // Any mix of sizes, taken and not: the count is what was queued, within the capacity.
@@ -313,7 +313,7 @@ mod tests {
             let mut state = State::new(Map::new(), capacity);
             for i in 0..200usize {
                 let op = match i % 5 {
-                    0 => Op::Batch((0..(i % 7) as u8).map(|k| BatchOp::Delete { key: vec![k] }).collect()),
+                    0 => Op::Batch((0..(i % 7) as u8).map(|k| Change::Delete { key: vec![k] }).collect()),
                     _ => put(&[i as u8]),
                 };
                 let queued_before = state.pending() - state.in_flight;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clusterfy_core::{BatchOp, StorageNotice};
+use clusterfy_core::StorageNotice;
+use clusterfy_core::kv::Change;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 
@@ -259,13 +260,13 @@ impl Mirror {
                 Op::Delete { key } => {
                     pipe.hdel(&self.data_key, key.as_slice()).ignore();
                 }
-                Op::Batch(ops) => {
-                    for op in ops {
-                        match op {
-                            BatchOp::Put { key, value } => {
+                Op::Batch(changes) => {
+                    for change in changes {
+                        match change {
+                            Change::Put { key, value } => {
                                 pipe.hset(&self.data_key, key.as_slice(), value.as_slice()).ignore();
                             }
-                            BatchOp::Delete { key } => {
+                            Change::Delete { key } => {
                                 pipe.hdel(&self.data_key, key.as_slice()).ignore();
                             }
                         }

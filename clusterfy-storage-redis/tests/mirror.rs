@@ -54,6 +54,9 @@ async fn write_until(mirror: Arc<RedisMirror>, stop: Arc<AtomicBool>, progress: 
             }
             7 => {
                 let ops = vec![
+                    // Redis gets the deletes of the keys it removes, key by key.
+                    BatchOp::DeletePrefix { prefix: b"batch-".to_vec() },
+                    BatchOp::Put { key: format!("batch-{}", i % 3).into_bytes(), value: value.clone() },
                     BatchOp::Put { key: b"batch-a".to_vec(), value: value.clone() },
                     BatchOp::Put { key: b"batch-b".to_vec(), value: value.clone() },
                     BatchOp::Delete { key: key.clone() },
@@ -61,9 +64,10 @@ async fn write_until(mirror: Arc<RedisMirror>, stop: Arc<AtomicBool>, progress: 
                 ];
                 for op in &ops {
                     match op {
-                        BatchOp::Put { key, value } => model.insert(key.clone(), value.clone()),
-                        BatchOp::Delete { key } => model.remove(key),
-                    };
+                        BatchOp::Put { key, value } => drop(model.insert(key.clone(), value.clone())),
+                        BatchOp::Delete { key } => drop(model.remove(key)),
+                        BatchOp::DeletePrefix { prefix } => model.retain(|key, _| !key.starts_with(prefix)),
+                    }
                 }
                 mirror.apply_batch(ops).await.unwrap();
             }

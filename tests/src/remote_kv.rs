@@ -27,8 +27,19 @@ pub enum KvOp {
     CompareAndSwap(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>),
     /// `scan_prefix`.
     ScanPrefix(Vec<u8>),
-    /// `apply_batch`: `(key, Some(value))` puts, `(key, None)` deletes.
-    Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    /// `apply_batch`.
+    Batch(Vec<KvBatchOp>),
+}
+
+/// One operation of a [`KvOp::Batch`] ([`BatchOp`] on the wire).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KvBatchOp {
+    /// [`BatchOp::Put`].
+    Put(Vec<u8>, Vec<u8>),
+    /// [`BatchOp::Delete`].
+    Delete(Vec<u8>),
+    /// [`BatchOp::DeletePrefix`].
+    DeletePrefix(Vec<u8>),
 }
 
 /// The answer to a [`KvOp`].
@@ -81,11 +92,16 @@ pub async fn run(storage: &Storage, root: &str, op: KvOp) -> Result<KvReply> {
                         Some(Value::Map(entries)) => entries,
                         _ => BTreeMap::new(),
                     };
-                    for (key, value) in &ops {
-                        match value {
-                            Some(value) => entries.insert(segment(key), leaf(key, value)),
-                            None => entries.remove(&segment(key)),
-                        };
+                    for op in &ops {
+                        match op {
+                            KvBatchOp::Put(key, value) => {
+                                drop(entries.insert(segment(key), leaf(key, value)))
+                            }
+                            KvBatchOp::Delete(key) => drop(entries.remove(&segment(key))),
+                            KvBatchOp::DeletePrefix(prefix) => entries.retain(|_, leaf| {
+                                pair_of(leaf.clone()).is_ok_and(|(key, _)| !key.starts_with(prefix))
+                            }),
+                        }
                     }
                     Some(Value::Map(entries))
                 })
@@ -140,8 +156,9 @@ pub fn batch_op(ops: Vec<BatchOp>) -> KvOp {
     KvOp::Batch(
         ops.into_iter()
             .map(|op| match op {
-                BatchOp::Put { key, value } => (key, Some(value)),
-                BatchOp::Delete { key } => (key, None),
+                BatchOp::Put { key, value } => KvBatchOp::Put(key, value),
+                BatchOp::Delete { key } => KvBatchOp::Delete(key),
+                BatchOp::DeletePrefix { prefix } => KvBatchOp::DeletePrefix(prefix),
             })
             .collect(),
     )

@@ -307,6 +307,24 @@ async fn batch_applies_in_order(ctx: Ctx) -> Outcome {
 }
 
 /// Batches run while readers read; no reader sees two rounds at once.
+async fn batch_delete_prefix_removes_exactly_the_prefix(ctx: Ctx) -> Outcome {
+    let fixture = ctx.fresh().await?;
+    let db = &fixture.db;
+    for key in [&b"a"[..], b"a\x00", b"a\x00b", b"a\x00b\x00c", b"a\x01", b"b", b"\x00"] {
+        db.put(key, b"x").await?;
+    }
+    let prefix = |prefix: &[u8]| BatchOp::DeletePrefix { prefix: prefix.to_vec() };
+    db.batch(vec![put(b"a\x00new", b"1"), prefix(b"a\x00"), put(b"a\x00after", b"2")]).await?;
+    db.expect_all(
+        &[(b"\x00", b"x"), (b"a", b"x"), (b"a\x00after", b"2"), (b"a\x01", b"x"), (b"b", b"x")],
+        "after a batch (put a\\0new, delete prefix a\\0, put a\\0after)",
+    )
+    .await?;
+    db.batch(vec![prefix(b"nothing here")]).await?;
+    db.batch(vec![prefix(b"")]).await?;
+    db.expect_all(&[], "after deleting the empty prefix").await
+}
+
 async fn batch_is_atomic_for_readers(ctx: Ctx) -> Outcome {
     const KEYS: u8 = 64;
     const READERS: usize = 3;

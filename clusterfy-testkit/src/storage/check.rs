@@ -385,6 +385,7 @@ impl Describe for BatchOp {
         match self {
             BatchOp::Put { key, value } => write!(f, "Put({}, {})", Bytes(key), Bytes(value)),
             BatchOp::Delete { key } => write!(f, "Delete({})", Bytes(key)),
+            BatchOp::DeletePrefix { prefix } => write!(f, "DeletePrefix({})", Bytes(prefix)),
         }
     }
 }

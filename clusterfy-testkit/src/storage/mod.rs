@@ -46,6 +46,10 @@
 //!   two keys in either order, sees two rounds at once. A race between two operations of a batch
 //!   can be a tiny window, so this case finds most non-atomic batches on most runs, not all on
 //!   every run.
+//! - `batch_delete_prefix_removes_exactly_the_prefix`: a `DeletePrefix` removes the stored keys
+//!   with the prefix and those put earlier in the same batch, keeps the key that is one byte
+//!   short of the prefix and the neighbours on either side, and a put after it in the batch
+//!   stays; the empty prefix empties the store.
 //! - `keys_and_values_are_binary_safe`: empty keys and values, NUL bytes, `0xff`, invalid UTF-8,
 //!   all 256 byte values, through every method.
 //! - `flush_after_writes_succeeds`: `flush` after every kind of write, on an empty backend, twice
@@ -280,6 +284,7 @@ macro_rules! __storage_case_list {
             scan_prefix_is_ordered_and_exact
             batch_applies_in_order
             batch_is_atomic_for_readers
+            batch_delete_prefix_removes_exactly_the_prefix
             keys_and_values_are_binary_safe
             flush_after_writes_succeeds
             durable_writes_survive_reopen

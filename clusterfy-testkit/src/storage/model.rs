@@ -66,6 +66,7 @@ fn batch_op() -> impl Strategy<Value = BatchOp> {
     prop_oneof![
         3 => (key(), value()).prop_map(|(key, value)| BatchOp::Put { key, value }),
         2 => key().prop_map(|key| BatchOp::Delete { key }),
+        1 => key().prop_map(|prefix| BatchOp::DeletePrefix { prefix }),
     ]
 }
 
@@ -184,9 +185,10 @@ async fn apply(fixture: Fixture, model: &mut Model, op: &Op) -> Outcome<Fixture>
             db.batch(ops.clone()).await?;
             for op in ops {
                 match op {
-                    BatchOp::Put { key, value } => model.insert(key.clone(), value.clone()),
-                    BatchOp::Delete { key } => model.remove(key),
-                };
+                    BatchOp::Put { key, value } => drop(model.insert(key.clone(), value.clone())),
+                    BatchOp::Delete { key } => drop(model.remove(key)),
+                    BatchOp::DeletePrefix { prefix } => model.retain(|key, _| !key.starts_with(prefix)),
+                }
             }
         }
         Op::Flush => db.flush().await?,
