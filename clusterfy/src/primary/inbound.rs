@@ -11,6 +11,7 @@ use clusterfy_core::{Error, ErrorKind, Origin, Path, Result, WireError, WorkerId
 use super::{Primary, PrimaryContext, PrimaryInner, WorkerState};
 use crate::events::{Event, WorkerRef};
 use crate::link::{Inbound, Link};
+use crate::storage::{Op, Outcome, SharedStorage};
 
 pub(super) struct PrimaryInbound {
     inner: Arc<PrimaryInner>,
@@ -28,24 +29,29 @@ impl PrimaryInbound {
 
     async fn handle(&self, body: Request) -> Result<Reply> {
         match body {
-            Request::Storage(StorageRequest::Watch { path }) => {
-                let path = Path::parse(&path)?;
-                self.inner.watch_dispatch.call_once(|| super::watchers::dispatch_changes(&self.inner));
-                self.inner.update_slot(self.worker.id, |s| {
-                    // Watching a path twice is one watch: a worker that re-watches must not grow the list.
-                    if !s.watches.contains(&path) {
-                        s.watches.push(path);
-                    }
-                });
-                Ok(Reply::Done)
+            // Taken without a task of their own, in `on_request`.
+            Request::Storage(_) => {
+                Err(Error::new(ErrorKind::InvalidState, "a storage request reached a handler task"))
             }
-            Request::Storage(request) => self.inner.storage.handle(request).await,
             Request::Command(command) => self.route_command(command).await,
             Request::Shutdown => Err(Error::new(
                 ErrorKind::InvalidInput,
                 "cy_shutdown goes from the primary to a worker; a worker ends itself with Worker::exit",
             )),
         }
+    }
+
+    /// A watch belongs to this connection: registered here, answered at once.
+    fn watch(&self, path: &str) -> Result<Reply> {
+        let path = Path::parse(path)?;
+        self.inner.watch_dispatch.call_once(|| super::watchers::dispatch_changes(&self.inner));
+        self.inner.update_slot(self.worker.id, |s| {
+            // Watching a path twice is one watch: a worker that re-watches must not grow the list.
+            if !s.watches.contains(&path) {
+                s.watches.push(path);
+            }
+        });
+        Ok(Reply::Done)
     }
 
     async fn route_command(&self, mut command: CommandRequest) -> Result<Reply> {
@@ -99,14 +105,64 @@ fn destination_name(route: &Route, name_of: impl FnOnce(WorkerId) -> Option<Stri
     }
 }
 
+/// Hands a worker's storage request to the storage's writer, which answers on `link` itself: no
+/// task per request. A malformed path is answered at once.
+pub(crate) fn serve_storage(
+    storage: &SharedStorage,
+    link: &Arc<Link>,
+    id: RequestId,
+    request: StorageRequest,
+) {
+    let op = match storage_op(request) {
+        Ok(op) => op,
+        Err(err) => return link.reply_soon(id, Err(err)),
+    };
+    let link = Arc::clone(link);
+    storage.submit(op, Box::new(move |outcome| link.reply_soon(id, outcome.map(reply_of))));
+}
+
+fn storage_op(request: StorageRequest) -> Result<Op> {
+    Ok(match request {
+        StorageRequest::Get { path } => Op::Get(Path::parse(&path)?),
+        StorageRequest::Save { path, value, create_parents } => {
+            Op::Save { path: Path::parse(&path)?, value, create_parents }
+        }
+        StorageRequest::Delete { path } => Op::Delete(Path::parse(&path)?),
+        StorageRequest::CompareAndSwap { path, expected, new } => {
+            Op::CompareAndSwap { path: Path::parse(&path)?, expected, new }
+        }
+        StorageRequest::Watch { .. } => {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "a watch belongs to the connection, not the storage",
+            ));
+        }
+    })
+}
+
+fn reply_of(outcome: Outcome) -> Reply {
+    match outcome {
+        Outcome::Done | Outcome::Removed(_) => Reply::Done,
+        Outcome::Value(value) => Reply::Value(value),
+        Outcome::Swapped(swapped) => Reply::Swapped(swapped),
+    }
+}
+
 impl Inbound for PrimaryInbound {
     fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request) {
-        let link = Arc::clone(link);
-        tokio::spawn(async move {
-            let result = self.handle(body).await;
-            // A failed reply means the worker is gone; its supervisor reports that.
-            let _ = link.reply(id, result).await;
-        });
+        match body {
+            Request::Storage(StorageRequest::Watch { path }) => link.reply_soon(id, self.watch(&path)),
+            Request::Storage(request) => serve_storage(&self.inner.storage, link, id, request),
+            // Command handlers run concurrently, so a slow one never stalls the connection.
+            body => {
+                let link = Arc::clone(link);
+                tokio::spawn(async move {
+                    let result = self.handle(body).await;
+                    // A failed reply means the worker is gone; its supervisor reports that.
+                    let _ = link.reply(id, result).await;
+                });
+            }
+        }
     }
 
     fn on_notice(&self, notice: Notice) {

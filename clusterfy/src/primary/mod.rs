@@ -1,6 +1,9 @@
 //! The primary: forks workers, supervises them, routes their commands and owns the storage.
 
 mod inbound;
+
+#[cfg(test)]
+pub(crate) use inbound::serve_storage;
 mod options;
 mod restart;
 mod signals;

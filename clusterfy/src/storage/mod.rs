@@ -29,6 +29,7 @@
 //! ```
 
 mod tree;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 pub use tree::SharedStorage;
+pub(crate) use writer::{Op, Outcome};
 
 pub use clusterfy_core::{BatchOp, Capabilities, CasConflict, NoticeReceiver, StorageBackend, StorageNotice};
 #[cfg(feature = "storage-mem")]
@@ -129,12 +131,9 @@ impl Storage {
         Storage { access: Access::Remote { link, deadline, changes } }
     }
 
-    async fn exec(&self, path: &Path, request: StorageRequest) -> Result<Reply> {
-        let result = match &self.access {
-            Access::Local(storage) => storage.handle(request).await,
-            Access::Remote { link, deadline, .. } => link.request(Request::Storage(request), *deadline).await,
-        };
-        result.map_err(|err| at_path(err, path))
+    /// A worker's request to the primary's storage.
+    async fn ask(link: &Link, deadline: Duration, request: StorageRequest) -> Result<Reply> {
+        link.request(Request::Storage(request), deadline).await
     }
 
     /// Saves `value` at `path` (the original's `saveToStorage`). The parent map must exist:
@@ -150,11 +149,18 @@ impl Storage {
 
     async fn save_value(&self, path: &str, value: Value, create_parents: bool) -> Result<()> {
         let path = Path::parse(path)?;
-        let request = StorageRequest::Save { path: path.as_str().to_owned(), value, create_parents };
-        match self.exec(&path, request).await? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        let saved = match &self.access {
+            Access::Local(storage) => storage.save(&path, value, create_parents).await,
+            Access::Remote { link, deadline, .. } => {
+                let request = StorageRequest::Save { path: path.as_str().to_owned(), value, create_parents };
+                match Self::ask(link, *deadline, request).await {
+                    Ok(Reply::Done) => Ok(()),
+                    Ok(other) => Err(unexpected(other)),
+                    Err(err) => Err(err),
+                }
+            }
+        };
+        saved.map_err(|err| at_path(err, &path))
     }
 
     /// Reads the value at `path` as `T` (the original's `retrieveFromStorage`); `None` if nothing
@@ -169,19 +175,36 @@ impl Storage {
     /// Reads the value or subtree at `path` as a [`Value`].
     pub async fn retrieve_value(&self, path: &str) -> Result<Option<Value>> {
         let path = Path::parse(path)?;
-        match self.exec(&path, StorageRequest::Get { path: path.as_str().to_owned() }).await? {
-            Reply::Value(value) => Ok(value),
-            other => Err(unexpected(other)),
-        }
+        let read = match &self.access {
+            Access::Local(storage) => storage.get(&path).await,
+            Access::Remote { link, deadline, .. } => {
+                match Self::ask(link, *deadline, StorageRequest::Get { path: path.as_str().to_owned() }).await
+                {
+                    Ok(Reply::Value(value)) => Ok(value),
+                    Ok(other) => Err(unexpected(other)),
+                    Err(err) => Err(err),
+                }
+            }
+        };
+        read.map_err(|err| at_path(err, &path))
     }
 
     /// Removes the value or subtree at `path`; a missing path is fine.
     pub async fn delete(&self, path: &str) -> Result<()> {
         let path = Path::parse(path)?;
-        match self.exec(&path, StorageRequest::Delete { path: path.as_str().to_owned() }).await? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        let deleted = match &self.access {
+            Access::Local(storage) => storage.delete(&path).await.map(drop),
+            Access::Remote { link, deadline, .. } => {
+                match Self::ask(link, *deadline, StorageRequest::Delete { path: path.as_str().to_owned() })
+                    .await
+                {
+                    Ok(Reply::Done) => Ok(()),
+                    Ok(other) => Err(unexpected(other)),
+                    Err(err) => Err(err),
+                }
+            }
+        };
+        deleted.map_err(|err| at_path(err, &path))
     }
 
     /// Writes `new` at `path` (`None` deletes) only if the current value equals `expected`
@@ -204,13 +227,19 @@ impl Storage {
         new: Option<Value>,
     ) -> Result<std::result::Result<(), Option<Value>>> {
         let path = Path::parse(path)?;
-        match self
-            .exec(&path, StorageRequest::CompareAndSwap { path: path.as_str().to_owned(), expected, new })
-            .await?
-        {
-            Reply::Swapped(outcome) => Ok(outcome),
-            other => Err(unexpected(other)),
-        }
+        let swapped = match &self.access {
+            Access::Local(storage) => storage.compare_and_swap(&path, expected.as_ref(), new).await,
+            Access::Remote { link, deadline, .. } => {
+                let request =
+                    StorageRequest::CompareAndSwap { path: path.as_str().to_owned(), expected, new };
+                match Self::ask(link, *deadline, request).await {
+                    Ok(Reply::Swapped(outcome)) => Ok(outcome),
+                    Ok(other) => Err(unexpected(other)),
+                    Err(err) => Err(err),
+                }
+            }
+        };
+        swapped.map_err(|err| at_path(err, &path))
     }
 
     /// The paths written from now on at, above or below `path` (beyond the original: watching).
@@ -221,11 +250,11 @@ impl Storage {
         let watched = Path::parse(path)?;
         let receiver = match &self.access {
             Access::Local(storage) => storage.changes(),
-            Access::Remote { changes, .. } => {
+            Access::Remote { link, deadline, changes } => {
                 // Subscribe before asking, so no change between the two is missed.
                 let receiver = changes.subscribe();
-                match self.exec(&watched, StorageRequest::Watch { path: watched.as_str().to_owned() }).await?
-                {
+                let request = StorageRequest::Watch { path: watched.as_str().to_owned() };
+                match Self::ask(link, *deadline, request).await.map_err(|err| at_path(err, &watched))? {
                     Reply::Done => receiver,
                     other => return Err(unexpected(other)),
                 }
@@ -281,14 +310,10 @@ mod tests {
 
     impl Inbound for ServeStorage {
         fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request) {
-            let link = Arc::clone(link);
-            tokio::spawn(async move {
-                let result = match body {
-                    Request::Storage(request) => self.0.handle(request).await,
-                    other => panic!("not a storage request: {other:?}"),
-                };
-                link.reply(id, result).await.unwrap();
-            });
+            match body {
+                Request::Storage(request) => crate::primary::serve_storage(&self.0, link, id, request),
+                other => panic!("not a storage request: {other:?}"),
+            }
         }
 
         fn on_notice(&self, _: Notice) {}

@@ -24,9 +24,11 @@ use std::sync::Arc;
 
 use clusterfy_core::error::excerpt;
 use clusterfy_core::path::{MAX_DEPTH, MAX_SEGMENT_LEN};
-use clusterfy_core::protocol::{Reply, StorageRequest};
 use clusterfy_core::{BatchOp, Error, ErrorKind, Path, Result, StorageBackend, Value};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::writer::{self, Completion, Job, Op, Outcome};
 
 /// What one key of the backend holds. Variants are append-only: durable backends keep old bytes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,18 +44,24 @@ enum Node {
 ///
 /// Reads go straight to the backend: a subtree is one prefix scan, which the backend contract makes
 /// atomic with respect to batches. Writes (save, delete, compare-and-swap) read before they write,
-/// so they are serialised by a lock to be atomic with respect to each other. That lock only covers
-/// writes made through this value: give each backend exactly one `SharedStorage` (share it with an
-/// `Arc`), and do not write to the backend behind its back.
+/// so one writer task takes them all, in the order they arrive, and applies what is queued as one
+/// backend batch with at most one flush (write combining; see `writer.rs`). Give each backend
+/// exactly one `SharedStorage` (share it with an `Arc`), and do not write to the backend behind
+/// its back.
 ///
-/// On a durable backend every write returns only after [`StorageBackend::flush`], outside the
-/// lock, so concurrent writes can share one flush (if the backend groups them).
+/// On a durable backend every write returns only after [`StorageBackend::flush`], and the writes
+/// that queued meanwhile share that flush.
 #[derive(Debug)]
 pub struct SharedStorage {
-    backend: Arc<dyn StorageBackend>,
-    durable: bool,
-    // tokio's mutex because it is held across backend awaits.
-    writes: tokio::sync::Mutex<()>,
+    tree: Arc<Tree>,
+    writes: mpsc::UnboundedSender<Job>,
+}
+
+/// The tree over the backend: what the writer task and readers share.
+#[derive(Debug)]
+pub(super) struct Tree {
+    pub(super) backend: Arc<dyn StorageBackend>,
+    pub(super) durable: bool,
     changes: tokio::sync::broadcast::Sender<Path>,
 }
 
@@ -61,33 +69,42 @@ pub struct SharedStorage {
 const CHANGE_BUFFER: usize = 4096;
 
 impl SharedStorage {
-    /// Tree semantics over `backend`, which is used as it is: existing data stays.
+    /// Tree semantics over `backend`, which is used as it is: existing data stays. Starts the
+    /// writer task, so it must be called within a tokio runtime.
     pub fn new(backend: Arc<dyn StorageBackend>) -> Self {
         let durable = backend.capabilities().durable;
         let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
-        SharedStorage { backend, durable, writes: tokio::sync::Mutex::new(()), changes }
+        let tree = Arc::new(Tree { backend, durable, changes });
+        let (writes, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(writer::run(Arc::clone(&tree), jobs));
+        SharedStorage { tree, writes }
     }
 
     /// The paths written from now on (saved, deleted or swapped), in write order. A write at
     /// `p` changes `p`'s subtree, so a watcher of `w` cares when `p` and `w` are on one branch.
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Path> {
-        self.changes.subscribe()
-    }
-
-    /// After a write at `path` succeeded: make it durable, then tell watchers.
-    async fn written(&self, path: &Path) -> Result<()> {
-        if self.durable {
-            self.backend.flush().await?;
-        }
-        if self.changes.receiver_count() > 0 {
-            let _ = self.changes.send(path.clone());
-        }
-        Ok(())
+        self.tree.changes.subscribe()
     }
 
     /// The backend underneath, for flushing or inspecting its capabilities.
     pub fn backend(&self) -> &Arc<dyn StorageBackend> {
-        &self.backend
+        &self.tree.backend
+    }
+
+    /// Hands `op` to the writer task; `done` hears the outcome.
+    pub(crate) fn submit(&self, op: Op, done: Completion) {
+        if let Err(mpsc::error::SendError(job)) = self.writes.send(Job { op, done }) {
+            // The task only ends when this value is dropped, so this cannot happen while `self`
+            // lives; answer anyway rather than leave the caller waiting.
+            (job.done)(Err(Error::new(ErrorKind::Closed, "the storage's writer task has stopped")));
+        }
+    }
+
+    /// Runs `op` through the writer task and waits for its outcome.
+    async fn write(&self, op: Op) -> Result<Outcome> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(op, Box::new(move |outcome| drop(tx.send(outcome))));
+        rx.await.map_err(|_| Error::new(ErrorKind::Closed, "the storage's writer task dropped a write"))?
     }
 
     /// Saves `initial` as the whole storage if the backend holds nothing yet, and does nothing
@@ -106,15 +123,7 @@ impl SharedStorage {
                 ),
             ));
         }
-        {
-            let _writing = self.writes.lock().await;
-            // The contract has no "is empty" call; a scan of everything is fine once at start-up.
-            if !self.backend.scan_prefix(&[]).await?.is_empty() {
-                return Ok(());
-            }
-            self.save_locked(&Path::root(), initial, false).await?;
-        }
-        self.written(&Path::root()).await
+        self.write(Op::Initialize(initial)).await.map(drop)
     }
 
     /// The value at `path`: a map path returns its whole subtree as a [`Value::Map`], a missing
@@ -122,9 +131,7 @@ impl SharedStorage {
     ///
     /// Fails with [`ErrorKind::Storage`] if the backend holds data this layout never writes.
     pub async fn get(&self, path: &Path) -> Result<Option<Value>> {
-        let prefix = key_of(path);
-        let entries = self.backend.scan_prefix(&prefix).await?;
-        decode_subtree(path, &prefix, entries)
+        self.tree.get(path).await
     }
 
     /// Replaces the value or subtree at `path` with `value`, atomically: readers and crashes see
@@ -137,24 +144,16 @@ impl SharedStorage {
     /// [`ErrorKind::InvalidInput`]. The root can only be replaced by a map, and map keys must be
     /// valid path segments so that every stored value stays addressable.
     pub async fn save(&self, path: &Path, value: Value, create_parents: bool) -> Result<()> {
-        {
-            let _writing = self.writes.lock().await;
-            self.save_locked(path, value, create_parents).await?;
-        }
-        self.written(path).await
+        self.write(Op::Save { path: path.clone(), value, create_parents }).await.map(drop)
     }
 
     /// Removes the value or subtree at `path` atomically. Returns whether anything was removed:
     /// deleting a missing path is `Ok(false)`. Deleting the root empties the storage.
     pub async fn delete(&self, path: &Path) -> Result<bool> {
-        let removed = {
-            let _writing = self.writes.lock().await;
-            self.delete_locked(path).await?
-        };
-        if removed {
-            self.written(path).await?;
+        match self.write(Op::Delete(path.clone())).await? {
+            Outcome::Removed(removed) => Ok(removed),
+            other => Err(unexpected_outcome(&other)),
         }
-        Ok(removed)
     }
 
     /// Replaces the value at `path` with `new` (`None` deletes it) only if the current value, the
@@ -170,52 +169,50 @@ impl SharedStorage {
         expected: Option<&Value>,
         new: Option<Value>,
     ) -> Result<Result<(), Option<Value>>> {
-        {
-            let _writing = self.writes.lock().await;
-            let current = self.get(path).await?;
-            if current.as_ref() != expected {
-                return Ok(Err(current));
-            }
-            match new {
-                Some(value) => self.save_locked(path, value, false).await?,
-                None => {
-                    self.delete_locked(path).await?;
-                }
-            }
+        let op = Op::CompareAndSwap { path: path.clone(), expected: expected.cloned(), new };
+        match self.write(op).await? {
+            Outcome::Swapped(outcome) => Ok(outcome),
+            other => Err(unexpected_outcome(&other)),
         }
-        self.written(path).await?;
-        Ok(Ok(()))
+    }
+}
+
+fn unexpected_outcome(outcome: &Outcome) -> Error {
+    Error::new(ErrorKind::InvalidState, format!("the storage's writer answered with {outcome:?}"))
+}
+
+impl Tree {
+    /// After the writes at `paths` are applied and durable: tell watchers.
+    pub(super) fn announce(&self, path: &Path) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(path.clone());
+        }
     }
 
-    /// Answers a storage request from a worker: parses its path, runs it and wraps the outcome in
-    /// the matching `Reply` (`Value` for get, `Done` for save and delete, `Swapped` for
-    /// compare-and-swap). A malformed path fails with [`ErrorKind::InvalidPath`].
-    pub async fn handle(&self, request: StorageRequest) -> Result<Reply> {
-        Ok(match request {
-            StorageRequest::Get { path } => Reply::Value(self.get(&Path::parse(&path)?).await?),
-            StorageRequest::Save { path, value, create_parents } => {
-                self.save(&Path::parse(&path)?, value, create_parents).await?;
-                Reply::Done
-            }
-            StorageRequest::Delete { path } => {
-                self.delete(&Path::parse(&path)?).await?;
-                Reply::Done
-            }
-            StorageRequest::CompareAndSwap { path, expected, new } => {
-                Reply::Swapped(self.compare_and_swap(&Path::parse(&path)?, expected.as_ref(), new).await?)
-            }
-            // A watch belongs to a connection, so the primary's connection handler takes it.
-            StorageRequest::Watch { .. } => {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    "watch is answered by the connection, not the storage",
-                ));
-            }
-        })
+    /// See [`SharedStorage::get`].
+    pub(super) async fn get(&self, path: &Path) -> Result<Option<Value>> {
+        let prefix = key_of(path);
+        let entries = self.backend.scan_prefix(&prefix).await?;
+        decode_subtree(path, &prefix, entries)
     }
 
-    /// [`SharedStorage::save`]; the caller holds `writes`.
-    async fn save_locked(&self, path: &Path, value: Value, create_parents: bool) -> Result<()> {
+    /// Whether anything is stored at `path`. Every map and leaf has a key of its own, so one
+    /// lookup answers, except at the root, which has none.
+    pub(super) async fn exists(&self, path: &Path) -> Result<bool> {
+        if path.is_root() {
+            return Ok(!self.backend.scan_prefix(&[]).await?.is_empty());
+        }
+        Ok(self.backend.get(&key_of(path)).await?.is_some())
+    }
+
+    /// The batch that saves `value` at `path` (see [`SharedStorage::save`]): create missing
+    /// parents if asked, remove the old subtree, put the new nodes. It reads only the ancestors.
+    pub(super) async fn plan_save(
+        &self,
+        path: &Path,
+        value: Value,
+        create_parents: bool,
+    ) -> Result<Vec<BatchOp>> {
         if path.is_root() && !matches!(value, Value::Map(_)) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -230,23 +227,15 @@ impl SharedStorage {
         // Encode first: an unstorable value fails before any backend round trip.
         let new_nodes = Encoder::encode(path, value)?;
         let mut ops = self.missing_parents(path, create_parents).await?;
-        let prefix = key_of(path);
-        ops.extend(
-            self.backend.scan_prefix(&prefix).await?.into_iter().map(|(key, _)| BatchOp::Delete { key }),
-        );
-        // After the deletes, so that keys the new subtree shares with the old one end up written.
+        ops.push(BatchOp::DeletePrefix { prefix: key_of(path) });
+        // After the delete, so that keys the new subtree shares with the old one end up written.
         ops.extend(new_nodes);
-        self.backend.apply_batch(ops).await
+        Ok(ops)
     }
 
-    /// [`SharedStorage::delete`]; the caller holds `writes`.
-    async fn delete_locked(&self, path: &Path) -> Result<bool> {
-        let old = self.backend.scan_prefix(&key_of(path)).await?;
-        if old.is_empty() {
-            return Ok(false);
-        }
-        self.backend.apply_batch(old.into_iter().map(|(key, _)| BatchOp::Delete { key }).collect()).await?;
-        Ok(true)
+    /// The batch that removes `path` and everything below it.
+    pub(super) fn plan_delete(path: &Path) -> Vec<BatchOp> {
+        vec![BatchOp::DeletePrefix { prefix: key_of(path) }]
     }
 
     /// Checks the ancestors of `path`, outermost first, and returns the puts that create the
@@ -453,7 +442,7 @@ fn decode_subtree(path: &Path, prefix: &[u8], entries: Vec<(Vec<u8>, Vec<u8>)>) 
 }
 
 /// The backend key of `path`: every segment followed by NUL; empty for the root.
-fn key_of(path: &Path) -> Vec<u8> {
+pub(super) fn key_of(path: &Path) -> Vec<u8> {
     let mut key = Vec::with_capacity(path.as_str().len() + 1);
     for segment in path.segments() {
         push_segment(&mut key, segment);
@@ -549,6 +538,8 @@ mod tests {
         /// Claims durability and counts flushes, to check writes are flushed before they return.
         durable: bool,
         flushes: std::sync::atomic::AtomicUsize,
+        /// Batches applied, to check that queued writes are combined.
+        batches: std::sync::atomic::AtomicUsize,
     }
 
     impl TestBackend {
@@ -610,13 +601,8 @@ mod tests {
         }
         async fn apply_batch(&self, ops: Vec<BatchOp>) -> Result<()> {
             self.check_writable()?;
-            let mut map = self.map();
-            for op in ops {
-                match op {
-                    BatchOp::Put { key, value } => map.insert(key, value),
-                    BatchOp::Delete { key } => map.remove(&key),
-                };
-            }
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            clusterfy_core::kv::apply_batch(&mut self.map(), ops);
             Ok(())
         }
         async fn flush(&self) -> Result<()> {
@@ -1033,21 +1019,6 @@ mod tests {
         assert_eq!(err.context().len(), 1);
     }
 
-    #[tokio::test]
-    async fn handle_dispatches_requests_to_replies() {
-        let (storage, _) = storage();
-        let save = StorageRequest::Save { path: "a".into(), value: Value::Int(1), create_parents: false };
-        assert_eq!(storage.handle(save).await.unwrap(), Reply::Done);
-        let get = StorageRequest::Get { path: "a".into() };
-        assert_eq!(storage.handle(get).await.unwrap(), Reply::Value(Some(Value::Int(1))));
-        let cas = StorageRequest::CompareAndSwap { path: "a".into(), expected: None, new: None };
-        assert_eq!(storage.handle(cas).await.unwrap(), Reply::Swapped(Err(Some(Value::Int(1)))));
-        assert_eq!(storage.handle(StorageRequest::Delete { path: "a".into() }).await.unwrap(), Reply::Done);
-        assert_eq!(storage.handle(StorageRequest::Delete { path: "a".into() }).await.unwrap(), Reply::Done);
-        let err = storage.handle(StorageRequest::Get { path: "a..b".into() }).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidPath);
-    }
-
     // Model-based test: random operations against a plain Value tree.
 
     #[derive(Debug, Clone)]
@@ -1213,10 +1184,99 @@ mod tests {
             assert_eq!(storage.get(&Path::root()).await.unwrap(), Some(Value::Map(model.clone())));
         }
         // The layout itself: exactly one key per node of the model.
-        fn count_nodes(map: &BTreeMap<String, Value>) -> usize {
-            map.values().map(|v| 1 + if let Value::Map(inner) = v { count_nodes(inner) } else { 0 }).sum()
+        assert_eq!(raw_keys(&backend).len(), count_nodes(&model));
+    }
+
+    /// A read through the writer, as a worker's read goes: in order with the writes before it.
+    async fn queued_get(storage: &SharedStorage, path: Path) -> Option<Value> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        storage.submit(super::Op::Get(path), Box::new(move |outcome| drop(tx.send(outcome))));
+        match rx.await.unwrap().unwrap() {
+            Outcome::Value(value) => value,
+            other => panic!("a read answered {other:?}"),
+        }
+    }
+
+    /// What one operation returned, comparable between the storage and the model.
+    #[derive(Debug, PartialEq)]
+    enum Answer {
+        Saved(Result<(), ErrorKind>),
+        Deleted(bool),
+        Read(Option<Value>),
+        Swapped(Result<Result<(), Option<Value>>, ErrorKind>),
+    }
+
+    /// The operations of `ops` submitted `round` at a time, so that the writer combines each
+    /// chunk into one round: every answer and the final tree must be those of running them one
+    /// by one in submission order.
+    async fn run_in_rounds_against_model(ops: Vec<Op>, round: usize) {
+        let (storage, backend) = storage();
+        let mut model = BTreeMap::new();
+        for chunk in ops.chunks(round) {
+            let mut wanted = Vec::new();
+            let mut calls: Vec<futures::future::BoxFuture<'_, Answer>> = Vec::new();
+            for op in chunk.iter().cloned() {
+                let storage = &storage;
+                match op {
+                    Op::Save { path, value, create_parents } => {
+                        wanted.push(Answer::Saved(model_save(
+                            &mut model,
+                            &path,
+                            value.clone(),
+                            create_parents,
+                        )));
+                        calls.push(Box::pin(async move {
+                            Answer::Saved(
+                                storage
+                                    .save(&to_path(&path), value, create_parents)
+                                    .await
+                                    .map_err(|e| e.kind()),
+                            )
+                        }));
+                    }
+                    Op::Delete { path } => {
+                        wanted.push(Answer::Deleted(model_delete(&mut model, &path)));
+                        calls.push(Box::pin(async move {
+                            Answer::Deleted(storage.delete(&to_path(&path)).await.unwrap())
+                        }));
+                    }
+                    Op::Get { path } => {
+                        wanted.push(Answer::Read(model_get(&model, &path)));
+                        calls.push(Box::pin(async move {
+                            Answer::Read(queued_get(storage, to_path(&path)).await)
+                        }));
+                    }
+                    Op::Cas { path, expect_current, expected, new } => {
+                        let current = model_get(&model, &path);
+                        let expected = if expect_current { current.clone() } else { expected };
+                        wanted.push(Answer::Swapped(if current != expected {
+                            Ok(Err(current))
+                        } else {
+                            match new.clone() {
+                                Some(value) => model_save(&mut model, &path, value, false).map(Ok),
+                                None => {
+                                    model_delete(&mut model, &path);
+                                    Ok(Ok(()))
+                                }
+                            }
+                        }));
+                        calls.push(Box::pin(async move {
+                            let swapped =
+                                storage.compare_and_swap(&to_path(&path), expected.as_ref(), new).await;
+                            Answer::Swapped(swapped.map_err(|e| e.kind()))
+                        }));
+                    }
+                }
+            }
+            let answers = futures::future::join_all(calls).await;
+            assert_eq!(answers, wanted, "the round {chunk:?}");
+            assert_eq!(storage.get(&Path::root()).await.unwrap(), Some(Value::Map(model.clone())));
         }
         assert_eq!(raw_keys(&backend).len(), count_nodes(&model));
+    }
+
+    fn count_nodes(map: &BTreeMap<String, Value>) -> usize {
+        map.values().map(|v| 1 + if let Value::Map(inner) = v { count_nodes(inner) } else { 0 }).sum()
     }
 
     proptest! {
@@ -1225,6 +1285,56 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             runtime.block_on(run_against_model(ops));
         }
+
+        #[test]
+        fn random_operations_combined_in_rounds_match_the_model_run_one_by_one(
+            ops in prop::collection::vec(op(), 1..60),
+            round in 2usize..20,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(run_in_rounds_against_model(ops, round));
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_saves_are_one_batch_with_one_flush_and_a_failing_one_fails_alone() {
+        let backend = Arc::new(TestBackend { durable: true, ..TestBackend::default() });
+        let storage = SharedStorage::new(Arc::clone(&backend) as Arc<dyn StorageBackend>);
+        storage.save(&p("parent"), empty(), false).await.unwrap();
+        let (batches, flushes) =
+            (backend.batches.load(Ordering::SeqCst), backend.flushes.load(Ordering::SeqCst));
+        let paths: Vec<Path> = (0..100).map(|n| p(&format!("parent.k{n}"))).collect();
+        let orphan = p("missing.k");
+        let mut saves: Vec<futures::future::BoxFuture<'_, Result<()>>> =
+            paths.iter().map(|path| Box::pin(storage.save(path, Value::Int(1), false)) as _).collect();
+        saves.insert(50, Box::pin(storage.save(&orphan, Value::Int(1), false)));
+        let results = futures::future::join_all(saves).await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 100, "{results:?}");
+        assert_eq!(results[50].as_ref().unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(backend.batches.load(Ordering::SeqCst) - batches, 1, "one backend batch for the round");
+        assert_eq!(backend.flushes.load(Ordering::SeqCst) - flushes, 1, "one flush for the round");
+        let parent = storage.get(&p("parent")).await.unwrap().unwrap();
+        assert!(matches!(parent, Value::Map(ref m) if m.len() == 100), "{parent:?}");
+    }
+
+    #[tokio::test]
+    async fn every_write_of_a_round_is_announced_in_order_once_applied() {
+        let (storage, _) = storage();
+        let mut changes = storage.changes();
+        let (a, ab, b) = (p("a"), p("a.b"), p("b"));
+        let writes: Vec<futures::future::BoxFuture<'_, Result<()>>> = vec![
+            Box::pin(storage.save(&a, empty(), false)),
+            Box::pin(storage.save(&ab, Value::Int(1), false)),
+            Box::pin(storage.save(&b, Value::Int(2), false)),
+            Box::pin(async { storage.delete(&ab).await.map(drop) }),
+        ];
+        for result in futures::future::join_all(writes).await {
+            result.unwrap();
+        }
+        for expected in [&a, &ab, &b, &ab] {
+            assert_eq!(&changes.try_recv().unwrap(), expected);
+        }
+        assert_eq!(storage.get(&a).await.unwrap(), Some(empty()), "the save below a fresh map saw it");
     }
 
     #[tokio::test]
