@@ -4,8 +4,8 @@
 //! Both the primary (one link per worker) and a worker (one link to the primary) use it; what
 //! differs is the [`Inbound`] that handles the peer's requests and notices.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use clusterfy_core::codec::{FrameDecoder, encode_frame};
 use clusterfy_core::protocol::{Message, Notice, Reply, Request, RequestId};
@@ -13,37 +13,130 @@ use clusterfy_core::session::RequestTable;
 use clusterfy_core::transport::{ByteReader, ByteWriter};
 use clusterfy_core::{Error, ErrorKind, Result, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
-/// Frames queued for the writer before senders wait: enough to keep hundreds of requests in
-/// flight without unbounded memory.
-const OUTBOX_CAPACITY: usize = 1024;
+/// Bytes queued for the writer before senders wait: enough to keep hundreds of requests in
+/// flight without unbounded memory. Replies and notices the link must not lose are queued past it.
+const OUTBOX_HIGH_WATER: usize = 1 << 20;
+/// Most bytes the writer hands to one write call.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// How often the sweeper looks for requests past their deadline while any are in flight: a
+/// request fails at most this much after its deadline.
+const SWEEP_EVERY: Duration = Duration::from_millis(20);
 
 /// Handles what the peer sends besides replies.
 pub(crate) trait Inbound: Send + Sync + 'static {
-    /// A request; the handler answers with [`Link::reply`] (usually from a spawned task, so slow
-    /// handlers never stall the reader).
+    /// A request; the handler answers with [`Link::reply`] or [`Link::reply_soon`] (never by
+    /// blocking the reader: slow handlers run in tasks of their own).
     fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request);
     /// A one-way notice.
     fn on_notice(&self, notice: Notice);
 }
 
-enum Outgoing {
-    /// One encoded frame. Callers encode, so an oversize message fails at its sender.
-    Frame(Vec<u8>),
-    /// Answered once everything queued before it is written.
-    Flush(oneshot::Sender<()>),
-    /// Write what is queued before it, then close the stream so the peer sees it end.
-    Close,
+/// Frames on their way to the writer task, encoded straight into one buffer that the writer
+/// swaps out whole: no allocation and no channel operation per frame.
+#[derive(Default)]
+struct Outbox {
+    state: Mutex<Queued>,
+    /// Wakes the writer; `notify_one` keeps a permit, so a wake-up between its checks is kept.
+    /// Shared with the writer task, which waits on it without holding the link.
+    wake_writer: Arc<Notify>,
+    /// Wakes senders waiting for the buffer to drain.
+    room: Notify,
 }
 
-type Waiter = oneshot::Sender<Result<Reply>>;
+#[derive(Default)]
+struct Queued {
+    bytes: Vec<u8>,
+    /// Answered once everything queued before them is written.
+    flushes: Vec<oneshot::Sender<()>>,
+    /// Write what is queued, then close the stream so the peer sees it end.
+    close: bool,
+    /// The writer is gone: nothing more goes out.
+    gone: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        // Every change keeps the state consistent (a failed encode leaves the bytes as they were).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Encodes `message` into the queue, waiting while the queue is over its high water.
+    async fn send(&self, message: &Message, max_frame_len: usize) -> Result<(), SendError> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            {
+                let mut queued = self.lock();
+                if queued.gone || queued.close {
+                    return Err(SendError::Gone);
+                }
+                if queued.bytes.len() < OUTBOX_HIGH_WATER {
+                    encode_frame(message, max_frame_len, &mut queued.bytes).map_err(SendError::Encode)?;
+                    drop(queued);
+                    self.wake_writer.notify_one();
+                    return Ok(());
+                }
+                // Registered before the lock is released, so the writer's wake-up is not missed.
+                room.as_mut().enable();
+            }
+            room.await;
+        }
+    }
+
+    /// Encodes `message` into the queue at once, past the high water: for answers that must not
+    /// wait (or be lost) while the queue drains.
+    fn push(&self, message: &Message, max_frame_len: usize) -> Result<(), SendError> {
+        let mut queued = self.lock();
+        if queued.gone || queued.close {
+            return Err(SendError::Gone);
+        }
+        encode_frame(message, max_frame_len, &mut queued.bytes).map_err(SendError::Encode)?;
+        drop(queued);
+        self.wake_writer.notify_one();
+        Ok(())
+    }
+
+    fn flush(&self) -> Option<oneshot::Receiver<()>> {
+        let mut queued = self.lock();
+        if queued.gone {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        queued.flushes.push(tx);
+        drop(queued);
+        self.wake_writer.notify_one();
+        Some(rx)
+    }
+
+    fn close(&self) {
+        self.lock().close = true;
+        self.wake_writer.notify_one();
+    }
+}
+
+enum SendError {
+    /// The message does not fit in a frame.
+    Encode(Error),
+    /// The connection is closed or closing.
+    Gone,
+}
+
+/// A request in flight.
+struct Waiter {
+    reply: oneshot::Sender<Result<Reply>>,
+    /// For the timeout's message.
+    deadline: Duration,
+}
 
 /// One live connection to a peer.
 pub(crate) struct Link {
     peer: String,
-    outbox: mpsc::Sender<Outgoing>,
+    outbox: Outbox,
     pending: Mutex<RequestTable<Waiter>>,
+    /// Wakes the sweeper when the first request of a quiet spell starts, and when the link goes.
+    sweep: Arc<Notify>,
     /// The kind requests in flight fail with when the connection ends: `WorkerExited` on the
     /// primary's side, `Closed` on a worker's.
     closed_kind: ErrorKind,
@@ -96,15 +189,16 @@ impl Link {
         max_frame_len: usize,
         closed_kind: ErrorKind,
     ) -> (Arc<Link>, LinkReader) {
-        let (outbox, rx) = mpsc::channel(OUTBOX_CAPACITY);
         let link = Arc::new(Link {
             peer,
-            outbox,
+            outbox: Outbox::default(),
             pending: Mutex::new(RequestTable::new()),
+            sweep: Arc::new(Notify::new()),
             closed_kind,
             max_frame_len,
         });
-        tokio::spawn(write_loop(writer, rx, link.peer.clone()));
+        tokio::spawn(write_loop(writer, Arc::downgrade(&link), Arc::clone(&link.outbox.wake_writer)));
+        tokio::spawn(sweep_expired(Arc::downgrade(&link), Arc::clone(&link.sweep)));
         let reader = LinkReader { link: Arc::clone(&link), reader, decoder };
         (link, reader)
     }
@@ -112,32 +206,44 @@ impl Link {
     fn pending(&self) -> MutexGuard<'_, RequestTable<Waiter>> {
         // A panic while holding this lock cannot leave the table inconsistent (each method is a
         // single map operation), so a poisoned lock is safe to reuse.
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends a request and waits for its reply, at most `deadline`.
     pub(crate) async fn request(&self, body: Request, deadline: Duration) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        let id = self.pending().start(tx).map_err(|_| self.closed_error())?;
+        let id = {
+            let mut pending = self.pending();
+            let first = pending.is_empty();
+            let id = pending
+                .start(Waiter { reply: tx, deadline }, Instant::now() + deadline)
+                .map_err(|_| self.closed_error())?;
+            if first {
+                self.sweep.notify_one();
+            }
+            id
+        };
         if let Err(err) = self.send(&Message::Request { id, body }).await {
             self.pending().abandon(id);
             return Err(err);
         }
-        match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(result)) => result,
-            // The waiter was dropped without an answer: only happens when the link closed.
-            Ok(Err(_)) => Err(self.closed_error()),
-            Err(_) => {
-                self.pending().abandon(id);
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no reply from {} within {deadline:?}; the handler may be stuck, or raise the request timeout",
-                        self.peer
-                    ),
-                ))
-            }
+        // The waiter is dropped without an answer only when the link closed.
+        rx.await.unwrap_or_else(|_| Err(self.closed_error()))
+    }
+
+    /// Fails the requests past their deadline; true while requests are in flight.
+    fn expire(&self) -> bool {
+        let expired = self.pending().expire(Instant::now());
+        for waiter in expired {
+            let _ = waiter.reply.send(Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no reply from {} within {:?}; the handler may be stuck, or raise the request timeout",
+                    self.peer, waiter.deadline
+                ),
+            )));
         }
+        !self.pending().is_empty()
     }
 
     /// Answers the peer's request `id`. Fails only if the connection is gone.
@@ -146,10 +252,25 @@ impl Link {
         match self.send(&Message::Reply { id, result }).await {
             // The answer itself cannot go out (too large): the asker still gets exactly one reply.
             Err(err) if err.kind() != self.closed_kind => {
-                let result = Err(WireError::from(&err));
-                self.send(&Message::Reply { id, result }).await
+                self.send(&Message::Reply { id, result: Err(WireError::from(&err)) }).await
             }
             other => other,
+        }
+    }
+
+    /// Answers the peer's request `id` without waiting, past the outbox's high water (the asker
+    /// bounds how many answers it waits for). A connection that is gone drops the answer: its
+    /// supervisor reports the end.
+    pub(crate) fn reply_soon(&self, id: RequestId, result: Result<Reply>) {
+        let result = result.map_err(|e| WireError::from(&e));
+        if let Err(SendError::Encode(err)) =
+            self.outbox.push(&Message::Reply { id, result }, self.max_frame_len)
+        {
+            // Too large: the asker still gets exactly one reply.
+            let err = err.with_context("peer", &self.peer);
+            let _ = self
+                .outbox
+                .push(&Message::Reply { id, result: Err(WireError::from(&err)) }, self.max_frame_len);
         }
     }
 
@@ -159,18 +280,17 @@ impl Link {
     }
 
     async fn send(&self, message: &Message) -> Result<()> {
-        // Most frames are small; one right-sized allocation beats growing from empty.
-        let mut frame = Vec::with_capacity(128);
-        encode_frame(message, self.max_frame_len, &mut frame)
-            .map_err(|e| e.with_context("peer", &self.peer))?;
-        self.outbox.send(Outgoing::Frame(frame)).await.map_err(|_| self.closed_error())
+        match self.outbox.send(message, self.max_frame_len).await {
+            Ok(()) => Ok(()),
+            Err(SendError::Encode(err)) => Err(err.with_context("peer", &self.peer)),
+            Err(SendError::Gone) => Err(self.closed_error()),
+        }
     }
 
     /// Waits until everything queued so far is written (before a worker exits).
     pub(crate) async fn flush(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.outbox.send(Outgoing::Flush(tx)).await.map_err(|_| self.closed_error())?;
-        rx.await.map_err(|_| self.closed_error())
+        let written = self.outbox.flush().ok_or_else(|| self.closed_error())?;
+        written.await.map_err(|_| self.closed_error())
     }
 
     fn closed_error(&self) -> Error {
@@ -185,16 +305,40 @@ impl Link {
     pub(crate) fn close(&self) {
         let waiters = self.pending().close();
         for waiter in waiters {
-            let _ = waiter.send(Err(self.closed_error()));
+            let _ = waiter.reply.send(Err(self.closed_error()));
         }
     }
 
     fn complete(&self, id: RequestId, result: std::result::Result<Reply, WireError>) {
         match self.pending().finish(id) {
             Some(waiter) => {
-                let _ = waiter.send(result.map_err(Error::from));
+                let _ = waiter.reply.send(result.map_err(Error::from));
             }
             None => tracing::debug!(peer = %self.peer, id, "reply to a request nobody waits for (timed out)"),
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The sweeper and the writer hold only weak references: wake them to see the link gone.
+        self.sweep.notify_one();
+        self.outbox.wake_writer.notify_one();
+    }
+}
+
+/// Fails requests past their deadline, one sweep every [`SWEEP_EVERY`] while any are in flight,
+/// instead of a timer per request. Ends with the link.
+async fn sweep_expired(link: Weak<Link>, wake: Arc<Notify>) {
+    loop {
+        let busy = match link.upgrade() {
+            Some(link) if !link.pending().is_closed() => link.expire(),
+            _ => return,
+        };
+        if busy {
+            tokio::time::sleep(SWEEP_EVERY).await;
+        } else {
+            wake.notified().await;
         }
     }
 }
@@ -245,14 +389,10 @@ async fn read_loop(
         && err.kind() == ErrorKind::Protocol
     {
         // Tell the peer why before hanging up; it may be a misbuilt but honest program.
-        let mut frame = Vec::new();
-        let notice = Message::Notice(Notice::Error(WireError::from(err)));
-        if encode_frame(&notice, link.max_frame_len, &mut frame).is_ok() {
-            let _ = link.outbox.try_send(Outgoing::Frame(frame));
-        }
+        let _ = link.outbox.push(&Message::Notice(Notice::Error(WireError::from(err))), link.max_frame_len);
     }
     // Whatever ended reading ends the connection both ways, so the peer is never left waiting.
-    let _ = link.outbox.try_send(Outgoing::Close);
+    link.outbox.close();
     link.close();
     end
 }
@@ -268,35 +408,54 @@ fn dispatch(link: &Arc<Link>, inbound: &Arc<dyn Inbound>, message: Message) {
     }
 }
 
-async fn write_loop(mut writer: ByteWriter, mut rx: mpsc::Receiver<Outgoing>, peer: String) {
-    let mut buf = Vec::with_capacity(16 * 1024);
+/// Writes what senders queued, many frames per write call, until the link closes or goes.
+async fn write_loop(mut writer: ByteWriter, link: Weak<Link>, wake: Arc<Notify>) {
+    let mut out = Vec::with_capacity(16 * 1024);
     let mut flushed = Vec::new();
-    let mut close = false;
-    while !close && let Some(first) = rx.recv().await {
-        buf.clear();
-        let mut next = Some(first);
-        // Drain what is already queued so many small frames go out in one write.
-        while let Some(item) = next {
-            match item {
-                Outgoing::Frame(frame) => buf.extend_from_slice(&frame),
-                Outgoing::Flush(done) => flushed.push(done),
-                Outgoing::Close => close = true,
-            }
-            next = if buf.len() < 256 * 1024 && !close { rx.try_recv().ok() } else { None };
+    loop {
+        let Some(link) = link.upgrade() else { break };
+        let close = {
+            let mut queued = link.outbox.lock();
+            std::mem::swap(&mut queued.bytes, &mut out);
+            flushed.append(&mut queued.flushes);
+            queued.close
+        };
+        if out.is_empty() && flushed.is_empty() && !close {
+            // Holds the link only while it has something to say; a permit left by a sender since
+            // the check above makes this return at once.
+            drop(link);
+            wake.notified().await;
+            continue;
         }
-        if !buf.is_empty()
-            && let Err(err) = writer.write_all(&buf).await
-        {
+        link.outbox.room.notify_waiters();
+        let peer = link.peer.clone();
+        drop(link);
+        if let Err(err) = write_out(&mut writer, &out).await {
             tracing::debug!(%peer, error = %err, "write failed; the reader will see the connection end");
-            return;
+            break;
         }
-        if let Err(err) = writer.flush().await {
-            tracing::debug!(%peer, error = %err, "flush failed");
-            return;
-        }
+        out.clear();
         for done in flushed.drain(..) {
             let _ = done.send(());
         }
+        if close {
+            let _ = writer.shutdown().await;
+            break;
+        }
     }
-    let _ = writer.shutdown().await;
+    if let Some(link) = link.upgrade() {
+        let mut queued = link.outbox.lock();
+        queued.gone = true;
+        // Waiting flushes fail with the link (their senders drop), and waiting senders see it gone.
+        queued.flushes.clear();
+        drop(queued);
+        link.outbox.room.notify_waiters();
+    }
+}
+
+async fn write_out(writer: &mut ByteWriter, bytes: &[u8]) -> std::io::Result<()> {
+    for chunk in bytes.chunks(WRITE_CHUNK) {
+        writer.write_all(chunk).await?;
+    }
+    writer.flush().await
 }
