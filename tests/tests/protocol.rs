@@ -21,6 +21,8 @@ async fn a_worker_presenting_another_id_is_refused_and_the_primary_keeps_serving
     })
     .await;
     assert!(seen.iter().any(|e| is_error_of(e, "evil", ErrorKind::Unauthorized)), "the refusal: {seen:#?}");
+    let errors = seen.iter().filter(|e| matches!(e, Event::Error { .. }) && is_about(e, "evil")).count();
+    assert_eq!(errors, 1, "the refusal is reported once, not again as a failed second try: {seen:#?}");
     assert!(!seen.iter().any(|e| matches!(e, Event::Online { .. }) && is_about(e, "evil")), "{seen:#?}");
     // The channel gets one handshake: the impostor never gets in, and readiness says so.
     let err = bounded("ready", primary.ready()).await.expect_err("evil never got ready");

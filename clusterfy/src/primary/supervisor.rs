@@ -220,7 +220,7 @@ async fn run_once(
                 }
                 Err(_) => {
                     let err = not_connected_in_time(inner.ready_timeout).with_context("worker", worker);
-                    connect_failed(inner, worker, err);
+                    connect_failed(inner, worker, err.into());
                     kill_now();
                     return Ok(wait_exit(&mut exit_rx).await);
                 }
@@ -314,11 +314,32 @@ fn report_link_end(inner: &PrimaryInner, worker: &WorkerRef, end: Option<LinkEnd
     inner.emit(Event::Disconnect { worker: worker.clone() });
 }
 
-/// Reports why a worker could not connect and keeps it for [`Primary::ready`](super::Primary::ready).
-fn connect_failed(inner: &PrimaryInner, worker: &WorkerRef, err: Error) {
-    let err = Arc::new(err);
-    inner.update_slot(worker.id, |s| s.connect_failure = Some(Arc::clone(&err)));
-    inner.emit(Event::Error { worker: Some(worker.clone()), error: err });
+/// Why a worker did not get connected.
+enum ConnectFailure {
+    /// A refused handshake, already published as an event.
+    Published(Arc<Error>),
+    /// Anything else, not published yet.
+    New(Error),
+}
+
+impl From<Error> for ConnectFailure {
+    fn from(err: Error) -> Self {
+        ConnectFailure::New(err)
+    }
+}
+
+/// Reports why a worker could not connect (once) and keeps it for
+/// [`Primary::ready`](super::Primary::ready).
+fn connect_failed(inner: &PrimaryInner, worker: &WorkerRef, failure: ConnectFailure) {
+    let err = match failure {
+        ConnectFailure::Published(err) => err,
+        ConnectFailure::New(err) => {
+            let err = Arc::new(err);
+            inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::clone(&err) });
+            err
+        }
+    };
+    inner.update_slot(worker.id, |s| s.connect_failure = Some(err));
 }
 
 async fn wait_exit(exit_rx: &mut oneshot::Receiver<ExitReason>) -> ExitReason {
@@ -355,10 +376,16 @@ async fn connect(
     worker: &WorkerRef,
     rendezvous: &mut dyn Rendezvous,
     token: Option<String>,
-) -> Result<(Arc<Link>, JoinHandle<LinkEnd>)> {
+) -> Result<(Arc<Link>, JoinHandle<LinkEnd>), ConnectFailure> {
     let mut handshake = PrimaryHandshake::new(worker.id, token);
+    let mut refused = None;
     loop {
-        let mut connection = rendezvous.accept().await?;
+        let mut connection = match (rendezvous.accept().await, refused) {
+            (Ok(connection), _) => connection,
+            // A channel with one try (inherited, stdio): its refusal is why, not the end of it.
+            (Err(_), Some(refusal)) => return Err(ConnectFailure::Published(refusal)),
+            (Err(err), None) => return Err(err.into()),
+        };
         // Until it authenticates, a connection may only send a small Hello.
         let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
         let checked =
@@ -373,7 +400,9 @@ async fn connect(
             let err = err.with_context("worker", worker).with_context("connection", &connection.description);
             let notice = Message::Notice(Notice::Error(WireError::from(&err)));
             let _ = write_single(&mut connection.writer, &notice, inner.max_frame_len).await;
-            inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err) });
+            let err = Arc::new(err);
+            inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::clone(&err) });
+            refused = Some(err);
             continue;
         }
         decoder.set_max_frame_len(inner.max_frame_len);
