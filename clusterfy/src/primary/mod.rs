@@ -1,9 +1,9 @@
 //! The primary: forks workers, supervises them, routes their commands and owns the storage.
 
+mod builder;
+mod directory;
+mod dispatch;
 mod inbound;
-
-#[cfg(test)]
-pub(crate) use inbound::serve_storage;
 mod options;
 mod restart;
 mod signals;
@@ -12,36 +12,30 @@ mod stats;
 mod supervisor;
 mod watchers;
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, from_payload, to_payload};
+use clusterfy_core::codec::{from_payload, to_payload};
 use clusterfy_core::protocol::{CommandRequest, Destination, Reply, Request, ShutdownAck};
-use clusterfy_core::session::{Route, RouteEntry, route};
+use clusterfy_core::session::Route;
 use clusterfy_core::{
-    Command, Error, ErrorKind, Origin, Result, StorageBackend, Target, Transport, Value, WorkerId,
-    WorkerSelector, WorkerStatus,
+    Command, Error, ErrorKind, Origin, Result, Target, WorkerId, WorkerSelector, WorkerStatus,
 };
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
+pub use builder::{DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, PrimaryBuilder};
+use directory::{Control, PrimaryInner, Slot};
+#[cfg(test)]
+pub(crate) use inbound::serve_storage;
 pub use options::{Program, WorkerOptions};
 pub use restart::RestartPolicy;
 pub use stats::{Statistics, WorkerInfo, WorkerState};
 
-use crate::commands::{BroadcastReply, CommandRegistry, expect_target};
-use crate::events::{EVENT_BUFFER, Event, EventStream, ExitReason, WorkerRef, subscribe};
-use crate::link::Link;
+use crate::commands::{BroadcastReply, expect_target};
+use crate::events::{Event, EventStream, ExitReason, WorkerRef, subscribe};
 use crate::storage::{SharedStorage, Storage};
 
-/// Default deadline of a request (storage operation or command).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default time a worker has from spawn to ready.
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Smallest accepted `max_frame_len`: room for any handshake and error notice.
-const MIN_MAX_FRAME_LEN: usize = 4096;
 /// Default time a worker has to exit after a shutdown request before it is killed.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -64,324 +58,10 @@ impl PrimaryContext {
     }
 }
 
-/// Builds a [`Primary`].
-pub struct PrimaryBuilder {
-    transport: Option<Arc<dyn Transport>>,
-    storage: Option<Arc<dyn StorageBackend>>,
-    initial: Option<Value>,
-    commands: CommandRegistry<PrimaryContext>,
-    request_timeout: Duration,
-    ready_timeout: Duration,
-    max_frame_len: usize,
-    handle_signals: bool,
-}
-
-impl PrimaryBuilder {
-    /// Whether SIGINT and SIGTERM shut the cluster down gracefully (default: yes). When one
-    /// arrives, every worker is shut down as by [`Primary::shutdown`] with
-    /// [`DEFAULT_SHUTDOWN_TIMEOUT`], and the process then exits with 128 + the signal number; a
-    /// second signal exits at once. Turn it off to handle signals yourself.
-    #[must_use]
-    pub fn handle_signals(mut self, handle: bool) -> Self {
-        self.handle_signals = handle;
-        self
-    }
-
-    /// Chooses how workers connect (default: Unix sockets, with feature `transport-uds`).
-    #[must_use]
-    pub fn transport(mut self, transport: impl Transport) -> Self {
-        self.transport = Some(Arc::new(transport));
-        self
-    }
-
-    /// Chooses where the shared storage lives (default: memory, with feature `storage-mem`).
-    #[must_use]
-    pub fn storage(mut self, storage: impl StorageBackend) -> Self {
-        self.storage = Some(Arc::new(storage));
-        self
-    }
-
-    /// The storage's content when the backend is empty (the original's `initStorage`). Must be a
-    /// map. A durable backend that already holds data keeps it.
-    #[must_use]
-    pub fn initial_storage(mut self, initial: Value) -> Self {
-        self.initial = Some(initial);
-        self
-    }
-
-    /// Registers the handler of a command that workers send to the primary (the original's
-    /// `registerIPCCommand` on the primary). A reserved (`cy_`), duplicate or worker-targeted
-    /// name makes [`PrimaryBuilder::build`] fail.
-    #[must_use]
-    pub fn command<C, F, Fut>(mut self, handler: F) -> Self
-    where
-        C: Command,
-        F: Fn(C, PrimaryContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<C::Reply>> + Send + 'static,
-    {
-        self.commands.register::<C, F, Fut>(handler);
-        self
-    }
-
-    /// Deadline of every request the primary sends or routes (default
-    /// [`DEFAULT_REQUEST_TIMEOUT`]). Workers use their own setting.
-    #[must_use]
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// Time a worker has from spawn to ready before [`Primary::ready`] fails (default
-    /// [`DEFAULT_READY_TIMEOUT`]).
-    #[must_use]
-    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_timeout = timeout;
-        self
-    }
-
-    /// Largest frame accepted or sent (default 16 MiB; at least 4 KiB, below 4 GiB).
-    #[must_use]
-    pub fn max_frame_len(mut self, bytes: usize) -> Self {
-        self.max_frame_len = bytes;
-        self
-    }
-
-    /// Checks the configuration, prepares the storage and returns the primary.
-    pub async fn build(mut self) -> Result<Primary> {
-        if let Some(err) = self.commands.take_error() {
-            return Err(err);
-        }
-        if !(MIN_MAX_FRAME_LEN..=u32::MAX as usize).contains(&self.max_frame_len) {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "max_frame_len {} is out of range: it must be at least {MIN_MAX_FRAME_LEN} bytes and below 4 GiB",
-                    self.max_frame_len
-                ),
-            ));
-        }
-        let transport = match self.transport.take() {
-            Some(t) => t,
-            None => default_transport()?,
-        };
-        let backend = match self.storage.take() {
-            Some(s) => s,
-            None => default_storage()?,
-        };
-        let storage = Arc::new(SharedStorage::new(backend));
-        if let Some(initial) = self.initial.take() {
-            storage.initialize(initial).await?;
-        }
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let (changed, _) = watch::channel(());
-        let primary = Primary {
-            inner: Arc::new(PrimaryInner {
-                transport,
-                storage,
-                commands: self.commands,
-                events,
-                changed,
-                slots: Mutex::new(BTreeMap::new()),
-                next_id: AtomicU64::new(1),
-                shutting_down: AtomicBool::new(false),
-                request_timeout: self.request_timeout,
-                ready_timeout: self.ready_timeout,
-                max_frame_len: self.max_frame_len,
-                watch_dispatch: std::sync::Once::new(),
-            }),
-        };
-        watchers::forward_backend_notices(&primary.inner);
-        if self.handle_signals {
-            signals::shut_down_on_signals(Arc::downgrade(&primary.inner))?;
-        }
-        Ok(primary)
-    }
-}
-
-fn default_transport() -> Result<Arc<dyn Transport>> {
-    #[cfg(feature = "transport-uds")]
-    {
-        Ok(Arc::new(clusterfy_transport_uds::UdsTransport::new()))
-    }
-    #[cfg(not(feature = "transport-uds"))]
-    {
-        Err(Error::new(
-            ErrorKind::Config,
-            "no transport chosen: call PrimaryBuilder::transport or enable the `transport-uds` feature",
-        ))
-    }
-}
-
-fn default_storage() -> Result<Arc<dyn StorageBackend>> {
-    #[cfg(feature = "storage-mem")]
-    {
-        Ok(Arc::new(clusterfy_storage_mem::MemStorage::new()))
-    }
-    #[cfg(not(feature = "storage-mem"))]
-    {
-        Err(Error::new(
-            ErrorKind::Config,
-            "no storage chosen: call PrimaryBuilder::storage or enable the `storage-mem` feature",
-        ))
-    }
-}
-
 /// Handle of the primary process. Cheap to clone; all clones drive the same cluster.
 #[derive(Clone)]
 pub struct Primary {
     inner: Arc<PrimaryInner>,
-}
-
-/// Messages from the primary to the task that owns a worker's child process.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// SIGKILL the current process of this worker.
-    Kill,
-}
-
-/// One worker's record; survives its processes (revivals keep the slot).
-pub(crate) struct Slot {
-    pub(crate) worker: WorkerRef,
-    pub(crate) status: WorkerStatus,
-    pub(crate) state: WorkerState,
-    pub(crate) pid: Option<u32>,
-    pub(crate) restarts: u32,
-    pub(crate) started: Instant,
-    /// Bumped at each spawn, so a waiter can tell this process's exit from a later one's.
-    pub(crate) incarnation: u64,
-    pub(crate) ever_ready: bool,
-    /// Set by a shutdown request: the next exit is expected and not revived.
-    pub(crate) stop_requested: bool,
-    pub(crate) link: Option<Arc<Link>>,
-    pub(crate) control: mpsc::UnboundedSender<Control>,
-    pub(crate) last_exit: Option<ExitReason>,
-    /// Why the current or last process could not connect, if it could not.
-    pub(crate) connect_failure: Option<Arc<Error>>,
-    /// Storage paths the current connection watches.
-    pub(crate) watches: Vec<clusterfy_core::Path>,
-}
-
-pub(crate) struct PrimaryInner {
-    pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) storage: Arc<SharedStorage>,
-    pub(crate) commands: CommandRegistry<PrimaryContext>,
-    pub(crate) events: broadcast::Sender<Event>,
-    /// Ticks on every slot change; waiters re-check their condition (no polling).
-    pub(crate) changed: watch::Sender<()>,
-    pub(crate) slots: Mutex<BTreeMap<WorkerId, Slot>>,
-    next_id: AtomicU64,
-    pub(crate) shutting_down: AtomicBool,
-    pub(crate) request_timeout: Duration,
-    pub(crate) ready_timeout: Duration,
-    pub(crate) max_frame_len: usize,
-    /// Starts the task that sends storage changes to watching workers, at the first watch, so
-    /// writes cost nothing extra until a worker watches.
-    pub(crate) watch_dispatch: std::sync::Once,
-}
-
-impl PrimaryInner {
-    pub(crate) fn slots(&self) -> MutexGuard<'_, BTreeMap<WorkerId, Slot>> {
-        // Slot updates are plain field writes; a panic elsewhere cannot leave them half-done.
-        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(crate) fn emit(&self, event: Event) {
-        // No subscriber is fine: events are for whoever listens.
-        let _ = self.events.send(event);
-    }
-
-    /// Like [`PrimaryInner::emit`], but builds the event only if someone listens: for events
-    /// on the per-request path.
-    pub(crate) fn emit_with(&self, event: impl FnOnce() -> Event) {
-        if self.events.receiver_count() > 0 {
-            self.emit(event());
-        }
-    }
-
-    /// Changes a slot and wakes every waiter on the cluster's state.
-    pub(crate) fn update_slot<R>(&self, id: WorkerId, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
-        let result = self.slots().get_mut(&id).map(f);
-        self.changed.send_replace(());
-        result
-    }
-
-    fn find(&self, selector: &WorkerSelector) -> Result<WorkerRef> {
-        let slots = self.slots();
-        let found = slots.values().find(|s| match selector {
-            WorkerSelector::Id(id) => s.worker.id == *id,
-            WorkerSelector::Name(name) => s.worker.name == *name,
-        });
-        found.map(|s| s.worker.clone()).ok_or_else(|| {
-            let names: Vec<&str> = slots.values().map(|s| s.worker.name.as_str()).collect();
-            Error::new(
-                ErrorKind::UnknownWorker,
-                format!("no {selector} in this cluster; known workers: [{}]", names.join(", ")),
-            )
-        })
-    }
-
-    /// Where a command to `destination` goes, judged on the current directory.
-    pub(crate) fn route(&self, destination: &Destination) -> Result<Route> {
-        let slots = self.slots();
-        let entries: Vec<RouteEntry<'_>> = slots
-            .values()
-            .map(|s| RouteEntry { id: s.worker.id, name: &s.worker.name, connected: s.link.is_some() })
-            .collect();
-        route(destination, &entries)
-    }
-
-    pub(crate) fn link_of(&self, id: WorkerId) -> Result<(WorkerRef, Arc<Link>)> {
-        let slots = self.slots();
-        let slot = slots.get(&id).ok_or_else(|| {
-            Error::new(ErrorKind::UnknownWorker, format!("no worker #{id} in this cluster"))
-        })?;
-        match &slot.link {
-            Some(link) => Ok((slot.worker.clone(), Arc::clone(link))),
-            None => Err(Error::new(
-                ErrorKind::WorkerExited,
-                "the worker is not connected (exited or still starting)",
-            )
-            .with_context("worker", &slot.worker.name)),
-        }
-    }
-
-    /// Sends a command to one worker and returns its encoded reply.
-    pub(crate) async fn command_to_worker(&self, id: WorkerId, command: CommandRequest) -> Result<Vec<u8>> {
-        let (worker, link) = self.link_of(id)?;
-        let name = command.name.clone();
-        match link.request(Request::Command(command), self.request_timeout).await {
-            Ok(Reply::Command(payload)) => Ok(payload),
-            Ok(other) => {
-                Err(Error::new(ErrorKind::Protocol, format!("unexpected reply to a command: {other:?}")))
-            }
-            Err(err) => Err(add_command_context(err, &name, &worker)),
-        }
-    }
-}
-
-impl PrimaryInner {
-    /// Sends `command` to each worker in `ids` at once and gathers every answer, in `ids` order.
-    pub(crate) async fn fan_out(
-        &self,
-        ids: Vec<WorkerId>,
-        command: CommandRequest,
-    ) -> Vec<(WorkerRef, Result<Vec<u8>>)> {
-        let calls = ids.into_iter().map(|id| {
-            let command = command.clone();
-            async move {
-                let worker = self.slots().get(&id).map(|s| s.worker.clone());
-                let worker = worker.unwrap_or(WorkerRef { id, name: String::new() });
-                let result = self.command_to_worker(id, command).await;
-                (worker, result)
-            }
-        });
-        futures::future::join_all(calls).await
-    }
-}
-
-fn add_command_context(err: Error, command: &str, worker: &WorkerRef) -> Error {
-    let err = if err.context_value("command").is_none() { err.with_context("command", command) } else { err };
-    if err.context_value("worker").is_none() { err.with_context("worker", worker) } else { err }
 }
 
 /// How [`Primary::shutdown_worker`] ended.
@@ -398,16 +78,7 @@ pub enum ShutdownOutcome {
 impl Primary {
     /// Starts configuring a primary.
     pub fn builder() -> PrimaryBuilder {
-        PrimaryBuilder {
-            transport: None,
-            storage: None,
-            initial: None,
-            commands: CommandRegistry::new(Target::Primary),
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            ready_timeout: DEFAULT_READY_TIMEOUT,
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            handle_signals: true,
-        }
+        PrimaryBuilder::new()
     }
 
     /// Starts a worker process named `name` (the original's `fork`). Returns once the process is
@@ -538,6 +209,8 @@ impl Primary {
     }
 
     /// The storage with its tree operations on [`Value`]s, for direct use on the primary.
+    ///
+    /// [`Value`]: clusterfy_core::Value
     pub fn shared_storage(&self) -> &Arc<SharedStorage> {
         &self.inner.storage
     }

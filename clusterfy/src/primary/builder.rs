@@ -1,0 +1,201 @@
+//! [`PrimaryBuilder`]: the options of a primary, checked and turned into a running [`Primary`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clusterfy_core::codec::DEFAULT_MAX_FRAME_LEN;
+use clusterfy_core::{Command, Error, ErrorKind, Result, StorageBackend, Target, Transport, Value};
+use tokio::sync::{broadcast, watch};
+
+use super::{Primary, PrimaryContext, PrimaryInner, signals, watchers};
+use crate::commands::CommandRegistry;
+use crate::events::EVENT_BUFFER;
+use crate::storage::SharedStorage;
+
+/// Default deadline of a request (storage operation or command).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a worker has from spawn to ready.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Smallest accepted `max_frame_len`: room for any handshake and error notice.
+const MIN_MAX_FRAME_LEN: usize = 4096;
+
+/// Builds a [`Primary`].
+pub struct PrimaryBuilder {
+    transport: Option<Arc<dyn Transport>>,
+    storage: Option<Arc<dyn StorageBackend>>,
+    initial: Option<Value>,
+    commands: CommandRegistry<PrimaryContext>,
+    request_timeout: Duration,
+    ready_timeout: Duration,
+    max_frame_len: usize,
+    handle_signals: bool,
+}
+
+impl PrimaryBuilder {
+    /// The defaults; [`Primary::builder`] is the public way in.
+    pub(super) fn new() -> Self {
+        PrimaryBuilder {
+            transport: None,
+            storage: None,
+            initial: None,
+            commands: CommandRegistry::new(Target::Primary),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            handle_signals: true,
+        }
+    }
+
+    /// Whether SIGINT and SIGTERM shut the cluster down gracefully (default: yes). When one
+    /// arrives, every worker is shut down as by [`Primary::shutdown`] with
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`], and the process then exits with 128 + the signal number; a
+    /// second signal exits at once. Turn it off to handle signals yourself.
+    ///
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]: super::DEFAULT_SHUTDOWN_TIMEOUT
+    #[must_use]
+    pub fn handle_signals(mut self, handle: bool) -> Self {
+        self.handle_signals = handle;
+        self
+    }
+
+    /// Chooses how workers connect (default: Unix sockets, with feature `transport-uds`).
+    #[must_use]
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// Chooses where the shared storage lives (default: memory, with feature `storage-mem`).
+    #[must_use]
+    pub fn storage(mut self, storage: impl StorageBackend) -> Self {
+        self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// The storage's content when the backend is empty (the original's `initStorage`). Must be a
+    /// map. A durable backend that already holds data keeps it.
+    #[must_use]
+    pub fn initial_storage(mut self, initial: Value) -> Self {
+        self.initial = Some(initial);
+        self
+    }
+
+    /// Registers the handler of a command that workers send to the primary (the original's
+    /// `registerIPCCommand` on the primary). A reserved (`cy_`), duplicate or worker-targeted
+    /// name makes [`PrimaryBuilder::build`] fail.
+    #[must_use]
+    pub fn command<C, F, Fut>(mut self, handler: F) -> Self
+    where
+        C: Command,
+        F: Fn(C, PrimaryContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<C::Reply>> + Send + 'static,
+    {
+        self.commands.register::<C, F, Fut>(handler);
+        self
+    }
+
+    /// Deadline of every request the primary sends or routes (default
+    /// [`DEFAULT_REQUEST_TIMEOUT`]). Workers use their own setting.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Time a worker has from spawn to ready before [`Primary::ready`] fails (default
+    /// [`DEFAULT_READY_TIMEOUT`]).
+    #[must_use]
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Largest frame accepted or sent (default 16 MiB; at least 4 KiB, below 4 GiB).
+    #[must_use]
+    pub fn max_frame_len(mut self, bytes: usize) -> Self {
+        self.max_frame_len = bytes;
+        self
+    }
+
+    /// Checks the configuration, prepares the storage and returns the primary.
+    pub async fn build(mut self) -> Result<Primary> {
+        if let Some(err) = self.commands.take_error() {
+            return Err(err);
+        }
+        if !(MIN_MAX_FRAME_LEN..=u32::MAX as usize).contains(&self.max_frame_len) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "max_frame_len {} is out of range: it must be at least {MIN_MAX_FRAME_LEN} bytes and below 4 GiB",
+                    self.max_frame_len
+                ),
+            ));
+        }
+        let transport = match self.transport.take() {
+            Some(t) => t,
+            None => default_transport()?,
+        };
+        let backend = match self.storage.take() {
+            Some(s) => s,
+            None => default_storage()?,
+        };
+        let storage = Arc::new(SharedStorage::new(backend));
+        if let Some(initial) = self.initial.take() {
+            storage.initialize(initial).await?;
+        }
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (changed, _) = watch::channel(());
+        let primary = Primary {
+            inner: Arc::new(PrimaryInner {
+                transport,
+                storage,
+                commands: self.commands,
+                events,
+                changed,
+                slots: Mutex::new(BTreeMap::new()),
+                next_id: AtomicU64::new(1),
+                shutting_down: AtomicBool::new(false),
+                request_timeout: self.request_timeout,
+                ready_timeout: self.ready_timeout,
+                max_frame_len: self.max_frame_len,
+                watch_dispatch: std::sync::Once::new(),
+            }),
+        };
+        watchers::forward_backend_notices(&primary.inner);
+        if self.handle_signals {
+            signals::shut_down_on_signals(Arc::downgrade(&primary.inner))?;
+        }
+        Ok(primary)
+    }
+}
+
+fn default_transport() -> Result<Arc<dyn Transport>> {
+    #[cfg(feature = "transport-uds")]
+    {
+        Ok(Arc::new(clusterfy_transport_uds::UdsTransport::new()))
+    }
+    #[cfg(not(feature = "transport-uds"))]
+    {
+        Err(Error::new(
+            ErrorKind::Config,
+            "no transport chosen: call PrimaryBuilder::transport or enable the `transport-uds` feature",
+        ))
+    }
+}
+
+fn default_storage() -> Result<Arc<dyn StorageBackend>> {
+    #[cfg(feature = "storage-mem")]
+    {
+        Ok(Arc::new(clusterfy_storage_mem::MemStorage::new()))
+    }
+    #[cfg(not(feature = "storage-mem"))]
+    {
+        Err(Error::new(
+            ErrorKind::Config,
+            "no storage chosen: call PrimaryBuilder::storage or enable the `storage-mem` feature",
+        ))
+    }
+}

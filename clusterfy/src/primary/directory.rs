@@ -1,0 +1,132 @@
+//! The workers' directory: one [`Slot`] per worker in the state shared by every handle of the
+//! primary ([`PrimaryInner`]), and the lookups and updates on it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use clusterfy_core::protocol::Destination;
+use clusterfy_core::session::{Route, RouteEntry, route};
+use clusterfy_core::{Error, ErrorKind, Result, Transport, WorkerId, WorkerSelector, WorkerStatus};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::{PrimaryContext, WorkerState};
+use crate::commands::CommandRegistry;
+use crate::events::{Event, ExitReason, WorkerRef};
+use crate::link::Link;
+use crate::storage::SharedStorage;
+
+/// Messages from the primary to the task that owns a worker's child process.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// SIGKILL the current process of this worker.
+    Kill,
+}
+
+/// One worker's record; survives its processes (revivals keep the slot).
+pub(crate) struct Slot {
+    pub(crate) worker: WorkerRef,
+    pub(crate) status: WorkerStatus,
+    pub(crate) state: WorkerState,
+    pub(crate) pid: Option<u32>,
+    pub(crate) restarts: u32,
+    pub(crate) started: Instant,
+    /// Bumped at each spawn, so a waiter can tell this process's exit from a later one's.
+    pub(crate) incarnation: u64,
+    pub(crate) ever_ready: bool,
+    /// Set by a shutdown request: the next exit is expected and not revived.
+    pub(crate) stop_requested: bool,
+    pub(crate) link: Option<Arc<Link>>,
+    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) last_exit: Option<ExitReason>,
+    /// Why the current or last process could not connect, if it could not.
+    pub(crate) connect_failure: Option<Arc<Error>>,
+    /// Storage paths the current connection watches.
+    pub(crate) watches: Vec<clusterfy_core::Path>,
+}
+
+pub(crate) struct PrimaryInner {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) storage: Arc<SharedStorage>,
+    pub(crate) commands: CommandRegistry<PrimaryContext>,
+    pub(crate) events: broadcast::Sender<Event>,
+    /// Ticks on every slot change; waiters re-check their condition (no polling).
+    pub(crate) changed: watch::Sender<()>,
+    pub(crate) slots: Mutex<BTreeMap<WorkerId, Slot>>,
+    pub(super) next_id: AtomicU64,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) request_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) max_frame_len: usize,
+    /// Starts the task that sends storage changes to watching workers, at the first watch, so
+    /// writes cost nothing extra until a worker watches.
+    pub(crate) watch_dispatch: std::sync::Once,
+}
+
+impl PrimaryInner {
+    pub(crate) fn slots(&self) -> MutexGuard<'_, BTreeMap<WorkerId, Slot>> {
+        // Slot updates are plain field writes; a panic elsewhere cannot leave them half-done.
+        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        // No subscriber is fine: events are for whoever listens.
+        let _ = self.events.send(event);
+    }
+
+    /// Like [`PrimaryInner::emit`], but builds the event only if someone listens: for events
+    /// on the per-request path.
+    pub(crate) fn emit_with(&self, event: impl FnOnce() -> Event) {
+        if self.events.receiver_count() > 0 {
+            self.emit(event());
+        }
+    }
+
+    /// Changes a slot and wakes every waiter on the cluster's state.
+    pub(crate) fn update_slot<R>(&self, id: WorkerId, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+        let result = self.slots().get_mut(&id).map(f);
+        self.changed.send_replace(());
+        result
+    }
+
+    pub(super) fn find(&self, selector: &WorkerSelector) -> Result<WorkerRef> {
+        let slots = self.slots();
+        let found = slots.values().find(|s| match selector {
+            WorkerSelector::Id(id) => s.worker.id == *id,
+            WorkerSelector::Name(name) => s.worker.name == *name,
+        });
+        found.map(|s| s.worker.clone()).ok_or_else(|| {
+            let names: Vec<&str> = slots.values().map(|s| s.worker.name.as_str()).collect();
+            Error::new(
+                ErrorKind::UnknownWorker,
+                format!("no {selector} in this cluster; known workers: [{}]", names.join(", ")),
+            )
+        })
+    }
+
+    /// Where a command to `destination` goes, judged on the current directory.
+    pub(crate) fn route(&self, destination: &Destination) -> Result<Route> {
+        let slots = self.slots();
+        let entries: Vec<RouteEntry<'_>> = slots
+            .values()
+            .map(|s| RouteEntry { id: s.worker.id, name: &s.worker.name, connected: s.link.is_some() })
+            .collect();
+        route(destination, &entries)
+    }
+
+    pub(crate) fn link_of(&self, id: WorkerId) -> Result<(WorkerRef, Arc<Link>)> {
+        let slots = self.slots();
+        let slot = slots.get(&id).ok_or_else(|| {
+            Error::new(ErrorKind::UnknownWorker, format!("no worker #{id} in this cluster"))
+        })?;
+        match &slot.link {
+            Some(link) => Ok((slot.worker.clone(), Arc::clone(link))),
+            None => Err(Error::new(
+                ErrorKind::WorkerExited,
+                "the worker is not connected (exited or still starting)",
+            )
+            .with_context("worker", &slot.worker.name)),
+        }
+    }
+}
