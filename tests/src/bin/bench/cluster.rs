@@ -1,0 +1,277 @@
+//! The Clusterfy side: the bench's commands, the worker process that measures, and starting the
+//! clusters the phases measure.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clusterfy::storage::{RedisMirror, SledStorage};
+use clusterfy::transport::StdioTransport;
+use clusterfy::{
+    Command, Error, ErrorKind, Primary, PrimaryBuilder, Target, Worker, WorkerContext, WorkerOptions, value,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::kept::{BackendStats, Kept};
+use crate::options::Plan;
+use crate::sampling::{Figures, rate, sequential};
+use crate::{
+    BenchResult, DISTINCT_PARENT, IN_FLIGHT, PAYLOAD_LEN, STORAGE_PATH, WORKER_A, WORKER_B, payload,
+};
+
+/// Workers of the storm.
+pub(crate) const STORM_WORKERS: usize = 64;
+/// Saves each storm worker keeps in flight; also the number of paths it cycles over.
+pub(crate) const STORM_IN_FLIGHT: usize = 16;
+
+/// What a [`Measure`] command measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Workload {
+    /// Sequential `save` of a 64-byte string.
+    SaveSequential,
+    /// Sequential `retrieve` of that string.
+    RetrieveSequential,
+    /// `save`s with [`IN_FLIGHT`] in flight.
+    SavePipelined,
+    /// `save`s with [`IN_FLIGHT`] in flight, each to a new path below [`DISTINCT_PARENT`].
+    SaveDistinctPipelined,
+    /// As [`Workload::SaveDistinctPipelined`], timed until the primary's Redis mirror has every
+    /// save ([`WaitMirrored`]); the warm-up is drained before the clock starts.
+    SaveDistinctMirrored,
+    /// Sequential [`Echo`] commands to [`WORKER_B`].
+    WorkerToWorker,
+    /// One worker's part of the storm: `save`s with [`STORM_IN_FLIGHT`] in flight, cycling over
+    /// as many paths of this worker's own, `<DISTINCT_PARENT>.<worker name>-<slot>`.
+    Storm,
+}
+
+/// Asks the measuring worker to run one measurement and answer with its figures.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Measure {
+    pub(crate) workload: Workload,
+    pub(crate) warmup: u32,
+    pub(crate) iterations: u32,
+}
+
+impl Command for Measure {
+    const NAME: &'static str = "bench_measure";
+    const TARGET: Target = Target::Worker;
+    type Reply = Figures;
+}
+
+/// The trivial worker -> worker command: answers its payload.
+#[derive(Debug, Serialize, Deserialize)]
+struct Echo(String);
+
+impl Command for Echo {
+    const NAME: &'static str = "bench_echo";
+    const TARGET: Target = Target::Worker;
+    type Reply = String;
+}
+
+/// Sent by the measuring worker to the primary of a Redis-mirrored cluster: answers once Redis
+/// has every write that returned before the command arrived ([`RedisMirror::wait_mirrored`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WaitMirrored;
+
+impl Command for WaitMirrored {
+    const NAME: &'static str = "bench_wait_mirrored";
+    const TARGET: Target = Target::Primary;
+    type Reply = ();
+}
+
+/// The number in the next distinct path this worker saves to (paths are never reused within a
+/// cluster: each cluster has its own workers).
+static NEXT_DISTINCT: AtomicU64 = AtomicU64::new(0);
+
+/// Saves `value` at a path this worker never saved to before.
+async fn save_distinct(worker: &Worker, value: &str) -> clusterfy::Result<()> {
+    let n = NEXT_DISTINCT.fetch_add(1, Ordering::Relaxed);
+    worker.save(&format!("{DISTINCT_PARENT}.k{n}"), value).await
+}
+
+/// A worker process: answers [`Measure`] and [`Echo`] until the primary shuts it down.
+pub(crate) async fn run_worker() -> BenchResult<()> {
+    let worker = Worker::builder()
+        .command(|measure: Measure, ctx: WorkerContext| async move {
+            run_measurement(ctx.worker(), &measure).await
+        })
+        .command(|echo: Echo, _| async move { Ok(echo.0) })
+        .connect()
+        .await?;
+    // Work arrives as commands until the primary shuts this worker down.
+    worker.shutdown_requested().await;
+    Ok(())
+}
+
+async fn run_measurement(worker: &Worker, measure: &Measure) -> clusterfy::Result<Figures> {
+    let value = payload();
+    let value = value.as_str();
+    let (warmup, iterations) = (measure.warmup, measure.iterations);
+    match measure.workload {
+        Workload::SaveSequential => sequential(warmup, iterations, || worker.save(STORAGE_PATH, value)).await,
+        Workload::RetrieveSequential => {
+            sequential(warmup, iterations, || async {
+                match worker.retrieve::<String>(STORAGE_PATH).await? {
+                    Some(read) if read.len() == PAYLOAD_LEN => Ok(()),
+                    other => Err(Error::new(
+                        ErrorKind::InvalidState,
+                        format!("retrieve of {STORAGE_PATH} found {other:?}, not the saved value"),
+                    )),
+                }
+            })
+            .await
+        }
+        Workload::SavePipelined => {
+            pipelined(IN_FLIGHT, warmup, || worker.save(STORAGE_PATH, value)).await?;
+            let start = Instant::now();
+            pipelined(IN_FLIGHT, iterations, || worker.save(STORAGE_PATH, value)).await?;
+            Ok(Figures::throughput(iterations, start.elapsed()))
+        }
+        Workload::SaveDistinctPipelined => {
+            pipelined(IN_FLIGHT, warmup, || save_distinct(worker, value)).await?;
+            let start = Instant::now();
+            pipelined(IN_FLIGHT, iterations, || save_distinct(worker, value)).await?;
+            Ok(Figures::throughput(iterations, start.elapsed()))
+        }
+        Workload::SaveDistinctMirrored => {
+            pipelined(IN_FLIGHT, warmup, || save_distinct(worker, value)).await?;
+            worker.run_on_primary(WaitMirrored).await?;
+            let start = Instant::now();
+            pipelined(IN_FLIGHT, iterations, || save_distinct(worker, value)).await?;
+            let acked = start.elapsed();
+            // Every save above was acked, so the primary applied it before this command arrives.
+            worker.run_on_primary(WaitMirrored).await?;
+            let mirrored = start.elapsed();
+            Ok(Figures {
+                acked_ops_per_sec: Some(rate(iterations as usize, acked)),
+                ..Figures::throughput(iterations, mirrored)
+            })
+        }
+        Workload::WorkerToWorker => {
+            sequential(warmup, iterations, || async {
+                let echoed = worker.run(WORKER_B, Echo(value.to_owned())).await?;
+                if echoed.len() != PAYLOAD_LEN {
+                    return Err(Error::new(ErrorKind::InvalidState, "bench_echo answered something else"));
+                }
+                Ok(())
+            })
+            .await
+        }
+        Workload::Storm => {
+            let paths: Vec<String> = (0..STORM_IN_FLIGHT)
+                .map(|slot| format!("{DISTINCT_PARENT}.{}-{slot}", worker.name()))
+                .collect();
+            let mut next = 0;
+            let mut save = || {
+                let path = &paths[next % STORM_IN_FLIGHT];
+                next += 1;
+                worker.save(path, value)
+            };
+            pipelined(STORM_IN_FLIGHT, warmup, &mut save).await?;
+            let start = Instant::now();
+            pipelined(STORM_IN_FLIGHT, iterations, &mut save).await?;
+            Ok(Figures::throughput(iterations, start.elapsed()))
+        }
+    }
+}
+
+/// Runs `op` `count` times with `in_flight` at once.
+async fn pipelined<F, Fut>(in_flight: usize, count: u32, mut op: F) -> clusterfy::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = clusterfy::Result<()>>,
+{
+    let mut results = futures::stream::iter(0..count).map(|_| op()).buffer_unordered(in_flight);
+    while let Some(result) = results.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Runs [`Measure`] on the measuring worker.
+pub(crate) async fn measure(primary: &Primary, workload: Workload, iterations: u32) -> BenchResult<Figures> {
+    measure_on(primary, WORKER_A, workload, iterations).await
+}
+
+/// Runs [`Measure`] on `worker`, after a warm-up of a tenth of `iterations`.
+pub(crate) async fn measure_on(
+    primary: &Primary,
+    worker: &str,
+    workload: Workload,
+    iterations: u32,
+) -> BenchResult<Figures> {
+    let warmup = Plan::warmup(iterations);
+    Ok(primary.run(worker, Measure { workload, warmup, iterations }).await?)
+}
+
+/// Which Clusterfy transport a cluster uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClusterTransport {
+    /// The default: Unix sockets.
+    Uds,
+    /// [`StdioTransport`]: each worker talks over its stdin and stdout.
+    Stdio,
+}
+
+/// Where a cluster keeps its shared storage.
+pub(crate) enum ClusterStorage {
+    /// The default, memory.
+    Memory,
+    /// A sled database, every call timed into the stats.
+    Sled(SledStorage, Arc<BackendStats>),
+    /// A Redis mirror, also kept by the caller; the primary answers [`WaitMirrored`] with it.
+    Redis(Arc<RedisMirror>),
+}
+
+/// A primary's builder on `transport` and `storage`, whose storage starts with the empty map
+/// [`DISTINCT_PARENT`].
+pub(crate) fn cluster_builder(transport: ClusterTransport, storage: ClusterStorage) -> PrimaryBuilder {
+    let mut builder = Primary::builder()
+        .initial_storage(value!({"bench": {}}))
+        // A measurement is one command and may take several seconds on a slow machine.
+        .request_timeout(Duration::from_secs(300));
+    if transport == ClusterTransport::Stdio {
+        builder = builder.transport(StdioTransport::new());
+    }
+    match storage {
+        ClusterStorage::Memory => {}
+        ClusterStorage::Sled(sled, stats) => {
+            builder = builder.storage(Kept { backend: Arc::new(sled), stats: Some(stats) });
+        }
+        ClusterStorage::Redis(mirror) => {
+            let kept = Kept { backend: Arc::clone(&mirror), stats: None };
+            builder = builder.storage(kept).command(move |_: WaitMirrored, _| {
+                let mirror = Arc::clone(&mirror);
+                async move { mirror.wait_mirrored().await }
+            });
+        }
+    }
+    builder
+}
+
+/// Starts a primary on `transport` and `storage` with the two bench workers, and saves the bench
+/// value.
+pub(crate) async fn start_cluster(
+    transport: ClusterTransport,
+    storage: ClusterStorage,
+) -> BenchResult<Primary> {
+    start_cluster_with(transport, storage, &[WORKER_A, WORKER_B]).await
+}
+
+/// Starts a primary on `transport` and `storage` with the workers `names`, and saves the bench
+/// value.
+pub(crate) async fn start_cluster_with(
+    transport: ClusterTransport,
+    storage: ClusterStorage,
+    names: &[impl AsRef<str>],
+) -> BenchResult<Primary> {
+    let primary = cluster_builder(transport, storage).build().await?;
+    for name in names {
+        primary.fork(name.as_ref(), WorkerOptions::default()).await?;
+    }
+    primary.ready().await?;
+    primary.storage().save(STORAGE_PATH, payload().as_str()).await?;
+    Ok(primary)
+}
