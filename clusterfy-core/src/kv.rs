@@ -39,7 +39,7 @@ pub fn scan_prefix<'m>(map: &'m KvMap, prefix: &'m [u8]) -> impl Iterator<Item =
 /// Nothing here can fail, so a caller that holds its lock around this call never leaves a batch
 /// half applied.
 pub fn apply_batch(map: &mut KvMap, ops: Vec<BatchOp>) {
-    apply(map, ops, |_| {});
+    apply(map, ops, None);
 }
 
 /// [`apply_batch`], returning what changed key by key, in order: a prefix delete becomes one
@@ -47,26 +47,33 @@ pub fn apply_batch(map: &mut KvMap, ops: Vec<BatchOp>) {
 /// elsewhere, such as the Redis mirror.
 pub fn apply_batch_recording(map: &mut KvMap, ops: Vec<BatchOp>) -> Vec<Change> {
     let mut changes = Vec::with_capacity(ops.len());
-    apply(map, ops, |change| changes.push(change));
+    apply(map, ops, Some(&mut changes));
     changes
 }
 
-fn apply(map: &mut KvMap, ops: Vec<BatchOp>, mut changed: impl FnMut(Change)) {
+/// Applies `ops`, telling `changes` (if any) what changed; nothing is copied for nobody.
+fn apply(map: &mut KvMap, ops: Vec<BatchOp>, mut changes: Option<&mut Vec<Change>>) {
     for op in ops {
         match op {
             BatchOp::Put { key, value } => {
-                changed(Change::Put { key: key.clone(), value: value.clone() });
+                if let Some(changes) = changes.as_deref_mut() {
+                    changes.push(Change::Put { key: key.clone(), value: value.clone() });
+                }
                 map.insert(key, value);
             }
             BatchOp::Delete { key } => {
                 map.remove(&key);
-                changed(Change::Delete { key });
+                if let Some(changes) = changes.as_deref_mut() {
+                    changes.push(Change::Delete { key });
+                }
             }
             BatchOp::DeletePrefix { prefix } => {
                 let doomed: Vec<Vec<u8>> = scan_prefix(map, &prefix).map(|(key, _)| key.clone()).collect();
                 for key in doomed {
                     map.remove(&key);
-                    changed(Change::Delete { key });
+                    if let Some(changes) = changes.as_deref_mut() {
+                        changes.push(Change::Delete { key });
+                    }
                 }
             }
         }

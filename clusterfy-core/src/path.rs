@@ -85,8 +85,19 @@ impl Path {
     /// it is refused, and whose `path` context is the path as given (quoted, and cut after about
     /// a hundred bytes, like every input an error shows).
     pub fn parse(dotted: &str) -> Result<Path> {
+        Self::validate(dotted)?;
+        Ok(Path { dotted: dotted.to_owned() })
+    }
+
+    /// [`Path::parse`] of a string the caller owns, which the path keeps (no copy).
+    pub fn parse_owned(dotted: String) -> Result<Path> {
+        Self::validate(&dotted)?;
+        Ok(Path { dotted })
+    }
+
+    fn validate(dotted: &str) -> Result<()> {
         if dotted.is_empty() {
-            return Ok(Path::root());
+            return Ok(());
         }
         let invalid = |why: &str| {
             Error::new(
@@ -118,7 +129,7 @@ impl Path {
                 excerpt(dotted)
             )));
         }
-        Ok(Path { dotted: dotted.to_owned() })
+        Ok(())
     }
 
     /// Whether `segment` may be one segment of a path (by [the limits](Path#limits)): for the

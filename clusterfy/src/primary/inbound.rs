@@ -123,13 +123,13 @@ pub(crate) fn serve_storage(
 
 fn storage_op(request: StorageRequest) -> Result<Op> {
     Ok(match request {
-        StorageRequest::Get { path } => Op::Get(Path::parse(&path)?),
+        StorageRequest::Get { path } => Op::Get(Path::parse_owned(path)?),
         StorageRequest::Save { path, value, create_parents } => {
-            Op::Save { path: Path::parse(&path)?, value, create_parents }
+            Op::Save { path: Path::parse_owned(path)?, value, create_parents }
         }
-        StorageRequest::Delete { path } => Op::Delete(Path::parse(&path)?),
+        StorageRequest::Delete { path } => Op::Delete(Path::parse_owned(path)?),
         StorageRequest::CompareAndSwap { path, expected, new } => {
-            Op::CompareAndSwap { path: Path::parse(&path)?, expected, new }
+            Op::CompareAndSwap { path: Path::parse_owned(path)?, expected, new }
         }
         StorageRequest::Watch { .. } => {
             return Err(Error::new(

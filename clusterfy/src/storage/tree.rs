@@ -207,9 +207,11 @@ impl Tree {
 
     /// The batch that saves `value` at `path` (see [`SharedStorage::save`]): create missing
     /// parents if asked, remove the old subtree, put the new nodes. It reads only the ancestors.
+    /// `key` is [`key_of`]`(path)`, which the caller has at hand.
     pub(super) async fn plan_save(
         &self,
         path: &Path,
+        key: &[u8],
         value: Value,
         create_parents: bool,
     ) -> Result<Vec<BatchOp>> {
@@ -225,17 +227,17 @@ impl Tree {
             .with_context("path", path));
         }
         // Encode first: an unstorable value fails before any backend round trip.
-        let new_nodes = Encoder::encode(path, value)?;
+        let new_nodes = Encoder::encode(path, key.to_vec(), value)?;
         let mut ops = self.missing_parents(path, create_parents).await?;
-        ops.push(BatchOp::DeletePrefix { prefix: key_of(path) });
+        ops.push(BatchOp::DeletePrefix { prefix: key.to_vec() });
         // After the delete, so that keys the new subtree shares with the old one end up written.
         ops.extend(new_nodes);
         Ok(ops)
     }
 
-    /// The batch that removes `path` and everything below it.
-    pub(super) fn plan_delete(path: &Path) -> Vec<BatchOp> {
-        vec![BatchOp::DeletePrefix { prefix: key_of(path) }]
+    /// The batch that removes the path whose key is `key`, and everything below it.
+    pub(super) fn plan_delete(key: &[u8]) -> Vec<BatchOp> {
+        vec![BatchOp::DeletePrefix { prefix: key.to_vec() }]
     }
 
     /// Checks the ancestors of `path`, outermost first, and returns the puts that create the
@@ -299,22 +301,31 @@ impl Tree {
 struct Encoder<'p> {
     path: &'p Path,
     ops: Vec<BatchOp>,
-    // Key and dotted path of the node being encoded; extended and truncated while recursing.
+    // Key of the node being encoded; extended and truncated while recursing.
     key: Vec<u8>,
-    dotted: String,
 }
 
 impl Encoder<'_> {
-    fn encode(path: &Path, value: Value) -> Result<Vec<BatchOp>> {
-        let mut encoder =
-            Encoder { path, ops: Vec::new(), key: key_of(path), dotted: path.as_str().to_owned() };
+    /// `key` is the key of `path`.
+    fn encode(path: &Path, key: Vec<u8>, value: Value) -> Result<Vec<BatchOp>> {
+        match value {
+            // The common case, one leaf: its node takes the key as it is.
+            Value::Map(_) => {}
+            leaf => return Ok(vec![BatchOp::Put { key, value: encode_node(&Node::Leaf(leaf), path)? }]),
+        }
         let depth = path.segments().count();
+        let mut encoder = Encoder { path, ops: Vec::new(), key };
         match value {
             // The root map has no node of its own.
             Value::Map(entries) if path.is_root() => encoder.entries(entries, depth)?,
             value => encoder.node(value, depth)?,
         }
         Ok(encoder.ops)
+    }
+
+    /// The dotted path of the node being encoded, for messages.
+    fn dotted(&self) -> String {
+        String::from_utf8_lossy(self.key.strip_suffix(&[0]).unwrap_or_default()).replace('\0', ".")
     }
 
     fn node(&mut self, value: Value, depth: usize) -> Result<()> {
@@ -339,22 +350,20 @@ impl Encoder<'_> {
                     "the map at {} has the key {:?}, which no path can address; keys must be \
                      non-empty, at most {MAX_SEGMENT_LEN} bytes, contain neither '.' nor NUL, and \
                      not start or end with whitespace",
-                    describe(&self.dotted),
+                    describe(&self.dotted()),
                     excerpt(&name),
                 )));
             }
             if depth + 1 > MAX_DEPTH {
                 return Err(self.refuse(format!(
                     "maps nest deeper than {MAX_DEPTH} levels below the root at {}; flatten the value",
-                    describe(&self.dotted)
+                    describe(&self.dotted())
                 )));
             }
-            let (key_len, dotted_len) = (self.key.len(), self.dotted.len());
+            let key_len = self.key.len();
             push_segment(&mut self.key, &name);
-            push_dotted(&mut self.dotted, &name);
             self.node(value, depth + 1)?;
             self.key.truncate(key_len);
-            self.dotted.truncate(dotted_len);
         }
         Ok(())
     }
@@ -443,10 +452,15 @@ fn decode_subtree(path: &Path, prefix: &[u8], entries: Vec<(Vec<u8>, Vec<u8>)>) 
 
 /// The backend key of `path`: every segment followed by NUL; empty for the root.
 pub(super) fn key_of(path: &Path) -> Vec<u8> {
-    let mut key = Vec::with_capacity(path.as_str().len() + 1);
-    for segment in path.segments() {
-        push_segment(&mut key, segment);
+    let dotted = path.as_str().as_bytes();
+    if dotted.is_empty() {
+        return Vec::new();
     }
+    // Segments hold neither `.` nor NUL, so turning every dot into NUL and ending with one is
+    // the same as writing each segment and its NUL.
+    let mut key = Vec::with_capacity(dotted.len() + 1);
+    key.extend(dotted.iter().map(|&byte| if byte == b'.' { 0 } else { byte }));
+    key.push(0);
     key
 }
 
@@ -481,7 +495,8 @@ fn split_segments(rest: &[u8]) -> Option<Vec<&str>> {
 }
 
 fn encode_node(node: &Node, path: &Path) -> Result<Vec<u8>> {
-    postcard::to_allocvec(node).map_err(|err| {
+    // Most nodes are small: one right-sized allocation rather than growing from empty.
+    postcard::to_extend(node, Vec::with_capacity(64)).map_err(|err| {
         Error::new(
             ErrorKind::Serialization,
             format!("cannot encode the value saved at {}: {err}", describe(path.as_str())),

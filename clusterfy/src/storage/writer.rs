@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use clusterfy_core::{BatchOp, Error, Path, Result, Value, WireError};
@@ -104,7 +105,7 @@ struct Round {
     pending: Vec<BatchOp>,
     /// Keys of the paths that `pending` replaces or creates: a check that reads one of them must
     /// wait until `pending` is applied.
-    touched: HashSet<Vec<u8>>,
+    touched: HashSet<Vec<u8>, BuildHasherDefault<Fnv>>,
     /// Writes whose operations are in `pending`.
     staged: Vec<Staged>,
     /// Writes applied to the backend, answered after the round's flush.
@@ -115,30 +116,34 @@ impl Round {
     async fn take(&mut self, tree: &Tree, Job { op, done }: Job) {
         match op {
             Op::Get(path) => {
-                self.settle_around(tree, &path).await;
+                self.settle_around(tree, &key_of(&path)).await;
                 done(tree.get(&path).await.map(Outcome::Value));
             }
             Op::Save { path, value, create_parents } => {
-                if self.touches_an_ancestor(&path) {
+                let key = key_of(&path);
+                if self.touches_an_ancestor(&key) {
                     self.apply(tree).await;
                 }
-                match tree.plan_save(&path, value, create_parents).await {
-                    Ok(ops) => self.stage(path, ops, Outcome::Done, done),
+                match tree.plan_save(&path, &key, value, create_parents).await {
+                    Ok(ops) => self.stage(path, key, ops, Outcome::Done, done),
                     Err(err) => done(Err(err)),
                 }
             }
             Op::Delete(path) => {
-                self.settle_around(tree, &path).await;
+                let key = key_of(&path);
+                self.settle_around(tree, &key).await;
                 match tree.exists(&path).await {
                     Ok(true) => {
-                        self.stage(path.clone(), Tree::plan_delete(&path), Outcome::Removed(true), done)
+                        let ops = Tree::plan_delete(&key);
+                        self.stage(path, key, ops, Outcome::Removed(true), done);
                     }
                     Ok(false) => done(Ok(Outcome::Removed(false))),
                     Err(err) => done(Err(err)),
                 }
             }
             Op::CompareAndSwap { path, expected, new } => {
-                self.settle_around(tree, &path).await;
+                let key = key_of(&path);
+                self.settle_around(tree, &key).await;
                 let current = match tree.get(&path).await {
                     Ok(current) => current,
                     Err(err) => return done(Err(err)),
@@ -147,13 +152,13 @@ impl Round {
                     return done(Ok(Outcome::Swapped(Err(current))));
                 }
                 let ops = match new {
-                    Some(value) => tree.plan_save(&path, value, false).await,
+                    Some(value) => tree.plan_save(&path, &key, value, false).await,
                     // Nothing there and nothing wanted: the swap holds without a write.
                     None if current.is_none() => return done(Ok(Outcome::Swapped(Ok(())))),
-                    None => Ok(Tree::plan_delete(&path)),
+                    None => Ok(Tree::plan_delete(&key)),
                 };
                 match ops {
-                    Ok(ops) => self.stage(path, ops, Outcome::Swapped(Ok(())), done),
+                    Ok(ops) => self.stage(path, key, ops, Outcome::Swapped(Ok(())), done),
                     Err(err) => done(Err(err)),
                 }
             }
@@ -163,8 +168,8 @@ impl Round {
                 let root = Path::root();
                 match tree.exists(&root).await {
                     Ok(true) => done(Ok(Outcome::Done)),
-                    Ok(false) => match tree.plan_save(&root, initial, false).await {
-                        Ok(ops) => self.stage(root, ops, Outcome::Done, done),
+                    Ok(false) => match tree.plan_save(&root, &[], initial, false).await {
+                        Ok(ops) => self.stage(root, Vec::new(), ops, Outcome::Done, done),
                         Err(err) => done(Err(err)),
                     },
                     Err(err) => done(Err(err)),
@@ -173,12 +178,12 @@ impl Round {
         }
     }
 
-    /// Adds a write's operations to the batch.
-    fn stage(&mut self, path: Path, ops: Vec<BatchOp>, outcome: Outcome, done: Completion) {
-        let key = key_of(&path);
-        // The path itself and the parents the batch creates (the puts of keys above it).
+    /// Adds a write's operations to the batch; `key` is the key of `path`.
+    fn stage(&mut self, path: Path, key: Vec<u8>, ops: Vec<BatchOp>, outcome: Outcome, done: Completion) {
+        // The parents the batch creates: the puts of keys above the path.
         for op in &ops {
             if let BatchOp::Put { key: put, .. } = op
+                && put.len() < key.len()
                 && key.starts_with(put)
             {
                 self.touched.insert(put.clone());
@@ -189,28 +194,25 @@ impl Round {
         self.staged.push(Staged { path, outcome, done });
     }
 
-    /// Whether the batch changes a key above `path`, which a save's parent check reads.
-    fn touches_an_ancestor(&self, path: &Path) -> bool {
+    /// Whether the batch changes a key above the path whose key is `key`, which a save's parent
+    /// check reads.
+    fn touches_an_ancestor(&self, key: &[u8]) -> bool {
         if self.touched.is_empty() {
             return false;
         }
-        let mut key = Vec::new();
-        if self.touched.contains(&key) {
-            return true;
-        }
-        let Some(parent) = path.parent() else { return false };
-        parent.segments().any(|segment| {
-            key.extend_from_slice(segment.as_bytes());
-            key.push(0);
-            self.touched.contains(&key)
-        })
+        // The root's key is empty; every other ancestor's ends at one of the key's NULs but the last.
+        let last = key.len().saturating_sub(1);
+        self.touched.contains(&[][..])
+            || key[..last]
+                .iter()
+                .enumerate()
+                .any(|(at, &byte)| byte == 0 && self.touched.contains(&key[..=at]))
     }
 
-    /// Applies the batch so far if it changes anything on `path`'s branch (above, at or below
-    /// it), which a read of `path` must see.
-    async fn settle_around(&mut self, tree: &Tree, path: &Path) {
-        let key = key_of(path);
-        if self.touched.iter().any(|touched| touched.starts_with(&key) || key.starts_with(touched)) {
+    /// Applies the batch so far if it changes anything on the branch of the path whose key is
+    /// `key` (above, at or below it), which a read of that path must see.
+    async fn settle_around(&mut self, tree: &Tree, key: &[u8]) {
+        if self.touched.iter().any(|touched| touched.starts_with(key) || key.starts_with(touched)) {
             self.apply(tree).await;
         }
     }
@@ -251,5 +253,28 @@ fn fail_all(writes: impl Iterator<Item = Staged>, err: &Error) {
     for staged in writes {
         // The same failure for each: kind, message and context (the source as text).
         (staged.done)(Err(Error::from(WireError::from(err))));
+    }
+}
+
+/// FNV-1a, for the round's set of touched keys: short keys, and a round holds at most
+/// [`ROUND_JOBS`] writes, so even keys crafted to collide cost little; SipHash cost more than the
+/// rest of a save's bookkeeping.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }
