@@ -21,7 +21,7 @@ pub use command::{Command, Target, validate_command_name, validate_user_command_
 pub use error::{Error, ErrorKind, Result, WireError};
 pub use path::Path;
 pub use protocol::{Origin, WorkerId, WorkerSelector, WorkerStatus};
-pub use storage::{BatchOp, Capabilities, CasConflict, NoticeReceiver, StorageBackend, StorageNotice};
+pub use storage::{BatchOp, Capabilities, NoticeReceiver, StorageBackend, StorageBackendExt, StorageNotice};
 pub use transport::{Authentication, Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
 pub use value::{Value, from_value, to_value};
 #[cfg(test)]

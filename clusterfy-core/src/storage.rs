@@ -94,32 +94,21 @@ pub enum BatchOp {
     },
 }
 
-/// A lost compare-and-swap: the value found instead of the expected one.
-///
-/// Not an [`Error`](crate::Error): losing a race is an ordinary outcome callers retry on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CasConflict {
-    /// The current value of the key (`None` if absent).
-    pub current: Option<Vec<u8>>,
-}
-
-/// A key-value store of byte strings, ordered by key.
+/// A key-value store of byte strings, ordered by key: exactly what the tree layer of the facade
+/// needs, and nothing more. One writer (the shared storage's writer task) changes it, through
+/// atomic batches; reads may come from anywhere at any time.
 ///
 /// Implement this to add a storage backend; depend on `clusterfy-core` only. Every method has to be
-/// implemented (there are no defaults), and the conformance suite in `clusterfy-testkit` checks the
-/// contract below with one macro call.
+/// implemented (there are no defaults); single-key writes come with [`StorageBackendExt`]. The
+/// conformance suite in `clusterfy-testkit` checks the contract below with one macro call.
 ///
 /// # Contract
 ///
 /// - `get` of a key never written returns `Ok(None)`, not an error (`get_of_missing_key_is_none`).
-/// - `put` then `get` returns the value put; a second `put` replaces it (`put_then_get_returns_value`,
-///   `put_replaces_previous_value`).
-/// - `delete` removes the key; deleting a missing key is `Ok(())` (`delete_removes_key`,
+/// - A batch `Put` then `get` returns the value put; a later `Put` replaces it
+///   (`put_then_get_returns_value`, `put_replaces_previous_value`).
+/// - A batch `Delete` removes the key; deleting a missing key is fine (`delete_removes_key`,
 ///   `delete_of_missing_key_is_ok`).
-/// - `compare_and_swap(key, expected, new)` writes `new` (`None` deletes) only if the current value
-///   equals `expected` (`None` means absent); otherwise it writes nothing and returns
-///   `Ok(Err(CasConflict { current }))` (`cas_succeeds_when_expected_matches`,
-///   `cas_conflict_reports_current_value_and_writes_nothing`, `cas_with_none_expected_creates_only_if_absent`).
 /// - `scan_prefix` returns every pair whose key starts with the prefix, in ascending byte order of
 ///   the key, and nothing else; the empty prefix returns everything (`scan_prefix_is_ordered_and_exact`).
 /// - `apply_batch` applies all of its operations or none, in order, so a later operation on the same
@@ -143,7 +132,7 @@ pub struct CasConflict {
 /// use std::sync::Arc;
 ///
 /// use clusterfy_core::StorageBackend;
-/// # use clusterfy_core::{BatchOp, Capabilities, CasConflict, NoticeReceiver, Result};
+/// # use clusterfy_core::{BatchOp, Capabilities, NoticeReceiver, Result};
 /// # #[derive(Debug, Default)]
 /// # struct MyBackend;
 /// # impl MyBackend { fn queued_writes(&self) -> usize { 0 } }
@@ -151,10 +140,6 @@ pub struct CasConflict {
 /// # impl StorageBackend for MyBackend {
 /// #     fn capabilities(&self) -> Capabilities { Capabilities::volatile() }
 /// #     async fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>> { Ok(None) }
-/// #     async fn put(&self, _: &[u8], _: &[u8]) -> Result<()> { Ok(()) }
-/// #     async fn delete(&self, _: &[u8]) -> Result<()> { Ok(()) }
-/// #     async fn compare_and_swap(&self, _: &[u8], _: Option<&[u8]>, _: Option<&[u8]>)
-/// #         -> Result<Result<(), CasConflict>> { Ok(Ok(())) }
 /// #     async fn scan_prefix(&self, _: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> { Ok(Vec::new()) }
 /// #     async fn apply_batch(&self, _: Vec<BatchOp>) -> Result<()> { Ok(()) }
 /// #     async fn flush(&self) -> Result<()> { Ok(()) }
@@ -177,20 +162,6 @@ pub trait StorageBackend: Send + Sync + Debug + 'static {
 
     /// The value of `key`, or `None` if absent.
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
-
-    /// Sets `key` to `value`.
-    async fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
-
-    /// Removes `key`; absent keys are fine.
-    async fn delete(&self, key: &[u8]) -> Result<()>;
-
-    /// Atomically replaces the value of `key` with `new` if it currently equals `expected`.
-    async fn compare_and_swap(
-        &self,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<Result<(), CasConflict>>;
 
     /// All pairs whose key starts with `prefix`, ordered by key.
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
@@ -221,23 +192,6 @@ macro_rules! forward_backend {
                 (**self).get(key).await
             }
 
-            async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-                (**self).put(key, value).await
-            }
-
-            async fn delete(&self, key: &[u8]) -> Result<()> {
-                (**self).delete(key).await
-            }
-
-            async fn compare_and_swap(
-                &self,
-                key: &[u8],
-                expected: Option<&[u8]>,
-                new: Option<&[u8]>,
-            ) -> Result<Result<(), CasConflict>> {
-                (**self).compare_and_swap(key, expected, new).await
-            }
-
             async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
                 (**self).scan_prefix(prefix).await
             }
@@ -259,6 +213,23 @@ macro_rules! forward_backend {
 
 forward_backend!(Arc);
 forward_backend!(Box);
+
+/// Single-key writes on any [`StorageBackend`], each a batch of one: for tools and tests that
+/// write a backend directly (never while a primary uses it).
+#[async_trait]
+pub trait StorageBackendExt: StorageBackend {
+    /// Sets `key` to `value`.
+    async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.apply_batch(vec![BatchOp::Put { key: key.to_vec(), value: value.to_vec() }]).await
+    }
+
+    /// Removes `key`; absent keys are fine.
+    async fn delete(&self, key: &[u8]) -> Result<()> {
+        self.apply_batch(vec![BatchOp::Delete { key: key.to_vec() }]).await
+    }
+}
+
+impl<B: StorageBackend + ?Sized> StorageBackendExt for B {}
 
 #[cfg(test)]
 // A failed unwrap is the clearest failure report a test can give.
@@ -294,23 +265,6 @@ mod tests {
             self.called("get");
             Ok(Some(key.to_vec()))
         }
-        async fn put(&self, _: &[u8], _: &[u8]) -> Result<()> {
-            self.called("put");
-            Ok(())
-        }
-        async fn delete(&self, _: &[u8]) -> Result<()> {
-            self.called("delete");
-            Ok(())
-        }
-        async fn compare_and_swap(
-            &self,
-            _: &[u8],
-            _: Option<&[u8]>,
-            new: Option<&[u8]>,
-        ) -> Result<Result<(), CasConflict>> {
-            self.called("compare_and_swap");
-            Ok(Err(CasConflict { current: new.map(<[u8]>::to_vec) }))
-        }
         async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             self.called("scan_prefix");
             Ok(vec![(prefix.to_vec(), Vec::new())])
@@ -334,27 +288,13 @@ mod tests {
     async fn call_every_method(backend: &impl StorageBackend) {
         assert!(backend.capabilities().visible_outside);
         assert_eq!(backend.get(b"k").await.unwrap(), Some(b"k".to_vec()));
-        backend.put(b"k", b"v").await.unwrap();
-        backend.delete(b"k").await.unwrap();
-        let lost = backend.compare_and_swap(b"k", None, Some(b"n")).await.unwrap();
-        assert_eq!(lost, Err(CasConflict { current: Some(b"n".to_vec()) }));
         assert_eq!(backend.scan_prefix(b"p").await.unwrap(), [(b"p".to_vec(), Vec::new())]);
         backend.apply_batch(vec![BatchOp::Delete { key: b"k".to_vec() }]).await.unwrap();
         backend.flush().await.unwrap();
         assert!(backend.notices().is_none());
     }
 
-    const EVERY_METHOD: [&str; 9] = [
-        "capabilities",
-        "get",
-        "put",
-        "delete",
-        "compare_and_swap",
-        "scan_prefix",
-        "apply_batch",
-        "flush",
-        "notices",
-    ];
+    const EVERY_METHOD: [&str; 6] = ["capabilities", "get", "scan_prefix", "apply_batch", "flush", "notices"];
 
     #[tokio::test]
     async fn an_arc_or_box_of_a_backend_forwards_every_method_and_the_backend_stays_usable() {

@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use clusterfy_core::kv::{self, KvMap as Map};
-use clusterfy_core::{BatchOp, Capabilities, CasConflict, Result, StorageBackend};
+use clusterfy_core::{BatchOp, Capabilities, Result, StorageBackend};
 
 /// A volatile [`StorageBackend`] that keeps every pair in an ordered map in memory.
 ///
@@ -54,34 +54,6 @@ impl StorageBackend for MemStorage {
         Ok(self.lock().get(key).cloned())
     }
 
-    async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.lock().insert(key.to_vec(), value.to_vec());
-        Ok(())
-    }
-
-    async fn delete(&self, key: &[u8]) -> Result<()> {
-        self.lock().remove(key);
-        Ok(())
-    }
-
-    async fn compare_and_swap(
-        &self,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<Result<(), CasConflict>> {
-        let mut map = self.lock();
-        let current = map.get(key);
-        if current.map(Vec::as_slice) != expected {
-            return Ok(Err(CasConflict { current: current.cloned() }));
-        }
-        match new {
-            Some(value) => map.insert(key.to_vec(), value.to_vec()),
-            None => map.remove(key),
-        };
-        Ok(Ok(()))
-    }
-
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         Ok(kv::scan_prefix(&self.lock(), prefix).map(|(key, value)| (key.clone(), value.clone())).collect())
     }
@@ -108,6 +80,8 @@ impl StorageBackend for MemStorage {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::Arc;
+
+    use clusterfy_core::StorageBackendExt;
 
     use super::*;
 

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use clusterfy_core::kv;
-use clusterfy_core::{
-    BatchOp, Capabilities, CasConflict, NoticeReceiver, Result, StorageBackend, StorageNotice,
-};
+use clusterfy_core::{BatchOp, Capabilities, NoticeReceiver, Result, StorageBackend, StorageNotice};
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::config::{AckMode, Settings};
@@ -263,55 +261,6 @@ impl StorageBackend for RedisMirror {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.shared.lock().map().get(key).cloned())
-    }
-
-    async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let seq = self.write(|map| {
-            map.insert(key.to_vec(), value.to_vec());
-            Some(Op::Put { key: key.to_vec(), value: value.to_vec() })
-        });
-        self.acknowledge(seq).await
-    }
-
-    async fn delete(&self, key: &[u8]) -> Result<()> {
-        let seq = self.write(|map| {
-            map.remove(key);
-            // Sent even when the key was absent: in AckMode::Redis the caller then also waits for
-            // the writes before it, and Redis certainly lacks the key afterwards.
-            Some(Op::Delete { key: key.to_vec() })
-        });
-        self.acknowledge(seq).await
-    }
-
-    async fn compare_and_swap(
-        &self,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<Result<(), CasConflict>> {
-        let mut conflict = None;
-        let seq = self.write(|map| {
-            let current = map.get(key);
-            if current.map(Vec::as_slice) != expected {
-                conflict = Some(CasConflict { current: current.cloned() });
-                return None;
-            }
-            Some(match new {
-                Some(value) => {
-                    map.insert(key.to_vec(), value.to_vec());
-                    Op::Put { key: key.to_vec(), value: value.to_vec() }
-                }
-                None => {
-                    map.remove(key);
-                    Op::Delete { key: key.to_vec() }
-                }
-            })
-        });
-        if let Some(conflict) = conflict {
-            return Ok(Err(conflict));
-        }
-        self.acknowledge(seq).await?;
-        Ok(Ok(()))
     }
 
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -15,13 +15,6 @@ pub(crate) type Map = clusterfy_core::kv::KvMap;
 /// A write as Redis has to replay it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
-    Put {
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    Delete {
-        key: Vec<u8>,
-    },
     /// Mirrored inside one `MULTI`/`EXEC`, so Redis never shows part of it.
     Batch(Vec<Change>),
 }
@@ -30,7 +23,6 @@ impl Op {
     /// How much of the queue's capacity the write takes: one per key written.
     pub(crate) fn weight(&self) -> usize {
         match self {
-            Op::Put { .. } | Op::Delete { .. } => 1,
             Op::Batch(ops) => ops.len().max(1),
         }
     }
@@ -42,8 +34,6 @@ impl Op {
             Change::Delete { key } => key.len(),
         };
         match self {
-            Op::Put { key, value } => key.len() + value.len(),
-            Op::Delete { key } => key.len(),
             Op::Batch(ops) => ops.iter().map(one).sum(),
         }
     }
@@ -217,7 +207,7 @@ mod tests {
     const LIMITS: ChunkLimits = ChunkLimits { max_weight: 3, max_bytes: 1 << 20 };
 
     fn put(key: &[u8]) -> Op {
-        Op::Put { key: key.to_vec(), value: b"v".to_vec() }
+        Op::Batch(vec![Change::Put { key: key.to_vec(), value: b"v".to_vec() }])
     }
 
     fn seqs(work: Option<Work>) -> Vec<u64> {

@@ -254,12 +254,6 @@ impl Mirror {
         pipe.atomic();
         for entry in &entries {
             match &entry.op {
-                Op::Put { key, value } => {
-                    pipe.hset(&self.data_key, key.as_slice(), value.as_slice()).ignore();
-                }
-                Op::Delete { key } => {
-                    pipe.hdel(&self.data_key, key.as_slice()).ignore();
-                }
                 Op::Batch(changes) => {
                     for change in changes {
                         match change {

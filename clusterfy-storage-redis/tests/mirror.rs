@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clusterfy_core::{BatchOp, ErrorKind, StorageBackend, StorageNotice};
+use clusterfy_core::{BatchOp, ErrorKind, StorageBackend, StorageBackendExt, StorageNotice};
 use clusterfy_storage_redis::{AckMode, DEFAULT_ACK_TIMEOUT, RedisMirror};
 use clusterfy_testkit::redis_server::RedisServer;
 use tokio::sync::watch;
@@ -72,9 +72,8 @@ async fn write_until(mirror: Arc<RedisMirror>, stop: Arc<AtomicBool>, progress: 
                 mirror.apply_batch(ops).await.unwrap();
             }
             8 => {
-                let current = model.get(&b"counter"[..]).cloned();
                 let next = (i + 1).to_le_bytes().to_vec();
-                mirror.compare_and_swap(b"counter", current.as_deref(), Some(&next)).await.unwrap().unwrap();
+                mirror.put(b"counter", &next).await.unwrap();
                 model.insert(b"counter".to_vec(), next);
             }
             _ => {
@@ -210,7 +209,7 @@ async fn ack_redis_returns_only_once_redis_has_the_write() {
     }
     mirror.delete(b"k").await.unwrap();
     assert_eq!(hget(b"k").await, None);
-    mirror.compare_and_swap(b"\0", None, Some(b"")).await.unwrap().unwrap();
+    mirror.put(b"\0", b"").await.unwrap();
     assert_eq!(hget(b"\0").await, Some(Vec::new()));
     mirror
         .apply_batch(vec![

@@ -10,7 +10,7 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use clusterfy_core::StorageBackend;
+use clusterfy_core::{StorageBackend, StorageBackendExt};
 use clusterfy_testkit::redis_server::RedisServer;
 
 mod common;

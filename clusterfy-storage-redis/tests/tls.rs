@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use clusterfy_core::{BatchOp, ErrorKind, StorageBackend};
+use clusterfy_core::{BatchOp, ErrorKind, StorageBackend, StorageBackendExt};
 use clusterfy_storage_redis::RedisMirrorBuilder;
 use clusterfy_testkit::redis_server::RedisServer;
 use tokio::time::timeout;

@@ -12,9 +12,6 @@ use clusterfy_core::{Error, ErrorKind};
 pub(crate) enum Op {
     Open,
     Get,
-    Put,
-    Delete,
-    CompareAndSwap,
     ScanPrefix,
     ApplyBatch,
     Flush,
@@ -26,9 +23,6 @@ impl Op {
         match self {
             Op::Open => "open",
             Op::Get => "get",
-            Op::Put => "put",
-            Op::Delete => "delete",
-            Op::CompareAndSwap => "compare-and-swap",
             Op::ScanPrefix => "prefix scan",
             Op::ApplyBatch => "batch",
             Op::Flush => "flush",
@@ -257,16 +251,16 @@ mod tests {
         assert!(err.message().contains("writable"), "{err}");
         assert!(err.to_string().contains("denied"), "{err}");
         let io = io::Error::other("disk on fire");
-        let err = Error::from(SledError::sled(Op::Put, path(), sled::Error::Io(io)));
+        let err = Error::from(SledError::sled(Op::ApplyBatch, path(), sled::Error::Io(io)));
         assert_eq!(err.kind(), ErrorKind::Io);
-        assert!(err.to_string().contains("put"), "{err}");
+        assert!(err.to_string().contains("batch"), "{err}");
     }
 
     #[test]
     fn only_the_lock_message_at_open_is_a_lock_error() {
         let lock = || sled::Error::Io(io::Error::other("could not acquire lock on \"/x/db\": WouldBlock"));
         assert!(matches!(SledError::sled(Op::Open, path(), lock()), SledError::Locked { .. }));
-        assert!(matches!(SledError::sled(Op::Put, path(), lock()), SledError::Sled { .. }));
+        assert!(matches!(SledError::sled(Op::ApplyBatch, path(), lock()), SledError::Sled { .. }));
         let other = sled::Error::Io(io::Error::other("something else"));
         assert!(matches!(SledError::sled(Op::Open, path(), other), SledError::Sled { .. }));
     }

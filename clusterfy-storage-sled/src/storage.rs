@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use clusterfy_core::{BatchOp, Capabilities, CasConflict, NoticeReceiver, Result, StorageBackend};
+use clusterfy_core::{BatchOp, Capabilities, NoticeReceiver, Result, StorageBackend};
 use tokio::runtime::Handle;
 
 use crate::error::{Op, SledError};
@@ -186,28 +186,6 @@ impl StorageBackend for SledStorage {
         self.direct(Op::Get, |inner| Ok(inner.db.get(key)?.map(|value| value.to_vec())))
     }
 
-    async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.direct(Op::Put, |inner| inner.db.insert(key, value).map(drop))
-    }
-
-    async fn delete(&self, key: &[u8]) -> Result<()> {
-        self.direct(Op::Delete, |inner| inner.db.remove(key).map(drop))
-    }
-
-    async fn compare_and_swap(
-        &self,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<Result<(), CasConflict>> {
-        self.direct(Op::CompareAndSwap, |inner| {
-            Ok(inner
-                .db
-                .compare_and_swap(key, expected, new)?
-                .map_err(|lost| CasConflict { current: lost.current.map(|value| value.to_vec()) }))
-        })
-    }
-
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.direct(Op::ScanPrefix, |inner| {
             let _no_batch = inner.read_batches();
@@ -276,7 +254,7 @@ mod tests {
     use std::pin::pin;
     use std::task::{Context, Poll, Waker};
 
-    use clusterfy_core::ErrorKind;
+    use clusterfy_core::{ErrorKind, StorageBackendExt};
     use tempfile::TempDir;
 
     use super::*;
@@ -297,18 +275,6 @@ mod tests {
         assert!(storage.capabilities().durable);
         assert!(!storage.capabilities().visible_outside);
         assert!(storage.notices().is_none());
-    }
-
-    #[tokio::test]
-    async fn cas_reports_the_current_value_as_an_inner_error() {
-        let (_dir, storage) = fresh().await;
-        assert_eq!(storage.compare_and_swap(b"k", None, Some(b"1")).await.unwrap(), Ok(()));
-        let lost = storage.compare_and_swap(b"k", None, Some(b"2")).await.unwrap();
-        assert_eq!(lost, Err(CasConflict { current: Some(b"1".to_vec()) }));
-        let lost = storage.compare_and_swap(b"absent", Some(b"1"), None).await.unwrap();
-        assert_eq!(lost, Err(CasConflict { current: None }));
-        assert_eq!(storage.compare_and_swap(b"k", Some(b"1"), None).await.unwrap(), Ok(()));
-        assert_eq!(storage.get(b"k").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use clusterfy_core::{ErrorKind, StorageBackend};
+use clusterfy_core::{ErrorKind, StorageBackend, StorageBackendExt};
 use clusterfy_storage_sled::SledStorage;
 
 /// Directory the writer child writes to; its presence makes the helper test act.

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use clusterfy::storage::{BatchOp, CasConflict, Storage};
+use clusterfy::storage::{BatchOp, Storage};
 use clusterfy::{Error, ErrorKind, Result, Value};
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +19,6 @@ use serde::{Deserialize, Serialize};
 pub enum KvOp {
     /// `get`.
     Get(Vec<u8>),
-    /// `put`.
-    Put(Vec<u8>, Vec<u8>),
-    /// `delete`.
-    Delete(Vec<u8>),
-    /// `compare_and_swap`.
-    CompareAndSwap(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>),
     /// `scan_prefix`.
     ScanPrefix(Vec<u8>),
     /// `apply_batch`.
@@ -49,8 +43,6 @@ pub enum KvReply {
     Done,
     /// The value of a key.
     Value(Option<Vec<u8>>),
-    /// A compare-and-swap's outcome: `Err(current)` when it lost.
-    Swapped(std::result::Result<(), Option<Vec<u8>>>),
     /// Scanned pairs, ordered by key.
     Pairs(Vec<(Vec<u8>, Vec<u8>)>),
 }
@@ -60,22 +52,6 @@ pub async fn run(storage: &Storage, root: &str, op: KvOp) -> Result<KvReply> {
     let path = |key: &[u8]| format!("{root}.{}", segment(key));
     Ok(match op {
         KvOp::Get(key) => KvReply::Value(value_of(storage.retrieve_value(&path(&key)).await?)?),
-        KvOp::Put(key, value) => {
-            storage.save(&path(&key), &leaf(&key, &value)).await?;
-            KvReply::Done
-        }
-        KvOp::Delete(key) => {
-            storage.delete(&path(&key)).await?;
-            KvReply::Done
-        }
-        KvOp::CompareAndSwap(key, expected, new) => {
-            let expected = expected.map(|v| leaf(&key, &v));
-            let new = new.map(|v| leaf(&key, &v));
-            match storage.compare_and_swap(&path(&key), expected.as_ref(), new.as_ref()).await? {
-                Ok(()) => KvReply::Swapped(Ok(())),
-                Err(current) => KvReply::Swapped(Err(value_of(current)?)),
-            }
-        }
         KvOp::ScanPrefix(prefix) => {
             let Some(Value::Map(entries)) = storage.retrieve_value(root).await? else {
                 return Err(corrupt("the key-value root is not a map"));
@@ -162,9 +138,4 @@ pub fn batch_op(ops: Vec<BatchOp>) -> KvOp {
             })
             .collect(),
     )
-}
-
-/// A lost compare-and-swap as the contract reports it.
-pub fn conflict(current: Option<Vec<u8>>) -> CasConflict {
-    CasConflict { current }
 }

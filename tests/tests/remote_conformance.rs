@@ -7,11 +7,11 @@ mod common;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use clusterfy::storage::{BatchOp, Capabilities, CasConflict, StorageBackend};
+use clusterfy::storage::{BatchOp, Capabilities, StorageBackend};
 use clusterfy::{ErrorKind, Primary, Result, value};
 use clusterfy_testkit::storage::{HarnessResult, StorageHarness};
 use clusterfy_tests::RunKv;
-use clusterfy_tests::remote_kv::{KvOp, KvReply, batch_op, conflict};
+use clusterfy_tests::remote_kv::{KvOp, KvReply, batch_op};
 use common::start_cluster;
 
 /// The worker that runs the operations, and the map below which it keeps the keys.
@@ -69,33 +69,6 @@ impl StorageBackend for ViaWorker {
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.run(KvOp::Get(key.to_vec())).await? {
             KvReply::Value(value) => Ok(value),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        match self.run(KvOp::Put(key.to_vec(), value.to_vec())).await? {
-            KvReply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn delete(&self, key: &[u8]) -> Result<()> {
-        match self.run(KvOp::Delete(key.to_vec())).await? {
-            KvReply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn compare_and_swap(
-        &self,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<std::result::Result<(), CasConflict>> {
-        let op = KvOp::CompareAndSwap(key.to_vec(), expected.map(<[u8]>::to_vec), new.map(<[u8]>::to_vec));
-        match self.run(op).await? {
-            KvReply::Swapped(outcome) => Ok(outcome.map_err(conflict)),
             other => Err(unexpected(other)),
         }
     }

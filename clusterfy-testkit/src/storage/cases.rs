@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clusterfy_core::{BatchOp, CasConflict};
+use clusterfy_core::BatchOp;
 use tokio::task::JoinSet;
 
-use super::check::{
-    Bytes, Context, Ctx, Db, Failure, Outcome, Pair, Show, del, ensure, ensure_eq, put, tell,
-};
+use super::check::{Bytes, Context, Ctx, Failure, Outcome, Pair, Show, del, ensure, ensure_eq, put, tell};
 use super::model::model_matches_btreemap;
 
 /// A case's future.
@@ -125,101 +123,6 @@ fn missing_delete(failure: Failure) -> Failure {
         }
         skipped => skipped,
     }
-}
-
-/// A matching expected value lets the swap write: replace, replace with empty, delete.
-async fn cas_succeeds_when_expected_matches(ctx: Ctx) -> Outcome {
-    let fixture = ctx.fresh().await?;
-    let db = &fixture.db;
-    db.put(b"k", b"1").await?;
-    expect_swap(db, b"k", Some(b"1"), Some(b"2"), "the current value is b\"1\"").await?;
-    db.expect(b"k", Some(b"2"), "after a successful compare_and_swap to b\"2\"").await?;
-    expect_swap(db, b"k", Some(b"2"), Some(b""), "the current value is b\"2\"").await?;
-    db.expect(b"k", Some(b""), "after a successful compare_and_swap to the empty value").await?;
-    // An empty value is present, not absent.
-    expect_swap(db, b"k", Some(b""), None, "the current value is the empty value").await?;
-    db.expect(b"k", None, "after a successful compare_and_swap to None (a delete)").await?;
-    db.expect_all(&[], "after the only key was swapped away").await
-}
-
-/// Fails unless the swap succeeds.
-async fn expect_swap(db: &Db, key: &[u8], expected: Option<&[u8]>, new: Option<&[u8]>, why: &str) -> Outcome {
-    let found = db.cas(key, expected, new).await?;
-    let ok: Result<(), CasConflict> = Ok(());
-    ensure_eq!(
-        found,
-        ok,
-        "compare_and_swap({}, {}, {}) where {why}",
-        Bytes(key),
-        Show(&expected),
-        Show(&new)
-    );
-    Ok(())
-}
-
-/// Fails unless the swap loses, reporting `current`.
-async fn expect_conflict(
-    db: &Db,
-    key: &[u8],
-    expected: Option<&[u8]>,
-    new: Option<&[u8]>,
-    current: Option<&[u8]>,
-) -> Outcome {
-    let found = db.cas(key, expected, new).await?;
-    let conflict: Result<(), CasConflict> = Err(CasConflict { current: current.map(<[u8]>::to_vec) });
-    ensure_eq!(
-        found,
-        conflict,
-        "compare_and_swap({}, {}, {}) where the current value is {}",
-        Bytes(key),
-        Show(&expected),
-        Show(&new),
-        Show(&current)
-    );
-    Ok(())
-}
-
-/// A losing swap reports the true current value and leaves everything as it was.
-async fn cas_conflict_reports_current_value_and_writes_nothing(ctx: Ctx) -> Outcome {
-    let fixture = ctx.fresh().await?;
-    let db = &fixture.db;
-    db.put(b"k", b"1").await?;
-    db.put(b"ten", b"10").await?;
-    db.put(b"empty", b"").await?;
-    let unchanged = [(&b"empty"[..], &b""[..]), (b"k", b"1"), (b"ten", b"10")];
-
-    expect_conflict(db, b"k", Some(b"0"), Some(b"2"), Some(b"1")).await?;
-    db.expect(b"k", Some(b"1"), "after a lost compare_and_swap").await?;
-    expect_conflict(db, b"k", Some(b"0"), None, Some(b"1")).await?;
-    db.expect(b"k", Some(b"1"), "after a lost compare_and_swap to None (a lost delete)").await?;
-    // A prefix of the current value is not the current value.
-    expect_conflict(db, b"ten", Some(b"1"), Some(b"2"), Some(b"10")).await?;
-    expect_conflict(db, b"ten", Some(b"100"), Some(b"2"), Some(b"10")).await?;
-    // Expected present, found absent; and the empty value is not absence.
-    expect_conflict(db, b"absent", Some(b"0"), Some(b"2"), None).await?;
-    expect_conflict(db, b"absent", Some(b""), Some(b"2"), None).await?;
-    expect_conflict(db, b"empty", None, Some(b"2"), Some(b"")).await?;
-    expect_conflict(db, b"empty", Some(b"x"), None, Some(b"")).await?;
-    db.expect(b"absent", None, "after lost compare_and_swaps").await?;
-    db.expect_all(&unchanged, "after only lost compare_and_swaps").await
-}
-
-/// `expected == None` is "create if absent".
-async fn cas_with_none_expected_creates_only_if_absent(ctx: Ctx) -> Outcome {
-    let fixture = ctx.fresh().await?;
-    let db = &fixture.db;
-    expect_swap(db, b"k", None, Some(b"first"), "the key is absent").await?;
-    db.expect(b"k", Some(b"first"), "after it was created by compare_and_swap").await?;
-    expect_conflict(db, b"k", None, Some(b"second"), Some(b"first")).await?;
-    db.expect(b"k", Some(b"first"), "after a second create-if-absent lost").await?;
-    db.put(b"empty", b"").await?;
-    expect_conflict(db, b"empty", None, Some(b"x"), Some(b"")).await?;
-    db.delete(b"k").await?;
-    expect_swap(db, b"k", None, Some(b"third"), "the key was deleted").await?;
-    db.expect(b"k", Some(b"third"), "after it was deleted and created again").await?;
-    // Absent and expected absent: the swap to None succeeds and still writes nothing.
-    expect_swap(db, b"never", None, None, "the key is absent").await?;
-    db.expect_all(&[(b"empty", b""), (b"k", b"third")], "after the creates").await
 }
 
 /// Exactly the keys with the prefix, in unsigned byte order.
@@ -509,22 +412,13 @@ async fn keys_and_values_are_binary_safe(ctx: Ctx) -> Outcome {
         Show(&found)
     );
 
-    expect_swap(db, b"\0", Some(b"\0"), Some(b""), "the current value is b\"\\0\"").await?;
-    expect_conflict(db, b"empty value", Some(b"\0"), Some(b"x"), Some(b"")).await?;
-    expect_swap(
-        db,
-        &every_byte,
-        Some(&every_byte_reversed),
-        Some(&every_byte),
-        "it holds every byte reversed",
-    )
-    .await?;
+    db.batch(vec![put(b"\0", b""), put(&every_byte, &every_byte)]).await?;
     db.batch(vec![put(b"\0\xff", b"\xff\0"), del(b""), put(b"\xff", b"")]).await?;
     db.expect(b"", None, "after a batch deleted the empty key").await?;
     db.expect(b"\0\xff", Some(b"\xff\0"), "after a batch put it").await?;
     db.expect(b"\xff", Some(b""), "after a batch put the empty value").await?;
-    db.expect(b"\0", Some(b""), "after a swap to the empty value").await?;
-    db.expect(&every_byte, Some(&every_byte), "after a swap").await?;
+    db.expect(b"\0", Some(b""), "after a batch put the empty value over b\"\\0\"").await?;
+    db.expect(&every_byte, Some(&every_byte), "after a batch replaced every byte reversed").await?;
     db.delete(b"a\0").await?;
     db.expect(b"a", Some(b"a"), "after the key b\"a\\0\" was deleted").await?;
     db.expect(b"a\0b", Some(b"\0\xff\0"), "after the key b\"a\\0\" was deleted").await
@@ -540,7 +434,7 @@ async fn flush_after_writes_succeeds(ctx: Ctx) -> Outcome {
     db.put(b"deleted", b"1").await?;
     db.delete(b"deleted").await?;
     db.flush().await?;
-    expect_swap(db, b"swapped", None, Some(b"1"), "the key is absent").await?;
+    db.batch(vec![put(b"swapped", b"1")]).await?;
     db.flush().await?;
     db.batch(vec![put(b"batch", b"1"), del(b"put"), put(b"put", b"2")]).await?;
     db.flush().await?;
@@ -593,8 +487,7 @@ async fn durable_writes_survive_reopen(ctx: Ctx) -> Outcome {
     db.put(b"replaced", b"new").await?;
     db.put(b"deleted", b"x").await?;
     db.delete(b"deleted").await?;
-    expect_swap(db, b"swapped", None, Some(b"1"), "the key is absent").await?;
-    expect_swap(db, b"swapped", Some(b"1"), Some(b"2"), "the current value is b\"1\"").await?;
+    db.batch(vec![put(b"swapped", b"1"), put(b"swapped", b"2")]).await?;
     db.batch(vec![put(b"batch/a", b"1"), put(b"batch/b", b"1"), del(b"batch/a")]).await?;
     db.put(b"", b"\0").await?;
     db.put(b"big", &big).await?;
@@ -619,7 +512,7 @@ async fn durable_writes_survive_reopen(ctx: Ctx) -> Outcome {
     let db = &fixture.db;
     db.delete(b"put").await?;
     db.put(b"replaced", b"newer").await?;
-    expect_swap(db, b"swapped", Some(b"2"), None, "the current value is b\"2\"").await?;
+    db.batch(vec![del(b"swapped")]).await?;
     db.batch(vec![del(b"big"), put(b"batch/c", b"1")]).await?;
     db.flush().await?;
     let fixture = fixture.reopen().await?;
@@ -632,15 +525,12 @@ async fn durable_writes_survive_reopen(ctx: Ctx) -> Outcome {
         .await
 }
 
-/// Many tasks writing at once: nothing is lost, and compare-and-swap counts every increment.
+/// Many tasks writing at once: nothing is lost.
 async fn concurrent_writers_lose_nothing(ctx: Ctx) -> Outcome {
     const TASKS: u8 = 8;
     const PUTS: u16 = 50;
     const BATCHED: u16 = 10;
     const DELETED: u16 = 5;
-    /// Far more retries than eight tasks can cause; only a backend that never lets a swap win
-    /// runs out.
-    const MAX_RETRIES: u32 = 10_000;
 
     fn key(task: u8, i: u16) -> Vec<u8> {
         [b"w/".as_slice(), &[task], &i.to_be_bytes()].concat()
@@ -653,38 +543,6 @@ async fn concurrent_writers_lose_nothing(ctx: Ctx) -> Outcome {
         tasks.spawn(async move {
             for i in 0..PUTS {
                 db.put(&key(task, i), &i.to_be_bytes()).await?;
-                // Increment the shared counter, retrying from the value each conflict reports.
-                let mut current = db.get(b"counter").await?;
-                let mut retries = 0;
-                loop {
-                    let count = match current.as_deref() {
-                        None => 0,
-                        Some(value) => number(value).ok_or_else(|| {
-                            Failure::failed(format!(
-                                "the counter holds {}, which no task wrote",
-                                Bytes(value)
-                            ))
-                        })?,
-                    };
-                    let next = (count + 1).to_string().into_bytes();
-                    match db.cas(b"counter", current.as_deref(), Some(&next)).await? {
-                        Ok(()) => break,
-                        Err(CasConflict { current: found }) => {
-                            ensure!(
-                                found != current,
-                                "compare_and_swap(b\"counter\", {0}, ..) reported a conflict whose current \
-                                 value is the expected one, {0}",
-                                Show(&current)
-                            );
-                            current = found;
-                        }
-                    }
-                    retries += 1;
-                    ensure!(
-                        retries < MAX_RETRIES,
-                        "a compare_and_swap increment lost {MAX_RETRIES} times in a row"
-                    );
-                }
             }
             db.batch((PUTS..PUTS + BATCHED).map(|i| put(&key(task, i), &i.to_be_bytes())).collect()).await?;
             for i in 0..DELETED {
@@ -697,13 +555,6 @@ async fn concurrent_writers_lose_nothing(ctx: Ctx) -> Outcome {
         joined.context("a writing task")??;
     }
     let db = &fixture.db;
-    let total = u32::from(TASKS) * u32::from(PUTS);
-    db.expect(
-        b"counter",
-        Some(total.to_string().as_bytes()),
-        &format!("after {total} increments by compare_and_swap"),
-    )
-    .await?;
     let found = db.scan(b"w/").await?;
     let expected: Vec<Pair> = (0..TASKS)
         .flat_map(|task| (DELETED..PUTS + BATCHED).map(move |i| (key(task, i), i.to_be_bytes().to_vec())))

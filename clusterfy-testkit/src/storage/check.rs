@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterfy_core::{BatchOp, Capabilities, CasConflict, StorageBackend};
+use clusterfy_core::{BatchOp, Capabilities, StorageBackend, StorageBackendExt};
 
 use super::{ErasedHarness, HarnessError, Skip};
 
@@ -189,24 +189,16 @@ impl Db {
         within(&doing, self.backend.get(key)).await?.context(&doing)
     }
 
+    /// A batch of one `Put`.
     pub(crate) async fn put(&self, key: &[u8], value: &[u8]) -> Outcome {
-        let doing = format!("put({}, {})", Bytes(key), Bytes(value));
+        let doing = format!("apply_batch([Put({}, {})])", Bytes(key), Bytes(value));
         within(&doing, self.backend.put(key, value)).await?.context(&doing)
     }
 
+    /// A batch of one `Delete`.
     pub(crate) async fn delete(&self, key: &[u8]) -> Outcome {
-        let doing = format!("delete({})", Bytes(key));
+        let doing = format!("apply_batch([Delete({})])", Bytes(key));
         within(&doing, self.backend.delete(key)).await?.context(&doing)
-    }
-
-    pub(crate) async fn cas(
-        &self,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Outcome<Result<(), CasConflict>> {
-        let doing = format!("compare_and_swap({}, {}, {})", Bytes(key), Show(&expected), Show(&new));
-        within(&doing, self.backend.compare_and_swap(key, expected, new)).await?.context(&doing)
     }
 
     pub(crate) async fn scan(&self, prefix: &[u8]) -> Outcome<Vec<Pair>> {
@@ -334,14 +326,6 @@ impl<T: Describe> Describe for [T] {
 impl<T: Describe> Describe for Vec<T> {
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.as_slice().describe(f)
-    }
-}
-
-impl Describe for CasConflict {
-    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("CasConflict { current: ")?;
-        self.current.describe(f)?;
-        f.write_str(" }")
     }
 }
 

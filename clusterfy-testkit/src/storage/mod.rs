@@ -27,14 +27,6 @@
 //!   stay; it can be written again.
 //! - `delete_of_missing_key_is_ok`: deleting a key never written, or twice, is `Ok(())` and
 //!   changes nothing.
-//! - `cas_succeeds_when_expected_matches`: replacing, replacing with an empty value, and deleting
-//!   (`new == None`) when the expected value matches.
-//! - `cas_conflict_reports_current_value_and_writes_nothing`: a wrong expected value, an expected
-//!   value for an absent key, and a lost delete each return `Ok(Err(CasConflict { current }))`
-//!   with the true current value and leave the key as it was.
-//! - `cas_with_none_expected_creates_only_if_absent`: `expected == None` creates an absent key,
-//!   loses against an existing one (even one whose value is empty), and works again after a
-//!   delete.
 //! - `scan_prefix_is_ordered_and_exact`: keys in unsigned byte order (`0x00` before `a`, `0xff`
 //!   last, a key before its extensions), exactly those with the prefix, the empty prefix giving
 //!   everything, a prefix ending in `0xff`, and a prefix matching nothing.
@@ -278,9 +270,6 @@ macro_rules! __storage_case_list {
             put_replaces_previous_value
             delete_removes_key
             delete_of_missing_key_is_ok
-            cas_succeeds_when_expected_matches
-            cas_conflict_reports_current_value_and_writes_nothing
-            cas_with_none_expected_creates_only_if_absent
             scan_prefix_is_ordered_and_exact
             batch_applies_in_order
             batch_is_atomic_for_readers

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use clusterfy_core::{BatchOp, CasConflict};
+use clusterfy_core::BatchOp;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -23,26 +23,12 @@ const MAX_SHRINK_MILLIS: u32 = 20_000;
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// What a compare-and-swap expects.
-#[derive(Clone)]
-enum Expect {
-    /// Whatever the model holds at that point: a swap that must succeed.
-    Current,
-    /// A given value (or absence): usually a conflict, sometimes not.
-    Given(Option<Vec<u8>>),
-}
-
 /// One step of a sequence.
 #[derive(Clone)]
 enum Op {
     Get(Vec<u8>),
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
-    Cas {
-        key: Vec<u8>,
-        expected: Expect,
-        new: Option<Vec<u8>>,
-    },
     Scan(Vec<u8>),
     Batch(Vec<BatchOp>),
     Flush,
@@ -71,16 +57,10 @@ fn batch_op() -> impl Strategy<Value = BatchOp> {
 }
 
 fn op(reopen: bool) -> BoxedStrategy<Op> {
-    let expect = prop_oneof![
-        1 => Just(Expect::Current),
-        1 => proptest::option::of(value()).prop_map(Expect::Given),
-    ];
     let ops = prop_oneof![
         3 => key().prop_map(Op::Get),
         4 => (key(), value()).prop_map(|(key, value)| Op::Put(key, value)),
         2 => key().prop_map(Op::Delete),
-        4 => (key(), expect, proptest::option::of(value()))
-            .prop_map(|(key, expected, new)| Op::Cas { key, expected, new }),
         2 => vec(select(vec![0u8, b'a', b'b', 0xff]), 0..=2).prop_map(Op::Scan),
         2 => vec(batch_op(), 0..=5).prop_map(Op::Batch),
         1 => Just(Op::Flush),
@@ -159,24 +139,6 @@ async fn apply(fixture: Fixture, model: &mut Model, op: &Op) -> Outcome<Fixture>
             db.delete(key).await?;
             model.remove(key);
         }
-        Op::Cas { key, expected, new } => {
-            let current = model.get(key).cloned();
-            let expected = match expected {
-                Expect::Current => current.clone(),
-                Expect::Given(value) => value.clone(),
-            };
-            let found = db.cas(key, expected.as_deref(), new.as_deref()).await?;
-            let outcome = if current == expected {
-                match new {
-                    Some(value) => model.insert(key.clone(), value.clone()),
-                    None => model.remove(key),
-                };
-                Ok(())
-            } else {
-                Err(CasConflict { current })
-            };
-            ensure_eq!(found, outcome, "compare_and_swap returned");
-        }
         Op::Scan(prefix) => {
             let found = db.scan(prefix).await?;
             ensure_eq!(found, pairs(model, prefix), "scan_prefix returned");
@@ -217,20 +179,10 @@ impl fmt::Debug for Op {
             Op::Get(key) => write!(f, "Get({})", Bytes(key)),
             Op::Put(key, value) => write!(f, "Put({}, {})", Bytes(key), Bytes(value)),
             Op::Delete(key) => write!(f, "Delete({})", Bytes(key)),
-            Op::Cas { key, expected, new } => write!(f, "Cas({}, {expected:?}, {})", Bytes(key), Show(new)),
             Op::Scan(prefix) => write!(f, "Scan({})", Bytes(prefix)),
             Op::Batch(ops) => write!(f, "Batch({})", Show(ops)),
             Op::Flush => f.write_str("Flush"),
             Op::Reopen => f.write_str("Reopen"),
-        }
-    }
-}
-
-impl fmt::Debug for Expect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Expect::Current => f.write_str("<current>"),
-            Expect::Given(expected) => write!(f, "{}", Show(expected)),
         }
     }
 }

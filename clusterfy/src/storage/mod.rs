@@ -45,7 +45,9 @@ use tokio::sync::broadcast;
 pub use tree::SharedStorage;
 pub(crate) use writer::{Op, Outcome};
 
-pub use clusterfy_core::{BatchOp, Capabilities, CasConflict, NoticeReceiver, StorageBackend, StorageNotice};
+pub use clusterfy_core::{
+    BatchOp, Capabilities, NoticeReceiver, StorageBackend, StorageBackendExt, StorageNotice,
+};
 #[cfg(feature = "storage-mem")]
 pub use clusterfy_storage_mem::MemStorage;
 #[cfg(feature = "storage-redis")]
@@ -382,20 +384,6 @@ mod tests {
         }
         async fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>> {
             Ok(None)
-        }
-        async fn put(&self, _: &[u8], _: &[u8]) -> Result<()> {
-            Unreachable::fail()
-        }
-        async fn delete(&self, _: &[u8]) -> Result<()> {
-            Unreachable::fail()
-        }
-        async fn compare_and_swap(
-            &self,
-            _: &[u8],
-            _: Option<&[u8]>,
-            _: Option<&[u8]>,
-        ) -> Result<Result<(), CasConflict>> {
-            Unreachable::fail()
         }
         async fn scan_prefix(&self, _: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             Ok(Vec::new())

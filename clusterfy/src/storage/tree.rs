@@ -540,7 +540,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use async_trait::async_trait;
-    use clusterfy_core::{Capabilities, CasConflict};
+    use clusterfy_core::Capabilities;
     use proptest::prelude::*;
 
     use super::*;
@@ -577,34 +577,6 @@ mod tests {
         }
         async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
             Ok(self.map().get(key).cloned())
-        }
-        async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-            self.check_writable()?;
-            self.map().insert(key.to_vec(), value.to_vec());
-            Ok(())
-        }
-        async fn delete(&self, key: &[u8]) -> Result<()> {
-            self.check_writable()?;
-            self.map().remove(key);
-            Ok(())
-        }
-        async fn compare_and_swap(
-            &self,
-            key: &[u8],
-            expected: Option<&[u8]>,
-            new: Option<&[u8]>,
-        ) -> Result<Result<(), CasConflict>> {
-            self.check_writable()?;
-            let mut map = self.map();
-            let current = map.get(key).cloned();
-            if current.as_deref() != expected {
-                return Ok(Err(CasConflict { current }));
-            }
-            match new {
-                Some(value) => map.insert(key.to_vec(), value.to_vec()),
-                None => map.remove(key),
-            };
-            Ok(Ok(()))
         }
         async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             Ok(self

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clusterfy::core::NoticeReceiver;
-use clusterfy::storage::{BatchOp, Capabilities, CasConflict, StorageBackend};
+use clusterfy::storage::{BatchOp, Capabilities, StorageBackend};
 
 use crate::sampling::Samples;
 
@@ -18,16 +18,14 @@ pub(crate) enum Call {
     ScanPrefix,
     ApplyBatch,
     Flush,
-    /// `put`, `delete`, `compare_and_swap` (a save uses none of them).
-    Other,
 }
 
 /// How many backend calls of each kind returned, and the time they took in total (wall time
 /// from call to return, so overlapping calls add up).
 #[derive(Debug, Default)]
 pub(crate) struct BackendStats {
-    calls: [AtomicU64; 5],
-    nanos: [AtomicU64; 5],
+    calls: [AtomicU64; 4],
+    nanos: [AtomicU64; 4],
 }
 
 impl BackendStats {
@@ -38,7 +36,7 @@ impl BackendStats {
     }
 
     /// Calls and total microseconds of each kind of call so far, indexed by [`Call`].
-    pub(crate) fn read(&self) -> [(u64, f64); 5] {
+    pub(crate) fn read(&self) -> [(u64, f64); 4] {
         std::array::from_fn(|i| {
             (self.calls[i].load(Ordering::Relaxed), self.nanos[i].load(Ordering::Relaxed) as f64 / 1e3)
         })
@@ -51,7 +49,7 @@ impl BackendStats {
     /// `elapsed` the locked calls took. A save flushes once, so flushes count the saves.
     pub(crate) fn add_since(
         &self,
-        before: [(u64, f64); 5],
+        before: [(u64, f64); 4],
         elapsed: Duration,
         names: &Breakdown,
         samples: &mut Samples,
@@ -142,48 +140,6 @@ impl<B: StorageBackend> StorageBackend for Kept<B> {
         Self: 'async_trait,
     {
         self.observe(Call::Get, self.backend.get(key))
-    }
-
-    fn put<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        key: &'life1 [u8],
-        value: &'life2 [u8],
-    ) -> BackendFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.observe(Call::Other, self.backend.put(key, value))
-    }
-
-    fn delete<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        key: &'life1 [u8],
-    ) -> BackendFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.observe(Call::Other, self.backend.delete(key))
-    }
-
-    fn compare_and_swap<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        key: &'life1 [u8],
-        expected: Option<&'life2 [u8]>,
-        new: Option<&'life3 [u8]>,
-    ) -> BackendFuture<'async_trait, Result<(), CasConflict>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.observe(Call::Other, self.backend.compare_and_swap(key, expected, new))
     }
 
     fn scan_prefix<'life0, 'life1, 'async_trait>(
