@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clusterfy_core::StorageBackend;
 use clusterfy_storage_redis::{AckMode, RedisMirror};
-use clusterfy_testkit::redis_server::RedisServer;
+use clusterfy_test_support::redis_server::RedisServer;
 use clusterfy_testkit::storage::{HarnessResult, Skip, StorageHarness};
 
 clusterfy_testkit::storage_conformance!(redis_ack_redis, RedisHarness { ack: AckMode::Redis });

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clusterfy_core::{BatchOp, ErrorKind, StorageBackend, StorageBackendExt, StorageNotice};
 use clusterfy_storage_redis::{AckMode, DEFAULT_ACK_TIMEOUT, RedisMirror};
-use clusterfy_testkit::redis_server::RedisServer;
+use clusterfy_test_support::redis_server::RedisServer;
 use tokio::sync::watch;
 use tokio::time::timeout;
 

@@ -11,7 +11,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use clusterfy_core::{StorageBackend, StorageBackendExt};
-use clusterfy_testkit::redis_server::RedisServer;
+use clusterfy_test_support::redis_server::RedisServer;
 
 mod common;
 use common::*;

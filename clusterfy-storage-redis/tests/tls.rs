@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clusterfy_core::{BatchOp, ErrorKind, StorageBackend, StorageBackendExt};
 use clusterfy_storage_redis::RedisMirrorBuilder;
-use clusterfy_testkit::redis_server::RedisServer;
+use clusterfy_test_support::redis_server::RedisServer;
 use tokio::time::timeout;
 
 mod common;

@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-pub mod redis_server;
 pub mod storage;
 pub mod transport;
 mod watchdog;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clusterfy::Path;
 use clusterfy::storage::{RedisMirror, SharedStorage, SledStorage, StorageBackend};
-use clusterfy_testkit::redis_server::RedisServer;
+use clusterfy_test_support::redis_server::RedisServer;
 use clusterfy_tests::{ACK_LINE_PREFIX, Scenario};
 use common::{bounded, test_worker_path};
 use nix::sys::signal::{Signal, kill};

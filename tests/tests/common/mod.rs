@@ -107,10 +107,10 @@ pub(crate) async fn with_storage<F: std::future::Future>(kind: StorageKind, scen
 
 /// One `redis-server` for every Redis scenario of a test binary; `None` when it is skipped.
 pub(crate) fn shared_redis_url(test: &str) -> Option<String> {
-    static SERVER: std::sync::OnceLock<Option<clusterfy_testkit::redis_server::RedisServer>> =
+    static SERVER: std::sync::OnceLock<Option<clusterfy_test_support::redis_server::RedisServer>> =
         std::sync::OnceLock::new();
     SERVER
-        .get_or_init(|| clusterfy_testkit::redis_server::RedisServer::start_or_skip(test))
+        .get_or_init(|| clusterfy_test_support::redis_server::RedisServer::start_or_skip(test))
         .as_ref()
         .map(|s| s.url().to_owned())
 }

@@ -54,7 +54,7 @@
 //!   `tree.insert(k<n>, <64 bytes>); db.flush()` per operation (distinct keys), p50/p99 of one
 //!   insert+flush and operations per second; run on tokio's blocking pool.
 //!
-//! **Redis** (a `redis-server` started through `clusterfy_testkit::redis_server::RedisServer`, or
+//! **Redis** (a `redis-server` started through `clusterfy_test_support::redis_server::RedisServer`, or
 //! the one `CLUSTERFY_TEST_REDIS_URL` names; skipped with a loud `SKIPPED` line under `--quick` or
 //! when `redis-server` is not installed, but a missing server fails the run when `CI` is set):
 //! - `redis_mirror_save_ops`: a cluster on `RedisMirror` in `AckMode::Memory` (saves are acked

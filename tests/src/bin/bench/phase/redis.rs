@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clusterfy::core::{NoticeReceiver, StorageNotice};
 use clusterfy::storage::{AckMode, RedisMirror, StorageBackend};
-use clusterfy_testkit::redis_server::{RedisServer, TEST_REDIS_URL_ENV, running_in_ci};
+use clusterfy_test_support::redis_server::{RedisServer, TEST_REDIS_URL_ENV, running_in_ci};
 
 use crate::BenchResult;
 use crate::cluster::{ClusterStorage, ClusterTransport, Workload, measure, start_cluster};

@@ -16,7 +16,7 @@
 //! ready in a few milliseconds) are harmless, or wrap them in `spawn_blocking`.
 //!
 //! ```no_run
-//! use clusterfy_testkit::redis_server::RedisServer;
+//! use clusterfy_test_support::redis_server::RedisServer;
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let Some(mut server) = RedisServer::start_owned_or_skip("my_outage_test") else { return Ok(()) };
