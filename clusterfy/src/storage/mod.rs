@@ -112,6 +112,14 @@ fn unexpected(reply: Reply) -> Error {
     Error::new(ErrorKind::Protocol, format!("unexpected reply to a storage request: {kind}"))
 }
 
+/// Takes the reply of a request answered with `Done`.
+fn done(reply: Reply) -> std::result::Result<(), Reply> {
+    match reply {
+        Reply::Done => Ok(()),
+        other => Err(other),
+    }
+}
+
 /// `value` as a [`Value`]; an error names the path it was for (cut: it is not validated yet).
 fn encode<T: Serialize + ?Sized>(path: &str, value: &T) -> Result<Value> {
     to_value(value).map_err(|e| e.with_context("path", excerpt(path)))
@@ -133,9 +141,15 @@ impl Storage {
         Storage { access: Access::Remote { link, deadline, changes } }
     }
 
-    /// A worker's request to the primary's storage.
-    async fn ask(link: &Link, deadline: Duration, request: StorageRequest) -> Result<Reply> {
-        link.request(Request::Storage(request), deadline).await
+    /// A worker's request to the primary's storage; `expected` takes the reply it should get and
+    /// hands any other back.
+    async fn ask<T>(
+        link: &Link,
+        deadline: Duration,
+        request: StorageRequest,
+        expected: impl FnOnce(Reply) -> std::result::Result<T, Reply>,
+    ) -> Result<T> {
+        expected(link.request(Request::Storage(request), deadline).await?).map_err(unexpected)
     }
 
     /// Saves `value` at `path` (the original's `saveToStorage`). The parent map must exist:
@@ -155,11 +169,7 @@ impl Storage {
             Access::Local(storage) => storage.save(&path, value, create_parents).await,
             Access::Remote { link, deadline, .. } => {
                 let request = StorageRequest::Save { path: path.as_str().to_owned(), value, create_parents };
-                match Self::ask(link, *deadline, request).await {
-                    Ok(Reply::Done) => Ok(()),
-                    Ok(other) => Err(unexpected(other)),
-                    Err(err) => Err(err),
-                }
+                Self::ask(link, *deadline, request, done).await
             }
         };
         saved.map_err(|err| at_path(err, &path))
@@ -180,12 +190,12 @@ impl Storage {
         let read = match &self.access {
             Access::Local(storage) => storage.get(&path).await,
             Access::Remote { link, deadline, .. } => {
-                match Self::ask(link, *deadline, StorageRequest::Get { path: path.as_str().to_owned() }).await
-                {
-                    Ok(Reply::Value(value)) => Ok(value),
-                    Ok(other) => Err(unexpected(other)),
-                    Err(err) => Err(err),
-                }
+                let request = StorageRequest::Get { path: path.as_str().to_owned() };
+                Self::ask(link, *deadline, request, |reply| match reply {
+                    Reply::Value(value) => Ok(value),
+                    other => Err(other),
+                })
+                .await
             }
         };
         read.map_err(|err| at_path(err, &path))
@@ -197,13 +207,8 @@ impl Storage {
         let deleted = match &self.access {
             Access::Local(storage) => storage.delete(&path).await.map(drop),
             Access::Remote { link, deadline, .. } => {
-                match Self::ask(link, *deadline, StorageRequest::Delete { path: path.as_str().to_owned() })
+                Self::ask(link, *deadline, StorageRequest::Delete { path: path.as_str().to_owned() }, done)
                     .await
-                {
-                    Ok(Reply::Done) => Ok(()),
-                    Ok(other) => Err(unexpected(other)),
-                    Err(err) => Err(err),
-                }
             }
         };
         deleted.map_err(|err| at_path(err, &path))
@@ -234,11 +239,11 @@ impl Storage {
             Access::Remote { link, deadline, .. } => {
                 let request =
                     StorageRequest::CompareAndSwap { path: path.as_str().to_owned(), expected, new };
-                match Self::ask(link, *deadline, request).await {
-                    Ok(Reply::Swapped(outcome)) => Ok(outcome),
-                    Ok(other) => Err(unexpected(other)),
-                    Err(err) => Err(err),
-                }
+                Self::ask(link, *deadline, request, |reply| match reply {
+                    Reply::Swapped(outcome) => Ok(outcome),
+                    other => Err(other),
+                })
+                .await
             }
         };
         swapped.map_err(|err| at_path(err, &path))
@@ -256,10 +261,8 @@ impl Storage {
                 // Subscribe before asking, so no change between the two is missed.
                 let receiver = changes.subscribe();
                 let request = StorageRequest::Watch { path: watched.as_str().to_owned() };
-                match Self::ask(link, *deadline, request).await.map_err(|err| at_path(err, &watched))? {
-                    Reply::Done => receiver,
-                    other => return Err(unexpected(other)),
-                }
+                Self::ask(link, *deadline, request, done).await.map_err(|err| at_path(err, &watched))?;
+                receiver
             }
         };
         let all = subscribe(receiver, |_| Path::root());
