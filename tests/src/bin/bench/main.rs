@@ -7,7 +7,7 @@
 //! the driver; re-executed by `Primary::fork` it is a Clusterfy worker (judged by
 //! [`clusterfy::role`]); re-executed with `--raw-echo <socket>` it is the baseline's echo server,
 //! with `--noop` or `--idle` the bare process of the process baselines. The code is split by job:
-//! [`options`] (command line, [`Plan`](options::Plan)), [`sampling`] (figures and statistics),
+//! [`options`] (command line, [`Plan`]), [`sampling`] (figures and statistics),
 //! [`report`] (the rows, the table and the `RESULT` lines), [`raw_echo`], [`raw_storage`] and
 //! [`bare`] (the baselines), [`cluster`] (the bench's commands, the worker side, starting
 //! clusters), [`kept`] (the primary's instrumented storage), [`phase`] (one module per group of

@@ -305,7 +305,7 @@ pub(crate) fn report(
 }
 
 /// Where the sled saves' time went at the primary, if the sled section ran: medians over the
-/// repetitions of [`BackendStats::add_since`]'s figures.
+/// repetitions of [`BackendStats::add_since`](crate::kept::BackendStats::add_since)'s figures.
 pub(crate) fn sled_breakdown(samples: &Samples) -> Vec<String> {
     let median = |name| samples.summary(name).map(|s| s.median).ok();
     let mut lines = Vec::new();
