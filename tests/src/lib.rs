@@ -317,11 +317,13 @@ impl Command for ReadAt {
 }
 
 /// Saves `acks.<worker name>.k<n>` = n for n = 0, 1, ... `count - 1`, one after the other,
-/// printing an [`ACK_LINE_PREFIX`] line on stdout after each acknowledgement.
+/// printing an [`ACK_LINE_PREFIX`] line on stdout after each acknowledgement if `announce`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteSequence {
     /// How many writes.
     pub count: u64,
+    /// Whether each acknowledgement is printed (for a test that kills the primary meanwhile).
+    pub announce: bool,
 }
 
 impl Command for WriteSequence {

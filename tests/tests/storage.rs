@@ -3,7 +3,9 @@
 mod common;
 
 use clusterfy::{ErrorKind, Value, value};
-use clusterfy_tests::{CompareAndSwapAt, IncrementMany, NextChange, ReadAt, SaveAt, StartWatch};
+use clusterfy_tests::{
+    CompareAndSwapAt, IncrementMany, NextChange, ReadAt, SaveAt, StartWatch, WriteSequence,
+};
 use common::{bounded, shut_down_cleanly, start_cluster};
 use futures::StreamExt;
 
@@ -167,6 +169,50 @@ async fn the_primary_watches_its_own_storage() {
     shut_down_cleanly(&primary).await;
 }
 
+/// Saves in flight at once from three workers and from the primary are combined into few backend
+/// batches (the storage's writer takes whatever is queued): all of them land, saves to one path
+/// keep the order they were sent in, and a save under a missing parent fails alone.
+async fn saves_in_flight_together_all_land_in_order_and_a_bad_one_fails_alone() {
+    const EACH: u64 = 200;
+    const LOCAL: i64 = 50;
+    let workers = ["w1", "w2", "w3"];
+    let primary = start_cluster(&workers).await;
+    primary.storage().save("shared", &value!({})).await.expect("the parent map");
+    let storage = primary.storage();
+
+    let sequences = futures::future::join_all(
+        workers.map(|w| primary.run(w, WriteSequence { count: EACH, announce: false })),
+    );
+    let bad = primary.run("w2", save("missing.leaf", value!(1)));
+    let local = futures::future::join_all((0..LOCAL).map(|n| {
+        let storage = storage.clone();
+        async move {
+            storage.save(&format!("shared.p{n}"), &n).await?;
+            storage.save("shared.last", &n).await
+        }
+    }));
+    let (sequences, bad, local) = bounded("the writes", async { tokio::join!(sequences, bad, local) }).await;
+    for (worker, written) in workers.iter().zip(sequences) {
+        assert_eq!(written.unwrap_or_else(|e| panic!("{worker}'s saves: {e}")), EACH);
+    }
+    assert_eq!(bad.expect_err("no parent").kind(), ErrorKind::NotFound);
+    for result in local {
+        result.expect("the primary's own saves");
+    }
+
+    for worker in workers {
+        let acks: Option<Value> = storage.retrieve(&format!("acks.{worker}")).await.expect("read");
+        let Some(Value::Map(acks)) = acks else { panic!("no acks of {worker}: {acks:?}") };
+        assert_eq!(acks.len() as u64, EACH, "every save of {worker} landed");
+    }
+    let shared: Option<Value> = storage.retrieve("shared").await.expect("read");
+    let Some(Value::Map(shared)) = shared else { panic!("no shared map: {shared:?}") };
+    assert_eq!(shared.len() as i64, LOCAL + 1, "p0..p49 and last");
+    assert_eq!(shared.get("last"), Some(&value!(LOCAL - 1)), "the last save sent to a path wins");
+    assert_eq!(storage.retrieve::<Value>("missing").await.expect("read"), None, "the bad save left nothing");
+    shut_down_cleanly(&primary).await;
+}
+
 /// Every scenario above, written once: each runs over both transports and on both durable backends.
 macro_rules! storage_scenarios {
     ($($runner:tt)*) => {
@@ -178,6 +224,7 @@ macro_rules! storage_scenarios {
     save_with_parents_creates_them_and_a_map_path_reads_the_whole_subtree,
     compare_and_swap_from_racing_workers_has_exactly_one_winner,
     concurrent_updates_from_several_workers_lose_no_increment,
+    saves_in_flight_together_all_land_in_order_and_a_bad_one_fails_alone,
 );
     };
 }

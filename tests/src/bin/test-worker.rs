@@ -114,6 +114,9 @@ fn worker_builder() -> WorkerBuilder {
             let worker = ctx.worker();
             for n in 0..writes.count {
                 worker.storage().save_with_parents(&format!("acks.{}.k{n}", worker.name()), &n).await?;
+                if !writes.announce {
+                    continue;
+                }
                 let mut out = std::io::stdout().lock();
                 // One short line per write, so lines of concurrent writers do not interleave.
                 let _ = writeln!(out, "{ACK_LINE_PREFIX} {} {n}", worker.name());
@@ -408,7 +411,7 @@ async fn persist_primary() -> Result<()> {
     primary.ready().await?;
     let writing = PERSIST_WRITERS.map(|name| {
         let primary = primary.clone();
-        async move { primary.run(name, WriteSequence { count: u64::MAX }).await }
+        async move { primary.run(name, WriteSequence { count: u64::MAX, announce: true }).await }
     });
     futures::future::join_all(writing).await;
     std::future::pending::<()>().await;
