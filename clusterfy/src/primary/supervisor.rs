@@ -273,12 +273,13 @@ async fn run_once(
 /// A worker that printed to stdout before it connected (over stdio) sends text where its `Hello`
 /// belongs: say that, rather than only what the text looks like as a frame header.
 fn explain_text_instead_of_hello(err: Error, received: &[u8]) -> Error {
-    let head = &received[..received.len().min(60)];
-    let is_text =
-        head.len() >= HEADER_LEN && head.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
-    if err.kind() != ErrorKind::Protocol || !is_text {
+    // Only the text at the start counts: the worker's real Hello may already follow it.
+    let text =
+        received.iter().take(60).take_while(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()).count();
+    if err.kind() != ErrorKind::Protocol || text < HEADER_LEN {
         return err;
     }
+    let head = &received[..text];
     Error::new(
         ErrorKind::Protocol,
         format!(
@@ -424,5 +425,43 @@ async fn connect(
         );
         let reader = reader.spawn(Arc::new(PrimaryInbound::new(Arc::clone(inner), worker.clone())));
         return Ok((link, reader));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clusterfy_core::codec::encode_frame;
+    use clusterfy_core::protocol::Hello;
+
+    use super::*;
+
+    fn oversize() -> Error {
+        Error::new(ErrorKind::Protocol, "peer announced a frame above the maximum")
+    }
+
+    #[test]
+    fn text_before_the_hello_is_named_even_when_the_real_hello_already_follows() {
+        let mut received = b"starting up...\n".to_vec();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: clusterfy_core::WorkerId(1),
+            token: "t".into(),
+        };
+        encode_frame(&Message::Hello(hello), 4096, &mut received).expect("a Hello frame");
+        for bytes in [&received[..], &received[..15], &received[..6]] {
+            let err = explain_text_instead_of_hello(oversize(), bytes);
+            assert!(err.message().contains("must not print to stdout"), "{err}");
+            assert!(err.message().contains("start"), "quotes the text: {err}");
+        }
+    }
+
+    #[test]
+    fn a_binary_or_short_first_frame_keeps_its_own_error() {
+        for bytes in [&b"\x07\x00\x00\x00abc"[..], b"ok\n", b""] {
+            let err = explain_text_instead_of_hello(oversize(), bytes);
+            assert_eq!(err.message(), "peer announced a frame above the maximum", "{bytes:?}");
+        }
+        let timeout = explain_text_instead_of_hello(Error::new(ErrorKind::Timeout, "slow"), b"text text");
+        assert_eq!(timeout.kind(), ErrorKind::Timeout, "only protocol errors are explained");
     }
 }
