@@ -1,4 +1,13 @@
-#![doc = include_str!("../../README.md")]
+// The README's examples use every backend, so it is the crate's documentation (and its examples
+// are compiled as doc tests) when the crate is built with them, as `cargo test --workspace` and
+// docs.rs do.
+#![cfg_attr(all(feature = "storage-sled", feature = "storage-redis"), doc = include_str!("../../README.md"))]
+#![cfg_attr(
+    not(all(feature = "storage-sled", feature = "storage-redis")),
+    doc = "Run one Rust program as a primary that forks, supervises and talks to named worker processes, \
+           with a shared storage. The full guide is the repository's README.md; these docs include it \
+           when the crate is built with the features `storage-sled` and `storage-redis` (or `full`)."
+)]
 
 mod commands;
 mod events;
