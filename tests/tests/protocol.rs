@@ -94,3 +94,26 @@ async fn a_worker_that_sent_a_malformed_frame_is_told_why_and_sees_its_connectio
         "the primary should close the connection after a protocol error so the worker can leave by itself: {exit:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revivable_worker_whose_connection_broke_is_revived_though_its_program_ended_cleanly() {
+    let primary = start_cluster(&[]).await;
+    let revive = clusterfy::RestartPolicy {
+        max_restarts: 3,
+        window: std::time::Duration::from_secs(60),
+        initial_backoff: std::time::Duration::from_millis(10),
+        max_backoff: std::time::Duration::from_millis(50),
+    };
+    let garbage = options(Scenario::Garbage).env(ENV_GARBAGE, GARBAGE_UNDECODABLE).restart_policy(revive);
+    primary.fork("bad", garbage).await.expect("fork");
+    bounded("ready", primary.ready()).await.expect("the handshake is valid");
+    let mut events = primary.events();
+    let err = bounded("request to bad", primary.run("bad", Echo { text: "x".into() })).await;
+    assert_eq!(err.expect_err("garbage").kind(), ErrorKind::WorkerExited);
+    // It exits with code 0 once told why, yet it did not mean to leave: the primary broke the link.
+    let seen = events_until(&mut events, WAIT, "bad's revival", |e| matches!(e, Event::Revived { .. })).await;
+    assert!(
+        seen.iter().any(|e| matches!(e, Event::Exit { reason: ExitReason::Code(HUNG_UP_WITH_NOTICE), .. })),
+        "{seen:#?}"
+    );
+}

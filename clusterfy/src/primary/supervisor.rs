@@ -47,8 +47,12 @@ pub(super) async fn supervise(
     let mut tracker = options.restart.clone().map(RestartTracker::new);
     loop {
         let outcome = run_once(&inner, &worker, &options, &mut control, &mut spawned).await;
+        let mut link_failed = false;
         let reason = match outcome {
-            Ok(reason) => Some(reason),
+            Ok(end) => {
+                link_failed = end.link_failed;
+                Some(end.reason)
+            }
             Err(err) => {
                 if let Some(tx) = spawned.take() {
                     // The first spawn failed: fork() reports it and removes the slot.
@@ -60,7 +64,8 @@ pub(super) async fn supervise(
             }
         };
         let stop_requested = inner.slots().get(&worker.id).is_none_or(|s| s.stop_requested);
-        let crashed = reason.is_none_or(|r| !r.is_success());
+        // A worker whose connection broke ends its program cleanly, but it did not mean to go.
+        let crashed = link_failed || reason.is_none_or(|r| !r.is_success());
         let next = if stop_requested || inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
             WorkerState::Stopped
         } else if !crashed {
@@ -155,6 +160,19 @@ fn build_command(
     Ok(command)
 }
 
+/// How one process of a worker ended.
+struct ProcessEnd {
+    reason: ExitReason,
+    /// Its connection broke (an error, not the worker closing it) while the process still ran.
+    link_failed: bool,
+}
+
+impl From<ExitReason> for ProcessEnd {
+    fn from(reason: ExitReason) -> Self {
+        ProcessEnd { reason, link_failed: false }
+    }
+}
+
 /// Spawns one process of the worker and runs it until it exits.
 async fn run_once(
     inner: &Arc<PrimaryInner>,
@@ -162,7 +180,7 @@ async fn run_once(
     options: &WorkerOptions,
     control: &mut mpsc::UnboundedReceiver<Control>,
     spawned: &mut Option<oneshot::Sender<Result<()>>>,
-) -> Result<ExitReason> {
+) -> Result<ProcessEnd> {
     let token = match inner.transport.authentication() {
         Authentication::Token => Some(new_token()),
         _ => None,
@@ -216,16 +234,16 @@ async fn run_once(
                 Ok(Err(err)) => {
                     connect_failed(inner, worker, err);
                     kill_now();
-                    return Ok(wait_exit(&mut exit_rx).await);
+                    return Ok(wait_exit(&mut exit_rx).await.into());
                 }
                 Err(_) => {
                     let err = not_connected_in_time(inner.ready_timeout).with_context("worker", worker);
                     connect_failed(inner, worker, err.into());
                     kill_now();
-                    return Ok(wait_exit(&mut exit_rx).await);
+                    return Ok(wait_exit(&mut exit_rx).await.into());
                 }
             },
-            exit = &mut exit_rx => return Ok(exit.unwrap_or(ExitReason::Code(-1))),
+            exit = &mut exit_rx => return Ok(exit.unwrap_or(ExitReason::Code(-1)).into()),
             Some(Control::Kill) = control.recv() => kill_now(),
         }
     };
@@ -237,12 +255,13 @@ async fn run_once(
     inner.emit(Event::Online { worker: worker.clone() });
 
     let mut reader_done = false;
+    let mut link_failed = false;
     let reason = loop {
         tokio::select! {
             end = &mut reader, if !reader_done => {
                 reader_done = true;
                 inner.update_slot(worker.id, |s| s.link = None);
-                report_link_end(inner, worker, end.ok());
+                link_failed = report_link_end(inner, worker, end.ok());
                 match tokio::time::timeout(DISCONNECTED_GRACE, &mut exit_rx).await {
                     Ok(exit) => break exit.unwrap_or(ExitReason::Code(-1)),
                     Err(_) => kill_now(),
@@ -267,7 +286,7 @@ async fn run_once(
     }
     // The process is gone: whatever was still in flight to it fails now.
     link.close();
-    Ok(reason)
+    Ok(ProcessEnd { reason, link_failed })
 }
 
 /// A worker that printed to stdout before it connected (over stdio) sends text where its `Hello`
@@ -305,7 +324,9 @@ pub(super) fn not_connected_in_time(waited: Duration) -> Error {
 
 /// Publishes the end of a worker's connection: the error that ended it, if any, first, so that
 /// a subscriber always learns what went wrong before it sees the Disconnect (and then the Exit).
-fn report_link_end(inner: &PrimaryInner, worker: &WorkerRef, end: Option<LinkEnd>) {
+/// Returns whether an error ended it.
+fn report_link_end(inner: &PrimaryInner, worker: &WorkerRef, end: Option<LinkEnd>) -> bool {
+    let failed = matches!(end, Some(LinkEnd::Failed(_)));
     if let Some(LinkEnd::Failed(err)) = end {
         inner.emit(Event::Error {
             worker: Some(worker.clone()),
@@ -313,6 +334,7 @@ fn report_link_end(inner: &PrimaryInner, worker: &WorkerRef, end: Option<LinkEnd
         });
     }
     inner.emit(Event::Disconnect { worker: worker.clone() });
+    failed
 }
 
 /// Why a worker did not get connected.
