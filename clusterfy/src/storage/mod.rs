@@ -335,34 +335,36 @@ mod tests {
         fn on_notice(&self, _: Notice) {}
     }
 
+    /// One end of an in-memory connection as a running link whose peer's requests `inbound` serves.
+    fn link_over(
+        end: tokio::io::DuplexStream,
+        peer: &str,
+        closed_kind: ErrorKind,
+        inbound: Arc<dyn Inbound>,
+    ) -> Arc<Link> {
+        let (read, write) = tokio::io::split(end);
+        let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+        let (link, reader) = Link::new(
+            peer.into(),
+            Box::new(read),
+            Box::new(write),
+            decoder,
+            DEFAULT_MAX_FRAME_LEN,
+            closed_kind,
+        );
+        reader.spawn(inbound);
+        link
+    }
+
     /// The primary's `Storage` and a worker's `Storage` over an in-memory connection, both on
     /// the same shared storage.
     fn local_and_remote(backend: impl StorageBackend) -> (Storage, Storage) {
         let shared = Arc::new(SharedStorage::new(Arc::new(backend)));
         let (primary_end, worker_end) = tokio::io::duplex(1 << 16);
-        let (read, write) = tokio::io::split(primary_end);
-        let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-        let (primary_link, reader) = Link::new(
-            "worker \"w\" (#1)".into(),
-            Box::new(read),
-            Box::new(write),
-            decoder,
-            DEFAULT_MAX_FRAME_LEN,
-            ErrorKind::WorkerExited,
-        );
-        reader.spawn(Arc::new(ServeStorage(Arc::clone(&shared))));
-        drop(primary_link);
-        let (read, write) = tokio::io::split(worker_end);
-        let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-        let (worker_link, reader) = Link::new(
-            "the primary".into(),
-            Box::new(read),
-            Box::new(write),
-            decoder,
-            DEFAULT_MAX_FRAME_LEN,
-            ErrorKind::Closed,
-        );
-        reader.spawn(Arc::new(NoRequests));
+        let serve = Arc::new(ServeStorage(Arc::clone(&shared)));
+        // The reader task keeps the primary's end alive.
+        drop(link_over(primary_end, "worker \"w\" (#1)", ErrorKind::WorkerExited, serve));
+        let worker_link = link_over(worker_end, "the primary", ErrorKind::Closed, Arc::new(NoRequests));
         let (changes, _) = broadcast::channel(16);
         (Storage::local(shared), Storage::remote(worker_link, Duration::from_secs(10), changes))
     }

@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clusterfy::Primary;
 use clusterfy::core::{NoticeReceiver, StorageNotice};
 use clusterfy::storage::{AckMode, RedisMirror, StorageBackend};
 use clusterfy_test_support::redis_server::{RedisServer, TEST_REDIS_URL_ENV, running_in_ci};
@@ -41,16 +42,8 @@ pub(crate) async fn run_redis_phase(
     let mut raw = RawRedis::connect(&url, format!("{prefix}:raw")).await?;
     let mut keys = vec![raw.key().to_owned()];
 
-    let mirror = Arc::new(
-        RedisMirror::builder(url.as_str())
-            .key_prefix(format!("{prefix}-memory"))
-            .ack_timeout(MIRROR_WAIT)
-            .connect()
-            .await?,
-    );
-    keys.push(mirror.data_key().to_owned());
-    let notices = mirror.notices();
-    let primary = start_cluster(ClusterTransport::Uds, ClusterStorage::Redis(Arc::clone(&mirror))).await?;
+    let (mirror, notices, primary) =
+        mirrored_cluster(&url, &format!("{prefix}-memory"), AckMode::Memory, &mut keys).await?;
     for repetition in 1..=plan.repetitions {
         eprintln!("[bench] redis mirror (AckMode::Memory) repetition {repetition}/{}", plan.repetitions);
         let figures = raw.pipelined(Plan::warmup(plan.redis_pipelined), plan.redis_pipelined).await?;
@@ -69,17 +62,8 @@ pub(crate) async fn run_redis_phase(
     note_mirror_trouble(notices, samples);
     drop(mirror);
 
-    let mirror = Arc::new(
-        RedisMirror::builder(url.as_str())
-            .key_prefix(format!("{prefix}-ack"))
-            .ack(AckMode::Redis)
-            .ack_timeout(MIRROR_WAIT)
-            .connect()
-            .await?,
-    );
-    keys.push(mirror.data_key().to_owned());
-    let notices = mirror.notices();
-    let primary = start_cluster(ClusterTransport::Uds, ClusterStorage::Redis(Arc::clone(&mirror))).await?;
+    let (mirror, notices, primary) =
+        mirrored_cluster(&url, &format!("{prefix}-ack"), AckMode::Redis, &mut keys).await?;
     for repetition in 1..=plan.repetitions {
         eprintln!("[bench] redis mirror (AckMode::Redis) repetition {repetition}/{}", plan.repetitions);
         let figures = raw.sequential(Plan::warmup(plan.redis_sequential), plan.redis_sequential).await?;
@@ -99,6 +83,23 @@ pub(crate) async fn run_redis_phase(
     raw.delete(&keys).await?;
     drop(server);
     Ok(())
+}
+
+/// A mirror on its own key prefix (its data key noted in `keys`, to delete afterwards), its
+/// notices, and a cluster on it.
+async fn mirrored_cluster(
+    url: &str,
+    prefix: &str,
+    ack: AckMode,
+    keys: &mut Vec<String>,
+) -> BenchResult<(Arc<RedisMirror>, Option<NoticeReceiver>, Primary)> {
+    let mirror = Arc::new(
+        RedisMirror::builder(url).key_prefix(prefix).ack(ack).ack_timeout(MIRROR_WAIT).connect().await?,
+    );
+    keys.push(mirror.data_key().to_owned());
+    let notices = mirror.notices();
+    let primary = start_cluster(ClusterTransport::Uds, ClusterStorage::Redis(Arc::clone(&mirror))).await?;
+    Ok((mirror, notices, primary))
 }
 
 /// The Redis server for the Redis section, or why the section is skipped: skipped in a quick run
