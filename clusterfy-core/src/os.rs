@@ -1,12 +1,13 @@
-//! The operating-system edges of spawning a worker: adopting a descriptor the child inherited,
-//! and asking the kernel to kill the child when its primary dies.
+//! The operating-system edges of spawning a worker: adopting a descriptor the child inherited
+//! (its channel, its listeners), duplicating one for a child, and asking the kernel to kill the
+//! child when its primary dies.
 //!
 //! This is the only module of the workspace that may use `unsafe`; every block says why it is
 //! sound.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeSet;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
@@ -23,12 +24,45 @@ static ADOPTED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 /// Fails with [`ErrorKind::Config`] when `fd` is a standard stream, is not open, or is not a
 /// socket, and with [`ErrorKind::InvalidState`] when this process already took it.
 pub fn adopt_inherited_socket(fd: RawFd, source: &str) -> Result<OwnedFd> {
+    adopt(fd, &format!("{source}={fd}"), "this worker's channel")
+}
+
+/// Takes ownership of the inherited listening socket `fd`, passed as `name` under the
+/// socket-activation convention (`LISTEN_FDS`, `LISTEN_FDNAMES`), and marks it close-on-exec.
+/// Fails as [`adopt_inherited_socket`] does, and with [`ErrorKind::Config`] when the socket does
+/// not listen.
+pub fn adopt_inherited_listener(fd: RawFd, name: &str) -> Result<OwnedFd> {
+    let owned = adopt(fd, &format!("descriptor {fd} of LISTEN_FDS"), &format!("the listener {name:?}"))?;
+    match nix::sys::socket::getsockopt(&owned, nix::sys::socket::sockopt::AcceptConn) {
+        Ok(true) => Ok(owned),
+        _ => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "descriptor {fd} of LISTEN_FDS, named {name:?}, is a socket that does not listen; whoever \
+                 started this process passed the wrong descriptor"
+            ),
+        )
+        .with_context("fd", fd)),
+    }
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above, for handing it to a child at a
+/// low number without colliding with the descriptors a transport maps there.
+pub fn duplicate_at_or_above(fd: BorrowedFd<'_>, min: RawFd) -> std::io::Result<OwnedFd> {
+    let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(min)).map_err(std::io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC just created `raw`; nothing else in this process knows the number.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// `described` names the descriptor for errors ("CLUSTERFY_UDS_FD=3"), `what` says what it was
+/// meant to be.
+fn adopt(fd: RawFd, described: &str, what: &str) -> Result<OwnedFd> {
     let config = |why: String| {
         Error::new(
             ErrorKind::Config,
             format!(
-                "{source}={fd} does not name this worker's channel: {why}; the process must be started by a \
-                 Clusterfy primary (Primary::fork), which passes the channel as an inherited descriptor"
+                "{described} does not name {what}: {why}; the process must be started by a Clusterfy \
+                 primary (Primary::fork), which passes it as an inherited descriptor"
             ),
         )
         .with_context("fd", fd)
@@ -45,7 +79,7 @@ pub fn adopt_inherited_socket(fd: RawFd, source: &str) -> Result<OwnedFd> {
     if adopted.contains(&fd) {
         return Err(Error::new(
             ErrorKind::InvalidState,
-            format!("the channel in {source}={fd} was already taken: a worker process connects once"),
+            format!("{what} in {described} was already taken: a worker process takes it once"),
         ));
     }
     // SAFETY: `fd` is open (checked just above) and owned by no other object of this process: it
@@ -63,7 +97,7 @@ pub fn adopt_inherited_socket(fd: RawFd, source: &str) -> Result<OwnedFd> {
         }
     }
     fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| {
-        Error::new(ErrorKind::Io, format!("marking the channel {source}={fd} close-on-exec: {e}"))
+        Error::new(ErrorKind::Io, format!("marking {what} in {described} close-on-exec: {e}"))
     })?;
     adopted.insert(fd);
     Ok(owned)

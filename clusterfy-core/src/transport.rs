@@ -52,9 +52,11 @@ pub struct WorkerEnv {
 }
 
 impl WorkerEnv {
-    /// The `CLUSTERFY_*` variables of the current process.
+    /// The `CLUSTERFY_*` variables of the current process, and the shared listeners'
+    /// `LISTEN_FDS` and `LISTEN_FDNAMES`.
     pub fn from_process() -> Self {
-        WorkerEnv { vars: std::env::vars().filter(|(k, _)| k.starts_with("CLUSTERFY_")).collect() }
+        let ours = |k: &str| k.starts_with("CLUSTERFY_") || k == "LISTEN_FDS" || k == "LISTEN_FDNAMES";
+        WorkerEnv { vars: std::env::vars().filter(|(k, _)| ours(k)).collect() }
     }
 
     /// An environment made of the given pairs.
@@ -92,6 +94,13 @@ impl WorkerEnv {
     }
 }
 
+/// The first descriptor a child gets beyond its standard streams, by the socket-activation
+/// convention (`SD_LISTEN_FDS_START`).
+pub const FIRST_INHERITED_FD: i32 = 3;
+
+/// How many descriptors from [`SpawnInfo::first_free_fd`] on a transport may map into the child.
+pub const TRANSPORT_FDS: i32 = 16;
+
 /// What a transport learns about the worker it prepares a spawn for.
 #[derive(Debug, Clone)]
 pub struct SpawnInfo {
@@ -99,6 +108,18 @@ pub struct SpawnInfo {
     pub worker_id: WorkerId,
     /// The worker's name.
     pub name: String,
+    /// The lowest descriptor number the transport may give the child. The ones below it, from
+    /// [`FIRST_INHERITED_FD`] on, carry the primary's shared listeners (`LISTEN_FDS`); a
+    /// transport maps what it passes at `first_free_fd` up to `first_free_fd + TRANSPORT_FDS`
+    /// (exclusive), in one `fd_mappings` call.
+    pub first_free_fd: i32,
+}
+
+impl SpawnInfo {
+    /// A spawn with no shared listeners: descriptors from [`FIRST_INHERITED_FD`] on are free.
+    pub fn new(worker_id: WorkerId, name: impl Into<String>) -> Self {
+        SpawnInfo { worker_id, name: name.into(), first_free_fd: FIRST_INHERITED_FD }
+    }
 }
 
 /// How the primary knows that a connection comes from the worker it spawned.

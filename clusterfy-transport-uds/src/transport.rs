@@ -14,14 +14,12 @@ use tokio::process::{Child, Command};
 /// its channel. The number is no secret: only the worker holds that descriptor.
 pub const ENV_UDS_FD: &str = "CLUSTERFY_UDS_FD";
 
-/// The descriptor number of the channel in the worker: the first one after the standard streams.
-const CHANNEL_FD: RawFd = 3;
-
 /// The Unix domain socket transport, Clusterfy's default.
 ///
 /// For every spawn, [`Transport::prepare`] creates a connected socket pair (`socketpair(2)`,
-/// close-on-exec on both ends), keeps one end and has the child inherit the other as descriptor
-/// 3, named in [`ENV_UDS_FD`]; the worker's [`Transport::connect`] adopts it. There is no socket
+/// close-on-exec on both ends), keeps one end and has the child inherit the other as the first
+/// free descriptor ([`SpawnInfo::first_free_fd`]: 3, or the one after the shared listeners),
+/// named in [`ENV_UDS_FD`]; the worker's [`Transport::connect`] adopts it. There is no socket
 /// file and no listening socket, so no other process can connect, and nothing is left on disk
 /// when the primary dies.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,18 +47,19 @@ impl Transport for UdsTransport {
             Error::io("creating the socket pair of a worker's channel", e)
                 .with_context("worker_id", info.worker_id)
         })?;
+        let channel_fd: RawFd = info.first_free_fd;
         command
-            .fd_mappings(vec![FdMapping { parent_fd: OwnedFd::from(worker_end), child_fd: CHANNEL_FD }])
+            .fd_mappings(vec![FdMapping { parent_fd: OwnedFd::from(worker_end), child_fd: channel_fd }])
             .map_err(|_| {
             Error::new(
                 ErrorKind::InvalidState,
                 format!(
-                    "descriptor {CHANNEL_FD} of the worker's process is already mapped by another \
+                    "descriptor {channel_fd} of the worker's process is already mapped by another \
                          descriptor passed to the same command"
                 ),
             )
         })?;
-        command.env(ENV_UDS_FD, CHANNEL_FD.to_string());
+        command.env(ENV_UDS_FD, channel_fd.to_string());
         let stream = into_tokio(primary_end)?;
         Ok(Box::new(UdsRendezvous { stream: Some(stream), worker_id: info.worker_id }))
     }

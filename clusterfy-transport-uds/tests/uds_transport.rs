@@ -15,7 +15,7 @@ use tokio::process::Command;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn spawn_info(id: u64) -> SpawnInfo {
-    SpawnInfo { worker_id: WorkerId(id), name: "Paul".to_owned() }
+    SpawnInfo::new(WorkerId(id), "Paul")
 }
 
 async fn prepare(command: &mut Command) -> Box<dyn Rendezvous> {

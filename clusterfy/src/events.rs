@@ -3,6 +3,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clusterfy_core::{Error, Origin, StorageNotice, WorkerId, WorkerStatus};
 use futures::Stream;
@@ -143,6 +144,39 @@ pub enum Event {
     Storage {
         /// What it reported.
         notice: StorageNotice,
+    },
+    /// A worker did not answer a heartbeat ping in time; it is killed and restarted under its
+    /// policy.
+    Unresponsive {
+        /// The worker.
+        worker: WorkerRef,
+        /// How long its last ping went unanswered.
+        waited: Duration,
+    },
+    /// A worker's resident memory passed its
+    /// [`WorkerOptions::max_memory`](crate::WorkerOptions::max_memory); it is replaced.
+    MemoryLimit {
+        /// The worker.
+        worker: WorkerRef,
+        /// Its resident memory when sampled, in bytes.
+        rss: u64,
+        /// Its limit, in bytes.
+        limit: u64,
+    },
+    /// A new worker process took over from an old one (a reload, or a memory limit): the new one
+    /// is ready and has the name, and the old one is being stopped gracefully.
+    Replaced {
+        /// The worker stopped.
+        old: WorkerRef,
+        /// The worker that took its name (a new id).
+        new: WorkerRef,
+    },
+    /// A replacement failed to get ready, so the reload stopped; the old worker keeps serving.
+    ReloadFailed {
+        /// The worker that was to be replaced (still running).
+        worker: WorkerRef,
+        /// Why the replacement failed.
+        error: Arc<Error>,
     },
 }
 

@@ -12,6 +12,7 @@
 mod commands;
 mod events;
 mod link;
+mod listen;
 mod primary;
 pub mod storage;
 mod worker;
@@ -23,9 +24,12 @@ pub use clusterfy_core::{
 };
 pub use commands::BroadcastReply;
 pub use events::{Event, EventStream, ExitReason, WorkerRef};
+pub use listen::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr, Listener};
+pub use nix::sys::signal::Signal;
 pub use primary::{
-    DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Primary, PrimaryBuilder,
-    PrimaryContext, Program, RestartPolicy, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions,
+    DEFAULT_HEARTBEAT, DEFAULT_KILL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, Primary, PrimaryBuilder, PrimaryContext,
+    Program, ReloadOptions, RestartPolicy, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions,
     WorkerState,
 };
 pub use worker::{

@@ -26,6 +26,7 @@ use crate::ENV_MAX_FRAME_LEN;
 use crate::commands::{BroadcastReply, CommandRegistry, expect_target};
 use crate::events::{EVENT_BUFFER, EventStream, WorkerRef, subscribe};
 use crate::link::{Inbound, Link, LinkEnd, read_first, write_single};
+use crate::listen::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, Listener, take_listener};
 use crate::storage::Storage;
 
 /// Default deadline of a worker's requests.
@@ -163,6 +164,11 @@ impl WorkerBuilder {
             return Err(err);
         }
         let env = self.env.take().unwrap_or_else(WorkerEnv::from_process);
+        let listeners = WorkerEnv::from_pairs(
+            [ENV_LISTEN_FDS, ENV_LISTEN_FDNAMES]
+                .into_iter()
+                .filter_map(|k| env.get(k).map(|v| (k, v.to_owned()))),
+        );
         let worker_id = parse_env::<u64>(&env, ENV_WORKER_ID).map(WorkerId)?;
         let max_frame_len = match env.get(ENV_MAX_FRAME_LEN) {
             Some(_) => parse_env::<usize>(&env, ENV_MAX_FRAME_LEN)?,
@@ -211,6 +217,7 @@ impl WorkerBuilder {
                 handlers: watch::channel(0).0,
                 changes: broadcast::channel(EVENT_BUFFER).0,
                 request_timeout: self.request_timeout,
+                listeners,
             }),
         };
         let reader = reader.spawn(Arc::new(WorkerInbound { worker: worker.clone() }));
@@ -274,6 +281,8 @@ struct WorkerInner {
     /// Storage changes the primary reports for this worker's watches.
     changes: broadcast::Sender<clusterfy_core::Path>,
     request_timeout: Duration,
+    /// `LISTEN_FDS` and `LISTEN_FDNAMES`: the shared listeners this process inherited.
+    listeners: WorkerEnv,
 }
 
 /// Handle of this worker process. Cheap to clone.
@@ -292,6 +301,24 @@ impl Worker {
             env: None,
             transport: None,
         }
+    }
+
+    /// Takes the shared listener `name` that the primary bound with
+    /// [`PrimaryBuilder::listen`](crate::PrimaryBuilder::listen) and every worker inherits
+    /// (cluster mode): the kernel hands each incoming connection to one of the workers accepting
+    /// on it. Each listener can be taken once per process. Fails with [`ErrorKind::NotFound`]
+    /// naming the inherited listeners when there is none called `name`. Call it inside the
+    /// runtime.
+    ///
+    /// To stop accepting (at shutdown), drop the listener: the other workers go on accepting on
+    /// the same socket, so no connection is refused.
+    pub fn listener(&self, name: &str) -> Result<Listener> {
+        take_listener(&self.inner.listeners, name)
+    }
+
+    /// [`Worker::listener`] for a TCP listener.
+    pub fn tcp_listener(&self, name: &str) -> Result<tokio::net::TcpListener> {
+        self.listener(name)?.into_tcp().map_err(|e| e.with_context("listener", name))
     }
 
     /// This worker's id (stable across revivals).
@@ -561,6 +588,7 @@ impl WorkerInbound {
                 worker.begin_shutdown(ShutdownReason::Requested);
                 return;
             }
+            Request::Ping => Ok(Reply::Done),
             Request::Storage(_) => Err(Error::new(
                 ErrorKind::InvalidInput,
                 "storage requests go to the primary, which owns the storage; a worker holds none",
@@ -572,6 +600,10 @@ impl WorkerInbound {
 
 impl Inbound for WorkerInbound {
     fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request) {
+        if let Request::Ping = body {
+            // Answered by the reader itself: a worker whose runtime is blocked stays silent.
+            return link.reply_soon(id, Ok(Reply::Done));
+        }
         let link = Arc::clone(link);
         let running = HandlerRunning::start(&self.worker.inner.handlers);
         tokio::spawn(IN_HANDLER.scope((), async move {

@@ -516,7 +516,7 @@ async fn prepare_unspawned(
     id: u64,
 ) -> Outcome<(Box<dyn clusterfy_core::Rendezvous>, Vec<(String, String)>)> {
     let mut command = Command::new("never-spawned");
-    let info = SpawnInfo { worker_id: WorkerId(id), name: format!("testkit-unspawned-{id}") };
+    let info = SpawnInfo::new(WorkerId(id), format!("testkit-unspawned-{id}"));
     let doing = format!("preparing worker {id}");
     let rendezvous = within(&doing, suite.transport.prepare(&info, &mut command)).await?.context(&doing)?;
     let env = command

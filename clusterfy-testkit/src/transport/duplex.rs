@@ -37,7 +37,7 @@ const DIRECTION_CAPACITY: usize = 64 * 1024;
 /// # async fn main() -> clusterfy_core::Result<()> {
 /// let transport = DuplexReference::new();
 /// let mut command = tokio::process::Command::new("unused");
-/// let info = SpawnInfo { worker_id: WorkerId(1), name: "Paul".into() };
+/// let info = SpawnInfo::new(WorkerId(1), "Paul");
 /// let mut rendezvous = transport.prepare(&info, &mut command).await?;
 ///
 /// let key = command.as_std().get_envs().find(|(k, _)| *k == ENV_DUPLEX_KEY);

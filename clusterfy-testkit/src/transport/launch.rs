@@ -76,7 +76,7 @@ impl Suite {
         let label = format!("worker {id} ({})", script.as_str());
         let token = new_token(id);
         let mut command = self.worker_command(id, &token, script)?;
-        let info = SpawnInfo { worker_id: id, name: format!("testkit-{id}") };
+        let info = SpawnInfo::new(id, format!("testkit-{id}"));
         let mut rendezvous =
             within(format!("preparing {label}"), self.transport.prepare(&info, &mut command))
                 .await?

@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use clusterfy_core::codec::DEFAULT_MAX_FRAME_LEN;
 use clusterfy_core::{Command, Error, ErrorKind, Result, StorageBackend, Target, Transport, Value};
+use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, watch};
 
-use super::{Primary, PrimaryContext, PrimaryInner, signals, watchers};
+use super::usage::{self, DEFAULT_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+use super::{DEFAULT_KILL_TIMEOUT, Primary, PrimaryContext, PrimaryInner, signals, watchers};
 use crate::commands::CommandRegistry;
 use crate::events::EVENT_BUFFER;
+use crate::listen::SharedListeners;
 use crate::storage::SharedStorage;
 
 /// Default deadline of a request (storage operation or command).
@@ -32,6 +35,10 @@ pub struct PrimaryBuilder {
     ready_timeout: Duration,
     max_frame_len: usize,
     handle_signals: bool,
+    listen: Vec<(String, String)>,
+    stop_signal: Signal,
+    kill_timeout: Duration,
+    sample_interval: Duration,
 }
 
 impl PrimaryBuilder {
@@ -46,18 +53,72 @@ impl PrimaryBuilder {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             handle_signals: true,
+            listen: Vec::new(),
+            stop_signal: Signal::SIGTERM,
+            kill_timeout: DEFAULT_KILL_TIMEOUT,
+            sample_interval: DEFAULT_SAMPLE_INTERVAL,
         }
     }
 
-    /// Whether SIGINT and SIGTERM shut the cluster down gracefully (default: yes). When one
-    /// arrives, every worker is shut down as by [`Primary::shutdown`] with
-    /// [`DEFAULT_SHUTDOWN_TIMEOUT`], and the process then exits with 128 + the signal number; a
-    /// second signal exits at once. Turn it off to handle signals yourself.
+    /// Whether SIGINT and SIGTERM shut the cluster down gracefully and SIGHUP reloads it
+    /// (default: yes). When SIGINT or SIGTERM arrives, every worker is shut down as by
+    /// [`Primary::shutdown`] with [`DEFAULT_SHUTDOWN_TIMEOUT`], and the process then exits with
+    /// 128 + the signal number; a second signal exits at once. SIGHUP runs
+    /// [`Primary::reload`] with the default options. Turn it off to handle signals yourself.
     ///
     /// [`DEFAULT_SHUTDOWN_TIMEOUT`]: super::DEFAULT_SHUTDOWN_TIMEOUT
     #[must_use]
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.handle_signals = handle;
+        self
+    }
+
+    /// Shares a listening socket with every worker (cluster mode): the primary binds `address`
+    /// once when it is built (`"0.0.0.0:8080"`, `"[::]:8080"`, `"127.0.0.1:0"` for a free port,
+    /// `"unix:/run/app.sock"`; see [`ListenAddr`]), and each worker process, revived and replaced
+    /// ones included, inherits it and takes it with [`Worker::listener`]`(name)`. The kernel
+    /// spreads connections over the workers that accept, and the socket stays open while any of
+    /// them restarts, so no connection is refused.
+    ///
+    /// Workers inherit the listeners by the systemd socket-activation convention (descriptors
+    /// from 3, `LISTEN_FDS`, `LISTEN_FDNAMES`), so code written for the `listenfd` crate works in
+    /// a worker as it is. A primary that systemd started by socket activation uses the socket
+    /// systemd passed under `name` (its `FileDescriptorName=`) instead of binding, and hands on
+    /// the ones no `listen` asks for under their names.
+    ///
+    /// [`PrimaryBuilder::build`] fails with an error naming the address when it cannot bind (in
+    /// use, a privileged port, a malformed address or name).
+    ///
+    /// [`ListenAddr`]: crate::ListenAddr
+    /// [`Worker::listener`]: crate::Worker::listener
+    #[must_use]
+    pub fn listen(mut self, name: impl Into<String>, address: impl Into<String>) -> Self {
+        self.listen.push((name.into(), address.into()));
+        self
+    }
+
+    /// The signal a worker gets when it has not exited within the grace period after its
+    /// shutdown request (default SIGTERM; pm2 uses SIGINT). See [`Primary::shutdown_worker`].
+    #[must_use]
+    pub fn stop_signal(mut self, signal: Signal) -> Self {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// Time a worker has after the stop signal before SIGKILL (default [`DEFAULT_KILL_TIMEOUT`]).
+    #[must_use]
+    pub fn kill_timeout(mut self, timeout: Duration) -> Self {
+        self.kill_timeout = timeout;
+        self
+    }
+
+    /// How often the primary samples each worker's CPU use and resident memory, for
+    /// [`Primary::statistics`] and [`WorkerOptions::max_memory`] (default 1 s).
+    ///
+    /// [`WorkerOptions::max_memory`]: super::WorkerOptions::max_memory
+    #[must_use]
+    pub fn sample_interval(mut self, interval: Duration) -> Self {
+        self.sample_interval = interval.max(MIN_SAMPLE_INTERVAL);
         self
     }
 
@@ -134,6 +195,7 @@ impl PrimaryBuilder {
                 ),
             ));
         }
+        let listeners = SharedListeners::open(&self.listen)?;
         let transport = match self.transport.take() {
             Some(t) => t,
             None => default_transport()?,
@@ -161,10 +223,15 @@ impl PrimaryBuilder {
                 request_timeout: self.request_timeout,
                 ready_timeout: self.ready_timeout,
                 max_frame_len: self.max_frame_len,
+                listeners,
+                stop_signal: self.stop_signal,
+                kill_timeout: self.kill_timeout,
+                reloading: tokio::sync::Mutex::new(()),
                 watch_dispatch: std::sync::Once::new(),
             }),
         };
         watchers::forward_backend_notices(&primary.inner);
+        usage::sample_workers(Arc::downgrade(&primary.inner), self.sample_interval);
         if self.handle_signals {
             signals::shut_down_on_signals(Arc::downgrade(&primary.inner))?;
         }

@@ -2,26 +2,29 @@
 //! primary ([`PrimaryInner`]), and the lookups and updates on it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use clusterfy_core::protocol::Destination;
 use clusterfy_core::session::{Route, RouteEntry, route};
 use clusterfy_core::{Error, ErrorKind, Result, Transport, WorkerId, WorkerSelector, WorkerStatus};
-use tokio::sync::{broadcast, mpsc, watch};
+use nix::sys::signal::Signal;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::{PrimaryContext, WorkerState};
+use super::usage::Usage;
+use super::{PrimaryContext, WorkerOptions, WorkerState, supervisor};
 use crate::commands::CommandRegistry;
 use crate::events::{Event, ExitReason, WorkerRef};
 use crate::link::Link;
+use crate::listen::SharedListeners;
 use crate::storage::SharedStorage;
 
 /// Messages from the primary to the task that owns a worker's child process.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// SIGKILL the current process of this worker.
-    Kill,
+    /// Send this signal to the current process of this worker (SIGKILL kills it).
+    Signal(Signal),
 }
 
 /// One worker's record; survives its processes (revivals keep the slot).
@@ -44,6 +47,53 @@ pub(crate) struct Slot {
     pub(crate) connect_failure: Option<Arc<Error>>,
     /// Storage paths the current connection watches.
     pub(crate) watches: Vec<clusterfy_core::Path>,
+    /// How it was forked; a replacement is forked the same way.
+    pub(crate) options: WorkerOptions,
+    /// Set on a replacement until it is ready: it takes the name of the worker it replaces only
+    /// then, so until then commands by name still go to the old one.
+    pub(crate) replaces: Option<WorkerId>,
+    /// Set on a worker whose replacement is ready: it no longer answers to its name and is
+    /// being stopped.
+    pub(crate) replaced_by: Option<WorkerId>,
+    /// A replacement of this worker is under way (reload or memory limit).
+    pub(crate) replacing: bool,
+    /// The last CPU and memory sample of its process.
+    pub(crate) usage: Option<Usage>,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        worker: WorkerRef,
+        options: WorkerOptions,
+        control: mpsc::UnboundedSender<Control>,
+    ) -> Self {
+        Slot {
+            worker,
+            status: WorkerStatus::Initializing,
+            state: WorkerState::Starting,
+            pid: None,
+            restarts: 0,
+            started: Instant::now(),
+            incarnation: 0,
+            ever_ready: false,
+            stop_requested: false,
+            link: None,
+            control,
+            last_exit: None,
+            connect_failure: None,
+            watches: Vec::new(),
+            options,
+            replaces: None,
+            replaced_by: None,
+            replacing: false,
+            usage: None,
+        }
+    }
+
+    /// Whether its name addresses it: not a replacement still starting, not a replaced worker.
+    pub(crate) fn answers_to_name(&self) -> bool {
+        self.replaces.is_none() && self.replaced_by.is_none()
+    }
 }
 
 pub(crate) struct PrimaryInner {
@@ -59,6 +109,14 @@ pub(crate) struct PrimaryInner {
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Duration,
     pub(crate) max_frame_len: usize,
+    /// What ends a worker that ignored its shutdown request past the grace period.
+    pub(crate) stop_signal: Signal,
+    /// Time a worker has after the stop signal before SIGKILL.
+    pub(crate) kill_timeout: Duration,
+    /// One reload (or memory-limit replacement) at a time.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// The listening sockets every worker inherits (cluster mode).
+    pub(crate) listeners: SharedListeners,
     /// Starts the task that sends storage changes to watching workers, at the first watch, so
     /// writes cost nothing extra until a worker watches.
     pub(crate) watch_dispatch: std::sync::Once,
@@ -94,7 +152,7 @@ impl PrimaryInner {
         let slots = self.slots();
         let found = slots.values().find(|s| match selector {
             WorkerSelector::Id(id) => s.worker.id == *id,
-            WorkerSelector::Name(name) => s.worker.name == *name,
+            WorkerSelector::Name(name) => s.worker.name == *name && s.answers_to_name(),
         });
         found.map(|s| s.worker.clone()).ok_or_else(|| {
             let names: Vec<&str> = slots.values().map(|s| s.worker.name.as_str()).collect();
@@ -110,9 +168,44 @@ impl PrimaryInner {
         let slots = self.slots();
         let entries: Vec<RouteEntry<'_>> = slots
             .values()
+            .filter(|s| s.answers_to_name())
             .map(|s| RouteEntry { id: s.worker.id, name: &s.worker.name, connected: s.link.is_some() })
             .collect();
         route(destination, &entries)
+    }
+
+    /// Adds a slot for worker `name` and starts its supervisor; returns once its first process
+    /// is spawned. A replacement (`replaces`) does not answer to its name until it takes over.
+    pub(crate) async fn fork_slot(
+        self: &Arc<Self>,
+        name: &str,
+        options: WorkerOptions,
+        replaces: Option<WorkerId>,
+    ) -> Result<WorkerRef> {
+        let id = WorkerId(self.next_id.fetch_add(1, Ordering::SeqCst));
+        let worker = WorkerRef { id, name: name.to_owned() };
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let mut slot = Slot::new(worker.clone(), options.clone(), control);
+        slot.replaces = replaces;
+        self.slots().insert(id, slot);
+        let (spawned_tx, spawned_rx) = oneshot::channel();
+        tokio::spawn(supervisor::supervise(
+            Arc::clone(self),
+            worker.clone(),
+            options,
+            control_rx,
+            spawned_tx,
+        ));
+        match spawned_rx.await {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(err)) => {
+                self.slots().remove(&id);
+                Err(err.with_context("worker", name))
+            }
+            Err(_) => {
+                Err(Error::new(ErrorKind::InvalidState, "the worker's supervisor stopped before spawning it"))
+            }
+        }
     }
 
     pub(crate) fn link_of(&self, id: WorkerId) -> Result<(WorkerRef, Arc<Link>)> {

@@ -5,39 +5,43 @@ mod directory;
 mod dispatch;
 mod inbound;
 mod options;
+mod reload;
 mod restart;
 mod signals;
 mod spawner;
 mod stats;
 mod supervisor;
+mod usage;
 mod watchers;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clusterfy_core::codec::{from_payload, to_payload};
 use clusterfy_core::protocol::{CommandRequest, Destination, Reply, Request, ShutdownAck};
 use clusterfy_core::session::Route;
-use clusterfy_core::{
-    Command, Error, ErrorKind, Origin, Result, Target, WorkerId, WorkerSelector, WorkerStatus,
-};
-use tokio::sync::{mpsc, oneshot};
+use clusterfy_core::{Command, Error, ErrorKind, Origin, Result, Target, WorkerId, WorkerSelector};
 
 pub use builder::{DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, PrimaryBuilder};
 use directory::{Control, PrimaryInner, Slot};
 #[cfg(test)]
 pub(crate) use inbound::serve_storage;
-pub use options::{Program, WorkerOptions};
+pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
+pub use reload::ReloadOptions;
 pub use restart::RestartPolicy;
 pub use stats::{Statistics, WorkerInfo, WorkerState};
+pub use usage::DEFAULT_SAMPLE_INTERVAL;
 
 use crate::commands::{BroadcastReply, expect_target};
 use crate::events::{Event, EventStream, ExitReason, WorkerRef, subscribe};
 use crate::storage::{SharedStorage, Storage};
 
-/// Default time a worker has to exit after a shutdown request before it is killed.
+/// Default grace period: the time a worker has to exit after a shutdown request before it gets
+/// the stop signal.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time a worker has to exit after the stop signal before SIGKILL.
+pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The context a primary-side command handler gets.
 #[derive(Clone)]
@@ -64,15 +68,44 @@ pub struct Primary {
     inner: Arc<PrimaryInner>,
 }
 
-/// How [`Primary::shutdown_worker`] ended.
+/// How [`Primary::shutdown_worker`] ended: which step of the stop ladder the worker's exit
+/// followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownOutcome {
-    /// The worker exited by itself within the timeout.
+    /// The worker exited by itself within the grace period, after the shutdown request.
     Exited(ExitReason),
-    /// The worker did not exit in time and was killed with SIGKILL.
+    /// The worker ignored the request, got the stop signal (SIGTERM unless configured) after the
+    /// grace period, and exited within the kill timeout.
+    Terminated(ExitReason),
+    /// The worker outlived the stop signal's kill timeout and was killed with SIGKILL.
     Killed,
     /// The worker was not running.
     NotRunning,
+}
+
+/// Whether a worker is done getting ready: `Ok(true)` when ready (or ended after it was),
+/// `Ok(false)` while it may still get there, and the reason when it never will.
+fn readiness(slot: &Slot) -> Result<bool> {
+    match slot.state {
+        WorkerState::Ready | WorkerState::Stopped => Ok(true),
+        WorkerState::Exited | WorkerState::GaveUp if slot.ever_ready => Ok(true),
+        WorkerState::Exited | WorkerState::GaveUp
+            if let Some(failure) =
+                slot.connect_failure.as_ref().filter(|f| f.kind() == ErrorKind::Timeout) =>
+        {
+            Err(Error::new(ErrorKind::Timeout, failure.message().to_owned())
+                .with_context("worker", &slot.worker))
+        }
+        WorkerState::Exited | WorkerState::GaveUp => {
+            let how = slot.last_exit.map_or_else(|| "spawn failure".to_owned(), |e| e.to_string());
+            Err(Error::new(
+                ErrorKind::WorkerExited,
+                format!("worker exited ({how}) before it was ready; see its stderr"),
+            )
+            .with_context("worker", &slot.worker))
+        }
+        WorkerState::Starting | WorkerState::Connected | WorkerState::Restarting => Ok(false),
+    }
 }
 
 impl Primary {
@@ -91,56 +124,18 @@ impl Primary {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::new(ErrorKind::InvalidState, "the cluster is shutting down; fork refused"));
         }
-        let id = WorkerId(self.inner.next_id.fetch_add(1, Ordering::SeqCst));
-        let worker = WorkerRef { id, name: name.to_owned() };
-        let (control, control_rx) = mpsc::unbounded_channel();
         {
-            let mut slots = self.inner.slots();
-            if slots.values().any(|s| s.worker.name == name) {
+            let slots = self.inner.slots();
+            // A replaced worker is on its way out; its name belongs to its replacement.
+            if slots.values().any(|s| s.worker.name == name && s.replaced_by.is_none()) {
                 return Err(Error::new(
                     ErrorKind::AlreadyExists,
                     "a worker with this name exists already; names address workers, so they must be unique",
                 )
                 .with_context("worker", name));
             }
-            slots.insert(
-                id,
-                Slot {
-                    worker: worker.clone(),
-                    status: WorkerStatus::Initializing,
-                    state: WorkerState::Starting,
-                    pid: None,
-                    restarts: 0,
-                    started: Instant::now(),
-                    incarnation: 0,
-                    ever_ready: false,
-                    stop_requested: false,
-                    link: None,
-                    control,
-                    last_exit: None,
-                    connect_failure: None,
-                    watches: Vec::new(),
-                },
-            );
         }
-        let (spawned_tx, spawned_rx) = oneshot::channel();
-        tokio::spawn(supervisor::supervise(
-            Arc::clone(&self.inner),
-            worker.clone(),
-            options,
-            control_rx,
-            spawned_tx,
-        ));
-        match spawned_rx.await {
-            Ok(Ok(())) => Ok(worker),
-            Ok(Err(err)) => {
-                self.inner.slots().remove(&id);
-                Err(err.with_context("worker", name))
-            }
-            Err(_) => {
-                Err(Error::new(ErrorKind::InvalidState, "the worker's supervisor stopped before spawning it"))
-            }
-        }
+        self.inner.fork_slot(name, options, None).await
     }
 
     /// Waits until every forked worker is ready (the original's `initAsPrimary`). Fails with
@@ -154,28 +149,8 @@ impl Primary {
                 let slots = self.inner.slots();
                 let mut pending = Vec::new();
                 for slot in slots.values() {
-                    match slot.state {
-                        WorkerState::Ready | WorkerState::Stopped => {}
-                        WorkerState::Exited | WorkerState::GaveUp if slot.ever_ready => {}
-                        WorkerState::Exited | WorkerState::GaveUp
-                            if let Some(failure) =
-                                slot.connect_failure.as_ref().filter(|f| f.kind() == ErrorKind::Timeout) =>
-                        {
-                            return Err(Error::new(ErrorKind::Timeout, failure.message().to_owned())
-                                .with_context("worker", &slot.worker));
-                        }
-                        WorkerState::Exited | WorkerState::GaveUp => {
-                            let how =
-                                slot.last_exit.map_or_else(|| "spawn failure".to_owned(), |e| e.to_string());
-                            return Err(Error::new(
-                                ErrorKind::WorkerExited,
-                                format!("worker exited ({how}) before it was ready; see its stderr"),
-                            )
-                            .with_context("worker", &slot.worker));
-                        }
-                        WorkerState::Starting | WorkerState::Connected | WorkerState::Restarting => {
-                            pending.push(slot.worker.clone());
-                        }
+                    if !readiness(slot)? {
+                        pending.push(slot.worker.clone());
                     }
                 }
                 pending
@@ -263,9 +238,20 @@ impl Primary {
             .collect())
     }
 
-    /// Shuts one worker down gracefully (the original's `shutdownWorker`): sends `cy_shutdown`
-    /// (an idle worker runs its shutdown hooks and exits; a busy one turns Stopping and exits
-    /// when done), and kills it with SIGKILL if it has not exited after `timeout`.
+    /// Shuts one worker down gracefully (the original's `shutdownWorker`), by the stop ladder:
+    ///
+    /// 1. the cooperative request, `cy_shutdown`: the worker turns Stopping, runs its shutdown
+    ///    hooks and [`Worker::shutdown_requested`](crate::Worker::shutdown_requested) resolves,
+    ///    so its program finishes what it serves and returns;
+    /// 2. after the grace period `timeout`, the stop signal
+    ///    ([`PrimaryBuilder::stop_signal`], SIGTERM by default);
+    /// 3. after the kill timeout ([`PrimaryBuilder::kill_timeout`], default
+    ///    [`DEFAULT_KILL_TIMEOUT`]), SIGKILL.
+    ///
+    /// The [`ShutdownOutcome`] says which step ended it. For comparison: pm2 sends SIGINT and
+    /// kills after 1.6 s; systemd sends SIGTERM and kills after 90 s. Clusterfy asks first (its
+    /// workers can stop accepting and drain), so the defaults are 2 s of grace, SIGTERM, 2 s,
+    /// SIGKILL.
     pub async fn shutdown_worker(
         &self,
         worker: impl Into<WorkerSelector>,
@@ -303,7 +289,13 @@ impl Primary {
         if let Ok(reason) = tokio::time::timeout_at(deadline, self.wait_exit(target.id, incarnation)).await {
             return Ok(ShutdownOutcome::Exited(reason));
         }
-        let _ = control.send(Control::Kill);
+        let _ = control.send(Control::Signal(self.inner.stop_signal));
+        let terminated =
+            tokio::time::timeout(self.inner.kill_timeout, self.wait_exit(target.id, incarnation));
+        if let Ok(reason) = terminated.await {
+            return Ok(ShutdownOutcome::Terminated(reason));
+        }
+        let _ = control.send(Control::Signal(nix::sys::signal::Signal::SIGKILL));
         // SIGKILL cannot be ignored, so this wait is short; the bound only guards against a
         // process stuck in the kernel.
         match tokio::time::timeout(Duration::from_secs(10), self.wait_exit(target.id, incarnation)).await {
@@ -345,12 +337,19 @@ impl Primary {
             (w, outcome)
         }))
         .await;
+        self.inner.listeners.remove_files();
         self.inner.transport.close()?;
         let mut result = Vec::with_capacity(outcomes.len());
         for (worker, outcome) in outcomes {
             result.push((worker, outcome?));
         }
         Ok(result)
+    }
+
+    /// The address the shared listener `name` accepts on, with the port the system chose when
+    /// it was bound at port 0; `None` if there is no such listener.
+    pub fn listener_addr(&self, name: &str) -> Option<crate::ListenAddr> {
+        self.inner.listeners.address(name)
     }
 
     /// Statistics about the workers (the original's `getStatistics`).

@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::restart::RestartPolicy;
 
@@ -21,12 +22,47 @@ impl Program {
     }
 }
 
+/// How the primary checks that a worker is responsive: it pings the worker's connection every
+/// `interval`, and a worker that has not answered a ping within `timeout` is killed and
+/// restarted under its policy (like gunicorn's worker timeout or systemd's `WatchdogSec`).
+///
+/// The ping is answered by the worker's connection task, not by a handler, so a worker that is
+/// merely busy answers; one whose runtime is blocked (a handler that blocks a current-thread
+/// runtime, a deadlock of every runtime thread) does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Time between pings.
+    pub interval: Duration,
+    /// Time a ping may stay unanswered.
+    pub timeout: Duration,
+}
+
+/// The default [`Heartbeat`]: a ping every 5 s, unresponsive after 10 s without an answer
+/// (gunicorn's default worker timeout is 30 s; systemd has no watchdog unless configured).
+pub const DEFAULT_HEARTBEAT: Heartbeat =
+    Heartbeat { interval: Duration::from_secs(5), timeout: Duration::from_secs(10) };
+
 /// Options of one forked worker (the original's `ClusterfyWorkerOptions`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerOptions {
     pub(crate) restart: Option<RestartPolicy>,
     pub(crate) program: Option<Program>,
     pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) heartbeat: Option<Heartbeat>,
+    pub(crate) max_memory: Option<u64>,
+}
+
+impl Default for WorkerOptions {
+    /// No revival, the current binary, the [`DEFAULT_HEARTBEAT`], no memory limit.
+    fn default() -> Self {
+        WorkerOptions {
+            restart: None,
+            program: None,
+            env: Vec::new(),
+            heartbeat: Some(DEFAULT_HEARTBEAT),
+            max_memory: None,
+        }
+    }
 }
 
 impl WorkerOptions {
@@ -47,6 +83,28 @@ impl WorkerOptions {
     #[must_use]
     pub fn program(mut self, program: Program) -> Self {
         self.program = Some(program);
+        self
+    }
+
+    /// How the primary checks that the worker is responsive ([`DEFAULT_HEARTBEAT`] unless set);
+    /// `None` turns the check off.
+    #[must_use]
+    pub fn heartbeat(mut self, heartbeat: Option<Heartbeat>) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Replaces the worker when its resident memory (RSS) exceeds `bytes`: a new process is
+    /// started first and, once it is ready, the old one is stopped gracefully, as in a
+    /// [`Primary::reload`](super::Primary::reload), with [`Event::MemoryLimit`] naming both
+    /// figures. The primary samples every worker's memory at the interval set with
+    /// [`PrimaryBuilder::sample_interval`](super::PrimaryBuilder::sample_interval) (default
+    /// 1 s; pm2's `max_memory_restart` polls every 30 s).
+    ///
+    /// [`Event::MemoryLimit`]: crate::Event::MemoryLimit
+    #[must_use]
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
         self
     }
 

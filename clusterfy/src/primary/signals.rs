@@ -1,11 +1,11 @@
-//! SIGINT and SIGTERM to the primary shut the whole cluster down gracefully.
+//! SIGINT and SIGTERM to the primary shut the whole cluster down gracefully; SIGHUP reloads it.
 
 use std::sync::Weak;
 
 use clusterfy_core::{Error, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{DEFAULT_SHUTDOWN_TIMEOUT, Primary, PrimaryInner};
+use super::{DEFAULT_SHUTDOWN_TIMEOUT, Primary, PrimaryInner, ReloadOptions};
 
 /// Installs the handlers now (so a signal right after `build` is not missed) and waits for them
 /// in a task.
@@ -17,6 +17,18 @@ pub(super) fn shut_down_on_signals(primary: Weak<PrimaryInner>) -> Result<()> {
     };
     let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
     let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut hangup = install(SignalKind::hangup(), "SIGHUP")?;
+    let reloading = primary.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let Some(inner) = reloading.upgrade() else { return };
+            tracing::info!("SIGHUP received: reloading every worker");
+            match (Primary { inner }).reload(ReloadOptions::default()).await {
+                Ok(replaced) => tracing::info!(workers = replaced.len(), "reload done"),
+                Err(err) => tracing::error!(error = %err, "reload stopped"),
+            }
+        }
+    });
     tokio::spawn(async move {
         let code = tokio::select! {
             _ = interrupt.recv() => 128 + 2,

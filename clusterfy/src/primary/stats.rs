@@ -48,7 +48,7 @@ impl WorkerState {
 }
 
 /// A snapshot of one worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerInfo {
     /// Its id.
     pub id: WorkerId,
@@ -66,6 +66,11 @@ pub struct WorkerInfo {
     pub uptime: Duration,
     /// How its last process ended, if one did.
     pub last_exit: Option<ExitReason>,
+    /// CPU used by its process between the last two samples, as a share of one core (100.0 is
+    /// one core busy), as `pm2 ls` shows it; `None` before the first sample.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory of its process at the last sample, in bytes.
+    pub memory: Option<u64>,
 }
 
 impl WorkerInfo {
@@ -80,6 +85,8 @@ impl WorkerInfo {
             restarts: slot.restarts,
             uptime: if running { slot.started.elapsed() } else { Duration::ZERO },
             last_exit: slot.last_exit,
+            cpu_percent: slot.usage.filter(|_| running).map(|u| u.cpu_percent),
+            memory: slot.usage.filter(|_| running).map(|u| u.rss),
         }
     }
 
@@ -90,7 +97,7 @@ impl WorkerInfo {
 }
 
 /// Statistics about the workers (the original's `getStatistics`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Statistics {
     /// Every worker, in id order.
     pub workers: Vec<WorkerInfo>,
@@ -115,7 +122,7 @@ impl Statistics {
     pub fn table(&self) -> String {
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
-        table.set_header(["id", "name", "pid", "status", "state", "restarts", "uptime"]);
+        table.set_header(["id", "name", "pid", "status", "state", "restarts", "uptime", "cpu", "memory"]);
         for w in &self.workers {
             table.add_row([
                 w.id.to_string(),
@@ -125,6 +132,9 @@ impl Statistics {
                 w.state.as_str().to_owned(),
                 w.restarts.to_string(),
                 format!("{:.1}s", w.uptime.as_secs_f64()),
+                w.cpu_percent.map_or_else(|| "-".to_owned(), |c| format!("{c:.0}%")),
+                w.memory
+                    .map_or_else(|| "-".to_owned(), |m| format!("{:.1} MiB", m as f64 / (1024.0 * 1024.0))),
             ]);
         }
         format!("{table}\nRunning workers: {}", self.running())

@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clusterfy_core::codec::{FrameDecoder, HEADER_LEN};
-use clusterfy_core::protocol::{Message, Notice, PROTOCOL_VERSION, Welcome};
+use clusterfy_core::protocol::{Message, Notice, PROTOCOL_VERSION, Request, Welcome};
 use clusterfy_core::session::PrimaryHandshake;
 use clusterfy_core::transport::{
     Authentication, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, Rendezvous, SpawnInfo,
 };
 use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerStatus};
+use nix::sys::signal::Signal;
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::inbound::PrimaryInbound;
-use super::options::WorkerOptions;
+use super::options::{Heartbeat, WorkerOptions};
 use super::restart::{RestartDecision, RestartTracker};
 use super::spawner;
 use super::{Control, PrimaryInner, WorkerState};
@@ -186,8 +187,14 @@ async fn run_once(
         _ => None,
     };
     let mut command = build_command(inner, worker, options, token.as_deref())?;
-    let info = SpawnInfo { worker_id: worker.id, name: worker.name.clone() };
+    let info = SpawnInfo {
+        worker_id: worker.id,
+        name: worker.name.clone(),
+        first_free_fd: inner.listeners.first_free_fd(),
+    };
     let mut rendezvous = inner.transport.prepare(&info, &mut command).await?;
+    // After the transport's mapping: see `SharedListeners::pass_to`.
+    inner.listeners.pass_to(&mut command)?;
     let program = command.as_std().get_program().to_string_lossy().into_owned();
     let mut child = spawner::spawn(command).await?.map_err(|e| {
         Error::new(
@@ -213,15 +220,14 @@ async fn run_once(
     }
     inner.emit(Event::Forked { worker: worker.clone(), pid: pid.unwrap_or(0) });
 
-    let (kill_tx, kill_rx) = oneshot::channel();
+    let (signal_tx, signal_rx) = mpsc::unbounded_channel();
     let (exit_tx, mut exit_rx) = oneshot::channel();
-    tokio::spawn(reap(child, kill_rx, exit_tx));
-    let mut kill = Some(kill_tx);
-    let mut kill_now = || {
-        if let Some(tx) = kill.take() {
-            let _ = tx.send(());
-        }
+    tokio::spawn(reap(child, signal_rx, exit_tx));
+    // A send fails only once the process was reaped: then there is nothing left to signal.
+    let signal_now = |signal: Signal| {
+        let _ = signal_tx.send(signal);
     };
+    let kill_now = || signal_now(Signal::SIGKILL);
 
     // Connect: the process must pass the handshake within the ready timeout.
     let connecting =
@@ -244,7 +250,7 @@ async fn run_once(
                 }
             },
             exit = &mut exit_rx => return Ok(exit.unwrap_or(ExitReason::Code(-1)).into()),
-            Some(Control::Kill) = control.recv() => kill_now(),
+            Some(Control::Signal(signal)) = control.recv() => signal_now(signal),
         }
     };
     inner.update_slot(worker.id, |s| {
@@ -256,8 +262,17 @@ async fn run_once(
 
     let mut reader_done = false;
     let mut link_failed = false;
+    let heartbeat = heartbeat(Arc::clone(&link), options.heartbeat);
+    tokio::pin!(heartbeat);
+    let mut hung = false;
     let reason = loop {
         tokio::select! {
+            waited = &mut heartbeat, if !hung && !reader_done => {
+                hung = true;
+                inner.emit(Event::Unresponsive { worker: worker.clone(), waited });
+                tracing::warn!(worker = %worker, ?waited, "worker does not answer pings: killing it");
+                kill_now();
+            }
             end = &mut reader, if !reader_done => {
                 reader_done = true;
                 inner.update_slot(worker.id, |s| s.link = None);
@@ -268,7 +283,7 @@ async fn run_once(
                 }
             }
             exit = &mut exit_rx => break exit.unwrap_or(ExitReason::Code(-1)),
-            Some(Control::Kill) = control.recv() => kill_now(),
+            Some(Control::Signal(signal)) = control.recv() => signal_now(signal),
         }
     };
     if !reader_done {
@@ -286,7 +301,26 @@ async fn run_once(
     }
     // The process is gone: whatever was still in flight to it fails now.
     link.close();
-    Ok(ProcessEnd { reason, link_failed })
+    // A hung worker killed by the heartbeat crashed, whatever its exit says.
+    Ok(ProcessEnd { reason, link_failed: link_failed || hung })
+}
+
+/// Pings the worker at the heartbeat's interval; resolves with the time waited when a ping went
+/// unanswered past its timeout. Never resolves without a heartbeat or once the link is closed
+/// (its end is reported by the reader).
+async fn heartbeat(link: Arc<Link>, heartbeat: Option<Heartbeat>) -> Duration {
+    let Some(Heartbeat { interval, timeout }) = heartbeat else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(timeout, link.request(Request::Ping, timeout)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) if err.kind() != ErrorKind::Timeout => return std::future::pending().await,
+            Ok(Err(_)) | Err(_) => return started.elapsed(),
+        }
+    }
 }
 
 /// A worker that printed to stdout before it connected (over stdio) sends text where its `Hello`
@@ -369,18 +403,25 @@ async fn wait_exit(exit_rx: &mut oneshot::Receiver<ExitReason>) -> ExitReason {
     exit_rx.await.unwrap_or(ExitReason::Code(-1))
 }
 
-/// Owns the child: reports its exit, and kills it on request.
+/// Owns the child: reports its exit, and signals it on request. Signals go through here so that
+/// none reaches a pid the system has already reused for another process.
 async fn reap(
     mut child: tokio::process::Child,
-    mut kill: oneshot::Receiver<()>,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
     exit: oneshot::Sender<ExitReason>,
 ) {
-    let status = tokio::select! {
-        status = child.wait() => status,
-        Ok(()) = &mut kill => {
-            // SIGKILL, not SIGTERM: a worker that traps SIGTERM must not survive its timeout.
-            let _ = child.start_kill();
-            child.wait().await
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            Some(signal) = signals.recv() => match (signal, child.id()) {
+                (Signal::SIGKILL, _) => drop(child.start_kill()),
+                (signal, Some(pid)) => {
+                    if let Err(err) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+                        tracing::debug!(pid, %signal, error = %err, "signalling a worker failed");
+                    }
+                }
+                (_, None) => {}
+            },
         }
     };
     let reason = match status {

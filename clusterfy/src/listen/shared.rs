@@ -1,0 +1,277 @@
+//! The primary's side of the shared listeners: bind (or take from systemd), keep, and hand to
+//! every worker process at spawn.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use clusterfy_core::transport::{FIRST_INHERITED_FD, TRANSPORT_FDS};
+use clusterfy_core::{Error, ErrorKind, Result, os};
+use command_fds::{CommandFdExt, FdMapping};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr};
+
+/// Connections a listener queues before one is accepted: enough to ride out a worker restart.
+const BACKLOG: i32 = 1024;
+/// Longest listener name; systemd's limit for `FileDescriptorName=`.
+const MAX_NAME_LEN: usize = 255;
+
+/// One listening socket every worker inherits.
+struct SharedListener {
+    name: String,
+    socket: OwnedFd,
+    address: ListenAddr,
+    /// The socket file this primary created, removed when the cluster shuts down.
+    created: Option<PathBuf>,
+}
+
+/// The primary's listeners, in descriptor order (the first is descriptor 3 in every worker).
+#[derive(Default)]
+pub(crate) struct SharedListeners {
+    listeners: Vec<SharedListener>,
+}
+
+impl SharedListeners {
+    /// Takes the sockets systemd passed this process (socket activation), then binds each
+    /// requested `(name, address)` that is not among them.
+    pub(crate) fn open(requested: &[(String, String)]) -> Result<Self> {
+        let mut inherited = inherited_from_systemd()?;
+        let mut listeners = Vec::with_capacity(requested.len() + inherited.len());
+        for (name, address) in requested {
+            check_name(name)?;
+            if listeners.iter().any(|l: &SharedListener| l.name == *name) {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "two listeners are named {name:?}; workers ask for them by name, so names must be unique"
+                    ),
+                ));
+            }
+            match inherited.iter().position(|l| l.name == *name) {
+                Some(at) => {
+                    let listener = inherited.remove(at);
+                    tracing::info!(listener = %name, address = %listener.address, "using the socket systemd passed");
+                    listeners.push(listener);
+                }
+                None => listeners.push(bind(name, &address.parse()?)?),
+            }
+        }
+        // Sockets systemd passed that no `listen` asked for are handed on under their names too.
+        listeners.append(&mut inherited);
+        Ok(SharedListeners { listeners })
+    }
+
+    /// The first descriptor number after the listeners in a worker.
+    pub(crate) fn first_free_fd(&self) -> i32 {
+        FIRST_INHERITED_FD + self.listeners.len() as i32
+    }
+
+    /// The address listener `name` accepts on (with the port the system chose for port 0).
+    pub(crate) fn address(&self, name: &str) -> Option<ListenAddr> {
+        self.listeners.iter().find(|l| l.name == name).map(|l| l.address.clone())
+    }
+
+    /// Has the child of `command` inherit every listener at 3.. with `LISTEN_FDS` and
+    /// `LISTEN_FDNAMES`. Call it after the transport prepared `command`: the copies passed here
+    /// are numbered above the transport's range, so neither mapping overwrites the other's
+    /// source between fork and exec.
+    pub(crate) fn pass_to(&self, command: &mut tokio::process::Command) -> Result<()> {
+        // Set by systemd for this process only; a worker must not take them for its own.
+        command.env_remove(ENV_LISTEN_PID).env_remove(ENV_LISTEN_FDS).env_remove(ENV_LISTEN_FDNAMES);
+        if self.listeners.is_empty() {
+            return Ok(());
+        }
+        let above = self.first_free_fd() + TRANSPORT_FDS;
+        let mut mappings = Vec::with_capacity(self.listeners.len());
+        for (at, listener) in self.listeners.iter().enumerate() {
+            let parent_fd = os::duplicate_at_or_above(listener.socket.as_fd(), above)
+                .map_err(|e| Error::io(format!("passing the listener {:?} to a worker", listener.name), e))?;
+            mappings.push(FdMapping { parent_fd, child_fd: FIRST_INHERITED_FD + at as i32 });
+        }
+        command.fd_mappings(mappings).map_err(|_| {
+            Error::new(ErrorKind::InvalidState, "two shared listeners were mapped to the same descriptor")
+        })?;
+        let names: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
+        command
+            .env(ENV_LISTEN_FDS, self.listeners.len().to_string())
+            .env(ENV_LISTEN_FDNAMES, names.join(":"));
+        Ok(())
+    }
+
+    /// Removes the socket files this primary created. Idempotent.
+    pub(crate) fn remove_files(&self) {
+        for path in self.listeners.iter().filter_map(|l| l.created.as_ref()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let fine = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if fine {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "{:?} cannot name a listener: use 1 to {MAX_NAME_LEN} printable ASCII characters without spaces \
+             or ':' (LISTEN_FDNAMES separates names with ':')",
+            clusterfy_core::error::excerpt(name)
+        ),
+    ))
+}
+
+fn bind(name: &str, address: &ListenAddr) -> Result<SharedListener> {
+    let failed = |doing: &str, err: std::io::Error| bind_error(name, address, doing, err);
+    let (socket, created) = match address {
+        ListenAddr::Tcp(addr) => {
+            let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)
+                .map_err(|e| failed("creating the socket", e))?;
+            // A restarted primary can bind at once, while connections of the last one linger.
+            socket.set_reuse_address(true).map_err(|e| failed("setting SO_REUSEADDR", e))?;
+            socket.bind(&(*addr).into()).map_err(|e| failed("binding", e))?;
+            (socket, None)
+        }
+        ListenAddr::Unix(path) => {
+            remove_stale_socket(name, address, path)?;
+            let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
+                .map_err(|e| failed("creating the socket", e))?;
+            let to = SockAddr::unix(path).map_err(|e| failed("naming the socket", e))?;
+            socket.bind(&to).map_err(|e| failed("binding", e))?;
+            (socket, Some(path.clone()))
+        }
+    };
+    socket.listen(BACKLOG).map_err(|e| failed("listening", e))?;
+    let socket = OwnedFd::from(socket);
+    let address = local_address(&socket).unwrap_or_else(|| address.clone());
+    tracing::debug!(listener = %name, %address, "listening for the workers");
+    Ok(SharedListener { name: name.to_owned(), socket, address, created })
+}
+
+/// A socket file left by a primary that died is taken over; one that something still listens
+/// on is not.
+fn remove_stale_socket(name: &str, address: &ListenAddr, path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    if !meta.file_type().is_socket() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "cannot listen on {address} for {name:?}: the path exists and is not a socket; remove it or \
+                 choose another path"
+            ),
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(bind_error(name, address, "binding", std::io::ErrorKind::AddrInUse.into())),
+        Err(_) => {
+            std::fs::remove_file(path).map_err(|e| bind_error(name, address, "removing the stale socket", e))
+        }
+    }
+}
+
+fn bind_error(name: &str, address: &ListenAddr, doing: &str, err: std::io::Error) -> Error {
+    let advice = match (err.kind(), address) {
+        (std::io::ErrorKind::AddrInUse, _) => {
+            "the address is in use: another process (or another primary) listens there; stop it, or choose \
+             another address (port 0 lets the system pick a free one)"
+        }
+        (std::io::ErrorKind::PermissionDenied, ListenAddr::Tcp(_)) => {
+            "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port from 1024 \
+             on, or let systemd pass the socket (socket activation)"
+        }
+        (std::io::ErrorKind::PermissionDenied, ListenAddr::Unix(_)) => {
+            "permission denied: this user may not create a file in that directory; choose a path it may write"
+        }
+        (std::io::ErrorKind::AddrNotAvailable, _) => {
+            "the address is not one of this host's; use 0.0.0.0 or [::] for every interface"
+        }
+        _ => "see the cause",
+    };
+    Error::new(ErrorKind::Io, format!("cannot listen on {address} for {name:?} ({doing}): {advice}"))
+        .with_context("listener", name)
+        .with_source(err)
+}
+
+/// The address a socket is bound to, as the system reports it.
+pub(super) fn local_address(socket: &OwnedFd) -> Option<ListenAddr> {
+    let addr = socket2::SockRef::from(socket).local_addr().ok()?;
+    match addr.as_socket() {
+        Some(tcp) => Some(ListenAddr::Tcp(tcp)),
+        None => addr.as_pathname().map(|p| ListenAddr::Unix(p.to_owned())),
+    }
+}
+
+/// The listening sockets systemd passed this process, if it started it by socket activation
+/// (`LISTEN_PID` unset or this process, `LISTEN_FDS`, optional `LISTEN_FDNAMES`).
+fn inherited_from_systemd() -> Result<Vec<SharedListener>> {
+    let Ok(count) = std::env::var(ENV_LISTEN_FDS) else { return Ok(Vec::new()) };
+    let for_us = std::env::var(ENV_LISTEN_PID)
+        .map_or(true, |pid| pid.is_empty() || pid.parse::<u32>().ok() == Some(std::process::id()));
+    if !for_us {
+        return Ok(Vec::new());
+    }
+    let count: usize = count.parse().map_err(|_| {
+        Error::new(ErrorKind::Config, format!("{ENV_LISTEN_FDS}={count:?} is not a number of descriptors"))
+    })?;
+    let names: Vec<String> = match std::env::var(ENV_LISTEN_FDNAMES) {
+        Ok(names) => names.split(':').map(str::to_owned).collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut listeners = Vec::with_capacity(count);
+    for at in 0..count {
+        let fd = FIRST_INHERITED_FD + at as i32;
+        // systemd's name for a socket without FileDescriptorName=.
+        let name = names.get(at).cloned().unwrap_or_else(|| "unknown".to_owned());
+        let socket = os::adopt_inherited_listener(fd, &name)?;
+        let address = local_address(&socket).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!("descriptor {fd} ({name:?}) from systemd is not a TCP or Unix socket"),
+            )
+        })?;
+        listeners.push(SharedListener { name, socket, address, created: None });
+    }
+    Ok(listeners)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_port_is_reported_and_a_second_bind_names_the_address_in_use() {
+        let first = SharedListeners::open(&[("http".into(), "127.0.0.1:0".into())]).expect("binds");
+        let Some(ListenAddr::Tcp(addr)) = first.address("http") else { panic!("a TCP address") };
+        assert_ne!(addr.port(), 0, "the chosen port is reported");
+        let again = SharedListeners::open(&[("http".into(), addr.to_string())]).err().expect("in use");
+        assert!(again.message().contains(&addr.to_string()), "{again}");
+        assert!(again.message().contains("in use"), "{again}");
+    }
+
+    #[test]
+    fn names_must_be_unique_and_fit_listen_fdnames() {
+        let twice = [("a".to_owned(), "127.0.0.1:0".to_owned()), ("a".to_owned(), "127.0.0.1:0".to_owned())];
+        assert_eq!(SharedListeners::open(&twice).err().expect("duplicate").kind(), ErrorKind::AlreadyExists);
+        for bad in ["", "a:b", "with space"] {
+            let err = SharedListeners::open(&[(bad.to_owned(), "127.0.0.1:0".to_owned())]).err().expect(bad);
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_stale_unix_socket_is_replaced_and_removed_at_the_end() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("a stale socket"));
+        let spec = [("api".to_owned(), format!("unix:{}", path.display()))];
+        let listeners = SharedListeners::open(&spec).expect("stale socket taken over");
+        assert_eq!(listeners.address("api"), Some(ListenAddr::Unix(path.clone())));
+        let busy = SharedListeners::open(&spec).err().expect("a live socket is not taken");
+        assert!(busy.message().contains("in use"), "{busy}");
+        listeners.remove_files();
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,94 @@
+//! The worker's side of the shared listeners: find one by name among the inherited descriptors
+//! and make it a tokio listener.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use clusterfy_core::transport::{FIRST_INHERITED_FD, WorkerEnv};
+use clusterfy_core::{Error, ErrorKind, Result, os};
+
+use super::shared::local_address;
+use super::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ListenAddr};
+
+/// A shared listener as a worker gets it from [`Worker::listener`](crate::Worker::listener).
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener (IPv4 or IPv6).
+    Tcp(tokio::net::TcpListener),
+    /// A Unix stream socket listener.
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// The TCP listener, or an error naming what it is instead.
+    pub fn into_tcp(self) -> Result<tokio::net::TcpListener> {
+        match self {
+            Listener::Tcp(listener) => Ok(listener),
+            Listener::Unix(_) => {
+                Err(Error::new(ErrorKind::InvalidInput, "this listener is a Unix socket, not TCP"))
+            }
+        }
+    }
+
+    /// The Unix socket listener, or an error naming what it is instead.
+    pub fn into_unix(self) -> Result<tokio::net::UnixListener> {
+        match self {
+            Listener::Unix(listener) => Ok(listener),
+            Listener::Tcp(_) => {
+                Err(Error::new(ErrorKind::InvalidInput, "this listener is TCP, not a Unix socket"))
+            }
+        }
+    }
+}
+
+/// Takes the inherited listener `name` described in `env`. Must run inside a tokio runtime.
+pub(crate) fn take_listener(env: &WorkerEnv, name: &str) -> Result<Listener> {
+    let names: Vec<&str> = env.get(ENV_LISTEN_FDNAMES).map(|n| n.split(':').collect()).unwrap_or_default();
+    let count: usize = match env.get(ENV_LISTEN_FDS) {
+        None => 0,
+        Some(raw) => raw.parse().map_err(|_| {
+            Error::new(ErrorKind::Config, format!("{ENV_LISTEN_FDS}={raw:?} is not a number of descriptors"))
+        })?,
+    };
+    let Some(at) = names.iter().take(count).position(|n| *n == name) else {
+        let known = if count == 0 {
+            "none".to_owned()
+        } else {
+            names.iter().take(count).copied().collect::<Vec<_>>().join(", ")
+        };
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no shared listener named {:?}; this worker inherited: {known}. The primary shares the \
+                 listeners it was built with (PrimaryBuilder::listen)",
+                clusterfy_core::error::excerpt(name)
+            ),
+        )
+        .with_context("listener", name));
+    };
+    let fd = FIRST_INHERITED_FD + at as i32;
+    let socket = os::adopt_inherited_listener(fd, name)?;
+    into_tokio(socket, name)
+}
+
+fn into_tokio(socket: OwnedFd, name: &str) -> Result<Listener> {
+    let registering = |e| Error::io(format!("registering the listener {name:?} with the runtime"), e);
+    match local_address(&socket) {
+        Some(ListenAddr::Tcp(_)) => {
+            let listener = std::net::TcpListener::from(socket);
+            listener.set_nonblocking(true).map_err(registering)?;
+            tokio::net::TcpListener::from_std(listener).map(Listener::Tcp).map_err(registering)
+        }
+        Some(ListenAddr::Unix(_)) => {
+            let listener = std::os::unix::net::UnixListener::from(socket);
+            listener.set_nonblocking(true).map_err(registering)?;
+            tokio::net::UnixListener::from_std(listener).map(Listener::Unix).map_err(registering)
+        }
+        None => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "the inherited listener {name:?} (descriptor {}) is neither TCP nor a Unix socket",
+                socket.as_raw_fd()
+            ),
+        )),
+    }
+}

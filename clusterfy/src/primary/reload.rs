@@ -1,0 +1,194 @@
+//! Rolling reload: replace workers a few at a time, each new process first, so the cluster
+//! never serves with fewer workers than it has, and a replacement that fails to start stops
+//! the rollout while the old workers keep serving.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerId};
+
+use super::{DEFAULT_SHUTDOWN_TIMEOUT, Primary, WorkerState, readiness};
+use crate::events::{Event, WorkerRef};
+
+/// How [`Primary::reload`] replaces the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadOptions {
+    at_once: usize,
+    grace: Duration,
+}
+
+impl Default for ReloadOptions {
+    /// One worker at a time, each old one with [`DEFAULT_SHUTDOWN_TIMEOUT`] of grace.
+    fn default() -> Self {
+        ReloadOptions { at_once: 1, grace: DEFAULT_SHUTDOWN_TIMEOUT }
+    }
+}
+
+impl ReloadOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        ReloadOptions::default()
+    }
+
+    /// How many workers are replaced at the same time (at least 1).
+    #[must_use]
+    pub fn at_once(mut self, workers: usize) -> Self {
+        self.at_once = workers.max(1);
+        self
+    }
+
+    /// The grace period each old worker has to finish what it serves after its shutdown
+    /// request, before the stop signal (see [`Primary::shutdown_worker`]).
+    #[must_use]
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+}
+
+impl Primary {
+    /// Replaces every ready worker with a new process of the same program and options, a few at
+    /// a time ([`ReloadOptions::at_once`]): start the new one, wait until it is ready, give it
+    /// the name, then stop the old one gracefully (it stops accepting and finishes what it
+    /// serves within [`ReloadOptions::grace`]). With shared listeners
+    /// ([`PrimaryBuilder::listen`](super::PrimaryBuilder::listen)) no connection is refused
+    /// meanwhile: the socket stays open and the other workers accept on it.
+    ///
+    /// The new process gets a new [`WorkerId`]; its name is the old one's. SIGHUP to the primary
+    /// runs a reload with the default options (unless
+    /// [`PrimaryBuilder::handle_signals`](super::PrimaryBuilder::handle_signals) is off).
+    ///
+    /// If a new worker fails to get ready (it exits, or the ready timeout passes), the rollout
+    /// stops: that new process is stopped, the old worker and every one not yet replaced keep
+    /// serving, [`Event::ReloadFailed`] is published and the error is returned. Returns the
+    /// `(old, new)` pairs replaced, in id order. One reload runs at a time; a second call waits.
+    pub async fn reload(&self, options: ReloadOptions) -> Result<Vec<(WorkerRef, WorkerRef)>> {
+        let _one_at_a_time = self.inner.reloading.lock().await;
+        let targets: Vec<WorkerRef> = {
+            let mut slots = self.inner.slots();
+            let mut targets = Vec::new();
+            for slot in slots.values_mut() {
+                if slot.state == WorkerState::Ready && slot.answers_to_name() && !slot.replacing {
+                    slot.replacing = true;
+                    targets.push(slot.worker.clone());
+                }
+            }
+            targets
+        };
+        let mut replaced = Vec::with_capacity(targets.len());
+        let mut failure = None;
+        for batch in targets.chunks(options.at_once) {
+            if failure.is_some() {
+                // Not started: these keep serving as they are.
+                for worker in batch {
+                    self.inner.update_slot(worker.id, |s| s.replacing = false);
+                }
+                continue;
+            }
+            let results =
+                futures::future::join_all(batch.iter().map(|w| self.replace_one(w, options.grace))).await;
+            for (old, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(new) => replaced.push((old.clone(), new)),
+                    Err(err) => {
+                        failure.get_or_insert(err);
+                    }
+                }
+            }
+        }
+        match failure {
+            None => Ok(replaced),
+            Some(err) => Err(err.with_context("replaced_before_failure", replaced.len())),
+        }
+    }
+
+    /// Replaces one worker (already marked `replacing`): the new process first, then the old
+    /// one. Clears the mark when it fails.
+    pub(super) async fn replace_one(&self, old: &WorkerRef, grace: Duration) -> Result<WorkerRef> {
+        let result = self.start_replacement(old).await;
+        let new = match result {
+            Ok(new) => new,
+            Err(err) => {
+                self.inner.update_slot(old.id, |s| s.replacing = false);
+                let err = err.with_context("worker", old);
+                self.inner.emit(Event::ReloadFailed {
+                    worker: old.clone(),
+                    error: Arc::new(Error::from(WireError::from(&err))),
+                });
+                return Err(err);
+            }
+        };
+        {
+            let mut slots = self.inner.slots();
+            if let Some(slot) = slots.get_mut(&new.id) {
+                slot.replaces = None;
+            }
+            if let Some(slot) = slots.get_mut(&old.id) {
+                slot.replaced_by = Some(new.id);
+            }
+        }
+        self.inner.changed.send_replace(());
+        self.inner.emit(Event::Replaced { old: old.clone(), new: new.clone() });
+        match self.shutdown_worker(old.id, grace).await {
+            Ok(outcome) => tracing::debug!(worker = %old, ?outcome, "replaced worker stopped"),
+            Err(err) => tracing::warn!(worker = %old, error = %err, "stopping a replaced worker failed"),
+        }
+        // Its name lives on in the replacement; the old record would only show it twice.
+        self.inner.slots().remove(&old.id);
+        self.inner.changed.send_replace(());
+        Ok(new)
+    }
+
+    /// Forks the replacement of `old` and waits until it is ready; stops it again if it is not.
+    async fn start_replacement(&self, old: &WorkerRef) -> Result<WorkerRef> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::InvalidState, "the cluster is shutting down; reload refused"));
+        }
+        let options = self.inner.slots().get(&old.id).map(|s| s.options.clone()).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnknownWorker,
+                format!("worker {:?} left the cluster before its reload", old.name),
+            )
+        })?;
+        let new = self.inner.fork_slot(&old.name, options, Some(old.id)).await?;
+        if let Err(err) = self.wait_ready(new.id).await {
+            let _ = self.shutdown_worker(new.id, Duration::ZERO).await;
+            self.inner.slots().remove(&new.id);
+            self.inner.changed.send_replace(());
+            return Err(Error::new(
+                err.kind(),
+                format!(
+                    "the new process did not get ready, so the reload stopped and the old one keeps serving: {}",
+                    err.message()
+                ),
+            ));
+        }
+        Ok(new)
+    }
+
+    /// Waits until worker `id` is ready, within the ready timeout; fails if it exits first.
+    async fn wait_ready(&self, id: WorkerId) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.inner.ready_timeout;
+        let mut changed = self.inner.changed.subscribe();
+        loop {
+            let state = self.inner.slots().get(&id).map(|slot| (slot.state, readiness(slot)));
+            match state {
+                None => return Err(Error::new(ErrorKind::WorkerExited, "the new worker left the directory")),
+                Some((WorkerState::Ready, _)) => return Ok(()),
+                // A replacement that crashed once has failed, even if its policy would revive it.
+                Some((WorkerState::Restarting, _)) => {
+                    return Err(Error::new(
+                        ErrorKind::WorkerExited,
+                        "the new worker crashed before it was ready; see its stderr",
+                    ));
+                }
+                Some((_, Err(err))) => return Err(err),
+                Some((_, Ok(_))) => {}
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                return Err(super::supervisor::not_connected_in_time(self.inner.ready_timeout));
+            }
+        }
+    }
+}
