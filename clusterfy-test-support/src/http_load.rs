@@ -66,9 +66,35 @@ impl LoadReport {
     }
 }
 
-/// Sends GET `url` over `connections` concurrent connections until `max_requests` were sent in
-/// total or `stop` turns true, whichever comes first.
-pub async fn run(url: &str, connections: usize, max_requests: u64, stop: watch::Receiver<bool>) -> LoadReport {
+/// Sends GET `url` over `connections` concurrent keep-alive connections until `max_requests`
+/// were sent in total or `stop` turns true, whichever comes first.
+pub async fn run(
+    url: &str,
+    connections: usize,
+    max_requests: u64,
+    stop: watch::Receiver<bool>,
+) -> LoadReport {
+    load(url, connections, max_requests, stop, false).await
+}
+
+/// [`run`], but every request asks for `Connection: close`: each goes over a new connection,
+/// which the server's kernel hands to whichever worker accepts first.
+pub async fn run_closing(
+    url: &str,
+    clients: usize,
+    max_requests: u64,
+    stop: watch::Receiver<bool>,
+) -> LoadReport {
+    load(url, clients, max_requests, stop, true).await
+}
+
+async fn load(
+    url: &str,
+    connections: usize,
+    max_requests: u64,
+    stop: watch::Receiver<bool>,
+    close: bool,
+) -> LoadReport {
     let uri: hyper::Uri = url.parse().expect("a valid URL");
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -85,12 +111,21 @@ pub async fn run(url: &str, connections: usize, max_requests: u64, stop: watch::
                 if *stop.borrow() {
                     break;
                 }
-                let taken = budget.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| n.checked_sub(1));
+                let taken = budget.fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                );
                 if taken.is_err() {
                     break;
                 }
                 let sent = Instant::now();
-                match client.get(uri.clone()).await {
+                let mut request = hyper::Request::get(uri.clone());
+                if close {
+                    request = request.header(hyper::header::CONNECTION, "close");
+                }
+                let request = request.body(Empty::new()).expect("a GET request");
+                match client.request(request).await {
                     Ok(response) => {
                         let ok = response.status() == hyper::StatusCode::OK;
                         match response.into_body().collect().await {
@@ -98,7 +133,8 @@ pub async fn run(url: &str, connections: usize, max_requests: u64, stop: watch::
                                 report.ok += 1;
                                 report.latencies.push(sent.elapsed());
                                 let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-                                let server = body.split("from ").nth(1).and_then(|r| r.split_whitespace().next());
+                                let server =
+                                    body.split("from ").nth(1).and_then(|r| r.split_whitespace().next());
                                 *report.by_server.entry(server.unwrap_or("?").to_owned()).or_default() += 1;
                             }
                             Ok(_) => {

@@ -69,7 +69,18 @@ pub enum Scenario {
     /// has each run [`WriteSequence`] for good; the workers print an [`ACK_LINE_PREFIX`] line per
     /// acknowledged write. Made to be killed with SIGKILL.
     PersistPrimary,
+    /// Connects, turns Processing for good and never finishes, but keeps SIGTERM's default, so
+    /// the stop signal ends it.
+    IgnoreRequest,
+    /// Connects, then blocks its (current-thread) runtime for good: it cannot answer a ping.
+    Hang,
+    /// Connects, then allocates and touches [`ENV_GROW_BYTES`] bytes and holds them, serving
+    /// as [`Scenario::Normal`] does.
+    Grow,
 }
+
+/// Bytes a [`Scenario::Grow`] worker allocates.
+pub const ENV_GROW_BYTES: &str = "CLUSTERFY_TEST_GROW_BYTES";
 
 /// Workers of [`Scenario::PersistPrimary`].
 pub const PERSIST_WRITERS: [&str; 3] = ["writer-a", "writer-b", "writer-c"];
@@ -79,7 +90,7 @@ pub const ACK_LINE_PREFIX: &str = "ACK";
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Normal,
         Scenario::IgnoreShutdown,
         Scenario::NeverConnect,
@@ -88,6 +99,9 @@ impl Scenario {
         Scenario::Garbage,
         Scenario::Primary,
         Scenario::PersistPrimary,
+        Scenario::IgnoreRequest,
+        Scenario::Hang,
+        Scenario::Grow,
     ];
 
     /// The argument that selects it.
@@ -101,6 +115,9 @@ impl Scenario {
             Scenario::Garbage => "garbage",
             Scenario::Primary => "primary",
             Scenario::PersistPrimary => "persist-primary",
+            Scenario::IgnoreRequest => "ignore-request",
+            Scenario::Hang => "hang",
+            Scenario::Grow => "grow",
         }
     }
 

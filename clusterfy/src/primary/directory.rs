@@ -187,7 +187,18 @@ impl PrimaryInner {
         let (control, control_rx) = mpsc::unbounded_channel();
         let mut slot = Slot::new(worker.clone(), options.clone(), control);
         slot.replaces = replaces;
-        self.slots().insert(id, slot);
+        {
+            let mut slots = self.slots();
+            // Checked under the lock that `Primary::shutdown` lists the workers under, so a worker
+            // is either listed there or never started.
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "the cluster is shutting down; fork refused",
+                ));
+            }
+            slots.insert(id, slot);
+        }
         let (spawned_tx, spawned_rx) = oneshot::channel();
         tokio::spawn(supervisor::supervise(
             Arc::clone(self),

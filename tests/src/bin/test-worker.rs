@@ -14,11 +14,12 @@ use clusterfy::{
     WorkerId, WorkerOptions, WorkerStatus,
 };
 use clusterfy_tests::{
-    ACK_LINE_PREFIX, AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_HOOK_FILE,
-    Echo, ExitGracefully, ExitWith, FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE,
-    HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE, HUNG_UP_WITHOUT_NOTICE, Identity,
-    IncrementMany, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX, PrimaryEcho, ReadAt, RunKv, SaveAt,
-    Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI, WorkUntilShutdown, WriteSequence,
+    ACK_LINE_PREFIX, AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_GROW_BYTES,
+    ENV_HOOK_FILE, Echo, ExitGracefully, ExitWith, FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE,
+    GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE,
+    HUNG_UP_WITHOUT_NOTICE, Identity, IncrementMany, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX,
+    PrimaryEcho, ReadAt, RunKv, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI,
+    WorkUntilShutdown, WriteSequence,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,7 +47,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // A hung worker must block the one thread that could answer its pings.
+    let mut builder = if scenario == Scenario::Hang {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("test-worker: cannot start a tokio runtime: {err}");
@@ -72,6 +81,27 @@ async fn run(scenario: Scenario) -> Result<()> {
         Scenario::Garbage => garbage().await?,
         Scenario::Primary => primary().await?,
         Scenario::PersistPrimary => persist_primary().await?,
+        Scenario::IgnoreRequest => {
+            let worker = connect(worker_builder()).await?;
+            worker.set_status(WorkerStatus::Processing).await?;
+            std::future::pending::<()>().await
+        }
+        Scenario::Hang => {
+            let _worker = connect(worker_builder()).await?;
+            eprintln!("test-worker: blocking the runtime, as scenario {scenario} asks");
+            // Blocking on purpose: nothing else on this runtime may run again.
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        Scenario::Grow => {
+            let worker = connect(worker_builder()).await?;
+            let bytes: usize = env_var(ENV_GROW_BYTES)?
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::Config, ENV_GROW_BYTES))?;
+            // Touched, so it counts as resident memory.
+            let held = std::hint::black_box(vec![1u8; bytes]);
+            serve_until_shutdown(worker).await;
+            drop(std::hint::black_box(held));
+        }
     }
     Ok(())
 }

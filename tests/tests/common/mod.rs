@@ -265,7 +265,10 @@ pub(crate) fn is_about(event: &Event, name: &str) -> bool {
         | Event::Disconnect { worker }
         | Event::Exit { worker, .. }
         | Event::Revived { worker, .. }
-        | Event::GaveUp { worker, .. } => Some(worker),
+        | Event::GaveUp { worker, .. }
+        | Event::Unresponsive { worker, .. }
+        | Event::MemoryLimit { worker, .. }
+        | Event::ReloadFailed { worker, .. } => Some(worker),
         Event::Error { worker, .. } => worker.as_ref(),
         _ => None,
     };

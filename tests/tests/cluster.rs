@@ -1,0 +1,329 @@
+//! Cluster mode with real processes and real sockets: workers sharing a listening port, revival
+//! and rolling reload without a refused connection or a failed request, a failing new version,
+//! the stop ladder, the memory limit and hung workers.
+//!
+//! The HTTP workers are the `http_cluster` example itself (`cargo test --workspace` builds it):
+//! the primary here is this test process, which forks the example's binary as its workers.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clusterfy::{
+    Event, ExitReason, Heartbeat, ListenAddr, Primary, Program, ReloadOptions, RestartPolicy,
+    ShutdownOutcome, WorkerOptions, WorkerState, value,
+};
+use clusterfy_test_support::http_load::{self, LoadReport};
+use clusterfy_tests::{ENV_GROW_BYTES, Scenario};
+use common::{WAIT, bounded, is_about, next_event_matching, options, pid_of, primary_builder, with_notes};
+use nix::sys::signal::{Signal, kill};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+
+/// The `http_cluster` example's binary, next to this test's in the target directory.
+fn http_cluster_example() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    // target/<profile>/deps/cluster-<hash> -> target/<profile>/examples/http_cluster
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let example = profile_dir.join("examples").join("http_cluster");
+    assert!(
+        example.exists(),
+        "{} is missing: these tests run the http_cluster example, which `cargo test --workspace` builds; \
+         build it with `cargo build -p clusterfy --example http_cluster`",
+        example.display()
+    );
+    example
+}
+
+/// Revives at once, as often as needed within these tests.
+fn revive() -> RestartPolicy {
+    RestartPolicy {
+        max_restarts: 10,
+        window: Duration::from_secs(60),
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+    }
+}
+
+fn http_worker(program: Program) -> WorkerOptions {
+    WorkerOptions::default().program(program).restart_policy(revive())
+}
+
+/// A primary sharing `127.0.0.1:<free port>` as "http", with `workers` example workers, ready;
+/// and the URL to load.
+async fn http_cluster(workers: usize, program: Program) -> (Primary, String) {
+    let primary = primary_builder()
+        .listen("http", "127.0.0.1:0")
+        .initial_storage(value!({ "hits": 0 }))
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("primary with a shared listener");
+    for n in 1..=workers {
+        primary.fork(&format!("http-{n}"), http_worker(program.clone())).await.expect("fork");
+    }
+    bounded("ready", primary.ready()).await.expect("ready");
+    let Some(ListenAddr::Tcp(addr)) = primary.listener_addr("http") else { panic!("a TCP listener") };
+    (primary, format!("http://{addr}/"))
+}
+
+/// Load on `url` until the returned sender says stop (or 200,000 requests).
+fn start_load(url: &str, connections: usize) -> (watch::Sender<bool>, tokio::task::JoinHandle<LoadReport>) {
+    let (stop, stopped) = watch::channel(false);
+    let url = url.to_owned();
+    (stop, tokio::spawn(async move { http_load::run(&url, connections, 200_000, stopped).await }))
+}
+
+async fn stop_load(stop: watch::Sender<bool>, load: tokio::task::JoinHandle<LoadReport>) -> LoadReport {
+    let _ = stop.send(true);
+    bounded("the load to stop", load).await.expect("load task")
+}
+
+/// Waits until the load answered at least `n` requests more than it had (by polling the hit
+/// counter in the shared storage, which every answer increments).
+async fn wait_for_hits(primary: &Primary, more: u64) {
+    let start: u64 = primary.storage().retrieve("hits").await.expect("hits").unwrap_or(0);
+    bounded("requests to be answered", async {
+        loop {
+            let now: u64 = primary.storage().retrieve("hits").await.expect("hits").unwrap_or(0);
+            if now >= start + more {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+fn assert_clean(report: &LoadReport, what: &str) {
+    assert!(report.ok > 0, "{what}: no request was answered: {report:?}");
+    assert_eq!(
+        (report.failed, report.connect_errors),
+        (0, 0),
+        "{what}: {} failed and {} connection errors among {} answered; first errors: {:?}",
+        report.failed,
+        report.connect_errors,
+        report.ok,
+        report.errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_serves_real_http_requests_from_several_workers() {
+    let mut child = tokio::process::Command::new(http_cluster_example())
+        .args(["--workers", "3", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the example");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = bounded("the example to listen", async {
+        loop {
+            let line = lines.next_line().await.expect("stdout").expect("the example printed its address");
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                return rest.split_whitespace().next().expect("a URL").to_owned();
+            }
+        }
+    })
+    .await;
+    let (stop, stopped) = watch::channel(false);
+    // A new connection per request: keep-alive connections opened at once may all land on the
+    // first worker that accepts, as with any shared listening socket.
+    let report = http_load::run_closing(&url, 8, 600, stopped).await;
+    drop(stop);
+    assert_clean(&report, "steady load");
+    assert_eq!(report.ok, 600);
+    assert!(report.by_server.len() >= 2, "requests reached only {:?}", report.by_server);
+    kill(nix::unistd::Pid::from_raw(child.id().expect("pid") as i32), Signal::SIGINT).expect("SIGINT");
+    let status = bounded("the example to shut down", child.wait()).await.expect("wait");
+    assert_eq!(status.code(), Some(130), "a graceful stop by SIGINT exits with 128 + 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_revived_and_the_port_never_refuses_a_connection() {
+    let (primary, url) = http_cluster(2, Program::new(http_cluster_example(), Vec::<String>::new())).await;
+    let mut events = primary.events();
+    let (stop, load) = start_load(&url, 8);
+    wait_for_hits(&primary, 100).await;
+    kill(pid_of(&primary, "http-1"), Signal::SIGKILL).expect("SIGKILL");
+    next_event_matching(&mut events, WAIT, "http-1 revived and ready", {
+        let mut revived = false;
+        move |e| {
+            revived |= matches!(e, Event::Revived { .. }) && is_about(e, "http-1");
+            revived && matches!(e, Event::Ready { .. }) && is_about(e, "http-1")
+        }
+    })
+    .await;
+    wait_for_hits(&primary, 100).await;
+    let report = stop_load(stop, load).await;
+    // Requests in flight on the killed worker's connections die with it; a refused connection
+    // would mean the port closed.
+    assert_eq!(report.connect_errors, 0, "connections refused while a worker restarted: {:?}", report.errors);
+    assert!(report.ok > 200, "{report:?}");
+    primary.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_reload_under_load_fails_no_request() {
+    let (primary, url) = http_cluster(3, Program::new(http_cluster_example(), Vec::<String>::new())).await;
+    let before: Vec<_> = primary.workers().into_iter().map(|w| (w.id, w.pid)).collect();
+    let mut events = primary.events();
+    let (stop, load) = start_load(&url, 16);
+    wait_for_hits(&primary, 200).await;
+    let replaced = bounded("the reload", primary.reload(ReloadOptions::new())).await.expect("reload");
+    wait_for_hits(&primary, 200).await;
+    let report = stop_load(stop, load).await;
+    assert_clean(&report, "load during a full reload");
+    assert_eq!(replaced.len(), 3, "every worker replaced: {replaced:?}");
+    let after = primary.workers();
+    assert_eq!(after.len(), 3, "old records are gone, one per name: {after:?}");
+    for (old, new) in &replaced {
+        assert_eq!(old.name, new.name);
+        assert!(after.iter().any(|w| w.id == new.id && w.state == WorkerState::Ready), "{new} serves");
+        assert!(!before.iter().any(|(id, _)| *id == new.id));
+    }
+    let mut replacements = 0;
+    while replacements < 3 {
+        if let Event::Replaced { .. } =
+            next_event_matching(&mut events, WAIT, "Replaced", |e| matches!(e, Event::Replaced { .. })).await
+        {
+            replacements += 1;
+        }
+    }
+    primary.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_that_cannot_start_stops_the_rollout_and_the_old_workers_keep_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broken = dir.path().join("broken");
+    // The "deployed" program: the example, until the flag file says the new version is broken.
+    let program = Program::new(
+        "/bin/sh",
+        [
+            "-c".into(),
+            r#"if [ -e "$1" ]; then echo "new version cannot start" >&2; exit 3; fi; exec "$0""#.into(),
+            http_cluster_example().into_os_string(),
+            broken.clone().into_os_string(),
+        ],
+    );
+    let (primary, url) = http_cluster(2, program).await;
+    let before: Vec<_> = primary.workers().into_iter().map(|w| w.id).collect();
+    let mut events = primary.events();
+    std::fs::write(&broken, b"").expect("break the next version");
+    let (stop, load) = start_load(&url, 8);
+    let err =
+        bounded("the reload", primary.reload(ReloadOptions::new())).await.expect_err("the rollout stops");
+    assert!(err.message().contains("old one keeps serving"), "{err}");
+    next_event_matching(&mut events, WAIT, "ReloadFailed", |e| matches!(e, Event::ReloadFailed { .. })).await;
+    wait_for_hits(&primary, 100).await;
+    let report = stop_load(stop, load).await;
+    assert_clean(&report, "load during a failed reload");
+    let after = primary.workers();
+    assert_eq!(after.iter().map(|w| w.id).collect::<Vec<_>>(), before, "the old workers stay: {after:?}");
+    assert!(after.iter().all(|w| w.state == WorkerState::Ready), "{after:?}");
+    primary.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_ladder_asks_then_signals_then_kills() {
+    let (builder, mut notes) = with_notes(primary_builder());
+    let primary = builder
+        .kill_timeout(Duration::from_millis(500))
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("primary");
+    primary.fork("polite", options(Scenario::Normal)).await.expect("fork");
+    primary.fork("deaf", options(Scenario::IgnoreRequest)).await.expect("fork");
+    primary.fork("stubborn", options(Scenario::IgnoreShutdown)).await.expect("fork");
+    bounded("ready", primary.ready()).await.expect("ready");
+    let grace = Duration::from_millis(300);
+    let polite = primary.shutdown_worker("polite", grace).await.expect("polite");
+    assert_eq!(polite, ShutdownOutcome::Exited(ExitReason::Code(0)));
+    let deaf = primary.shutdown_worker("deaf", grace).await.expect("deaf");
+    assert_eq!(deaf, ShutdownOutcome::Terminated(ExitReason::Signal(Signal::SIGTERM as i32)));
+    let stubborn = primary.shutdown_worker("stubborn", grace).await.expect("stubborn");
+    assert_eq!(stubborn, ShutdownOutcome::Killed);
+    // It trapped the stop signal (and told us) before SIGKILL came.
+    let note = bounded("the trapped SIGTERM's note", notes.recv()).await.expect("a note");
+    assert_eq!(note, ("stubborn".to_owned(), "sigterm".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_over_its_memory_limit_is_replaced_by_a_new_one_first() {
+    let primary = primary_builder()
+        .sample_interval(Duration::from_millis(50))
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("primary");
+    let limit = 48 << 20;
+    let mut events = primary.events();
+    let grower = options(Scenario::Grow).env(ENV_GROW_BYTES, (96u64 << 20).to_string()).max_memory(limit);
+    let old = primary.fork("grower", grower).await.expect("fork");
+    let over =
+        next_event_matching(&mut events, WAIT, "MemoryLimit", |e| matches!(e, Event::MemoryLimit { .. }))
+            .await;
+    let Event::MemoryLimit { worker, rss, limit: seen_limit } = over else { unreachable!() };
+    assert_eq!(worker, old);
+    assert_eq!(seen_limit, limit);
+    assert!(rss > limit, "rss {rss} over {limit}");
+    let replaced =
+        next_event_matching(&mut events, WAIT, "Replaced", |e| matches!(e, Event::Replaced { .. })).await;
+    let Event::Replaced { old: gone, new } = replaced else { unreachable!() };
+    assert_eq!(gone, old);
+    assert_eq!(new.name, "grower");
+    assert_ne!(new.id, old.id);
+    let stats = primary.statistics();
+    let sampled = stats.workers.iter().find(|w| w.id == new.id).expect("the replacement is listed");
+    assert!(sampled.pid.is_some(), "{sampled:?}");
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_is_found_by_its_heartbeat_and_revived() {
+    let primary = primary_builder().handle_signals(false).build().await.expect("primary");
+    let mut events = primary.events();
+    let heartbeat = Heartbeat { interval: Duration::from_millis(100), timeout: Duration::from_millis(300) };
+    let hung = options(Scenario::Hang).heartbeat(Some(heartbeat)).restart_policy(revive());
+    primary.fork("hung", hung).await.expect("fork");
+    let found =
+        next_event_matching(&mut events, WAIT, "Unresponsive", |e| matches!(e, Event::Unresponsive { .. }))
+            .await;
+    let Event::Unresponsive { waited, .. } = found else { unreachable!() };
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    let exit = next_event_matching(&mut events, WAIT, "Exit", |e| matches!(e, Event::Exit { .. })).await;
+    assert!(matches!(exit, Event::Exit { reason: ExitReason::Signal(9), .. }), "{exit:?}");
+    next_event_matching(&mut events, WAIT, "Revived", |e| matches!(e, Event::Revived { .. })).await;
+    primary.shutdown(Duration::from_millis(200)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_show_each_workers_cpu_and_memory() {
+    let primary = primary_builder()
+        .sample_interval(Duration::from_millis(50))
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("primary");
+    primary.fork("sampled", options(Scenario::Normal)).await.expect("fork");
+    bounded("ready", primary.ready()).await.expect("ready");
+    let info = bounded("two samples", async {
+        loop {
+            let info = primary.workers().into_iter().next().expect("one worker");
+            if info.cpu_percent.is_some() && info.memory.is_some() {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let memory = info.memory.expect("memory");
+    assert!((1 << 20..1 << 30).contains(&memory), "a test worker's RSS is between 1 MiB and 1 GiB: {memory}");
+    assert!(info.cpu_percent.is_some_and(|c| (0.0..=200.0).contains(&c)), "{info:?}");
+    let table = primary.statistics().table();
+    assert!(table.contains("cpu") && table.contains("MiB"), "{table}");
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+}
