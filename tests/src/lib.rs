@@ -77,7 +77,27 @@ pub enum Scenario {
     /// Connects, then allocates and touches [`ENV_GROW_BYTES`] bytes and holds them, serving
     /// as [`Scenario::Normal`] does.
     Grow,
+    /// Connects, takes the first shared listener with the `listenfd` crate (as code written for
+    /// systemd socket activation does), and answers every connection with one line
+    /// [`LISTENFD_ANSWER`] and its name.
+    ListenfdWorker,
+    /// Plays a primary that systemd started by socket activation (the caller passes a listening
+    /// socket as descriptor 3 with `LISTEN_FDS=1`, `LISTEN_FDNAMES=http`): it asks for "http"
+    /// at an address it could not bind, forks one [`Scenario::ListenfdWorker`], prints
+    /// [`READY_LINE`] when it is ready, and waits.
+    SocketActivatedPrimary,
+    /// Connects, takes the shared Unix-socket listener "api" with `Worker::listener`, and
+    /// answers every connection with one line [`UNIX_ANSWER`] and its name.
+    UnixListenerWorker,
 }
+
+/// What a [`Scenario::UnixListenerWorker`] answers, before its name.
+pub const UNIX_ANSWER: &str = "unix worker";
+
+/// What a [`Scenario::ListenfdWorker`] answers, before its name.
+pub const LISTENFD_ANSWER: &str = "listenfd worker";
+/// What a primary scenario prints once its workers are ready.
+pub const READY_LINE: &str = "cluster ready";
 
 /// Bytes a [`Scenario::Grow`] worker allocates.
 pub const ENV_GROW_BYTES: &str = "CLUSTERFY_TEST_GROW_BYTES";
@@ -90,7 +110,7 @@ pub const ACK_LINE_PREFIX: &str = "ACK";
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Normal,
         Scenario::IgnoreShutdown,
         Scenario::NeverConnect,
@@ -102,6 +122,9 @@ impl Scenario {
         Scenario::IgnoreRequest,
         Scenario::Hang,
         Scenario::Grow,
+        Scenario::ListenfdWorker,
+        Scenario::SocketActivatedPrimary,
+        Scenario::UnixListenerWorker,
     ];
 
     /// The argument that selects it.
@@ -118,6 +141,9 @@ impl Scenario {
             Scenario::IgnoreRequest => "ignore-request",
             Scenario::Hang => "hang",
             Scenario::Grow => "grow",
+            Scenario::ListenfdWorker => "listenfd-worker",
+            Scenario::SocketActivatedPrimary => "socket-activated-primary",
+            Scenario::UnixListenerWorker => "unix-listener-worker",
         }
     }
 

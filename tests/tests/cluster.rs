@@ -15,7 +15,7 @@ use clusterfy::{
     ShutdownOutcome, WorkerOptions, WorkerState, value,
 };
 use clusterfy_test_support::http_load::{self, LoadReport};
-use clusterfy_tests::{ENV_GROW_BYTES, Scenario};
+use clusterfy_tests::{ENV_GROW_BYTES, LISTENFD_ANSWER, READY_LINE, Scenario, UNIX_ANSWER};
 use common::{WAIT, bounded, is_about, next_event_matching, options, pid_of, primary_builder, with_notes};
 use nix::sys::signal::{Signal, kill};
 use tokio::io::AsyncBufReadExt;
@@ -326,4 +326,70 @@ async fn statistics_show_each_workers_cpu_and_memory() {
     let table = primary.statistics().table();
     assert!(table.contains("cpu") && table.contains("MiB"), "{table}");
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_activated_primary_hands_its_socket_to_workers_written_for_listenfd() {
+    use command_fds::{CommandFdExt, FdMapping};
+    use tokio::io::AsyncReadExt;
+    // This test plays systemd: it binds the socket and starts the primary with it as descriptor 3.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let mut primary = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-worker"));
+    primary
+        .arg(Scenario::SocketActivatedPrimary.as_str())
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "http")
+        .env_remove("LISTEN_PID")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    primary
+        .fd_mappings(vec![FdMapping { parent_fd: std::os::fd::OwnedFd::from(listener), child_fd: 3 }])
+        .expect("descriptor 3");
+    let mut primary = primary.spawn().expect("start the primary");
+    let mut lines = tokio::io::BufReader::new(primary.stdout.take().expect("stdout")).lines();
+    bounded("the socket-activated cluster", async {
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if line == READY_LINE {
+                return;
+            }
+        }
+        panic!("the primary ended before it was ready");
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the inherited socket accepts");
+    let mut answer = String::new();
+    bounded("the worker's answer", stream.read_to_string(&mut answer)).await.expect("read");
+    assert_eq!(answer, format!("{LISTENFD_ANSWER} activated\n"));
+    primary.start_kill().expect("kill the primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_a_unix_socket_listener_and_its_file_is_removed_at_shutdown() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("api.sock");
+    let primary = primary_builder()
+        .listen("api", format!("unix:{}", path.display()))
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("primary with a Unix listener");
+    assert_eq!(primary.listener_addr("api"), Some(ListenAddr::Unix(path.clone())));
+    for name in ["unix-a", "unix-b"] {
+        primary.fork(name, options(Scenario::UnixListenerWorker)).await.expect("fork");
+    }
+    bounded("ready", primary.ready()).await.expect("ready");
+    let mut answered_by = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::UnixStream::connect(&path).await.expect("the shared socket accepts");
+        let mut answer = String::new();
+        bounded("an answer", stream.read_to_string(&mut answer)).await.expect("read");
+        let name =
+            answer.strip_prefix(&format!("{UNIX_ANSWER} ")).expect("a worker's answer").trim().to_owned();
+        answered_by.insert(name);
+    }
+    assert!(!answered_by.is_empty() && answered_by.iter().all(|n| n.starts_with("unix-")), "{answered_by:?}");
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+    assert!(!path.exists(), "the socket file the primary created is removed");
 }

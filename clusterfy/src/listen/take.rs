@@ -92,3 +92,20 @@ fn into_tokio(socket: OwnedFd, name: &str) -> Result<Listener> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_name_is_refused_naming_the_inherited_listeners() {
+        let env = WorkerEnv::from_pairs([(ENV_LISTEN_FDS, "2"), (ENV_LISTEN_FDNAMES, "http:admin")]);
+        let err = take_listener(&env, "metrics").expect_err("no such listener");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.message().contains("http, admin"), "{err}");
+        let none = take_listener(&WorkerEnv::default(), "http").expect_err("no listeners at all");
+        assert!(none.message().contains("inherited: none"), "{none}");
+        let malformed = WorkerEnv::from_pairs([(ENV_LISTEN_FDS, "two")]);
+        assert_eq!(take_listener(&malformed, "http").expect_err("malformed").kind(), ErrorKind::Config);
+    }
+}

@@ -17,9 +17,9 @@ use clusterfy_tests::{
     ACK_LINE_PREFIX, AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_GROW_BYTES,
     ENV_HOOK_FILE, Echo, ExitGracefully, ExitWith, FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE,
     GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE,
-    HUNG_UP_WITHOUT_NOTICE, Identity, IncrementMany, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX,
-    PrimaryEcho, ReadAt, RunKv, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, WhoAmI,
-    WorkUntilShutdown, WriteSequence,
+    HUNG_UP_WITHOUT_NOTICE, Identity, IncrementMany, LISTENFD_ANSWER, NextChange, Note, PERSIST_WRITERS,
+    PIDS_LINE_PREFIX, PrimaryEcho, READY_LINE, ReadAt, RunKv, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI,
+    StartWatch, UNIX_ANSWER, WhoAmI, WorkUntilShutdown, WriteSequence,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,6 +101,22 @@ async fn run(scenario: Scenario) -> Result<()> {
             let held = std::hint::black_box(vec![1u8; bytes]);
             serve_until_shutdown(worker).await;
             drop(std::hint::black_box(held));
+        }
+        Scenario::ListenfdWorker => listenfd_worker().await?,
+        Scenario::SocketActivatedPrimary => socket_activated_primary().await?,
+        Scenario::UnixListenerWorker => {
+            let worker = connect(worker_builder()).await?;
+            let listener = worker.listener("api")?.into_unix()?;
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let (mut stream, _) = accepted.map_err(|e| Error::io("accepting", e))?;
+                        let line = format!("{UNIX_ANSWER} {}\n", worker.name());
+                        let _ = stream.write_all(line.as_bytes()).await;
+                    }
+                    () = worker.shutdown_requested() => break,
+                }
+            }
         }
     }
     Ok(())
@@ -407,6 +423,41 @@ async fn primary() -> Result<()> {
     primary.fork(FOREIGN_WORKER, WorkerOptions::default().program(Program::new("sleep", ["1000"]))).await?;
     let pids: Vec<String> = primary.workers().iter().filter_map(|w| w.pid).map(|p| p.to_string()).collect();
     println!("{PIDS_LINE_PREFIX} {}", pids.join(" "));
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// A worker whose listener comes through the `listenfd` crate, not Clusterfy's API.
+async fn listenfd_worker() -> Result<()> {
+    let worker = connect(worker_builder()).await?;
+    let std_listener = listenfd::ListenFd::from_env()
+        .take_tcp_listener(0)
+        .map_err(|e| Error::io("taking descriptor 3 with listenfd", e))?
+        .ok_or_else(|| Error::new(ErrorKind::NotFound, "listenfd found no listener"))?;
+    std_listener.set_nonblocking(true).map_err(|e| Error::io("non-blocking listener", e))?;
+    let listener =
+        tokio::net::TcpListener::from_std(std_listener).map_err(|e| Error::io("tokio listener", e))?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (mut stream, _) = accepted.map_err(|e| Error::io("accepting", e))?;
+                let line = format!("{LISTENFD_ANSWER} {}\n", worker.name());
+                let _ = stream.write_all(line.as_bytes()).await;
+            }
+            () = worker.shutdown_requested() => return Ok(()),
+        }
+    }
+}
+
+/// A primary started by socket activation (see [`Scenario::SocketActivatedPrimary`]).
+async fn socket_activated_primary() -> Result<()> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding test-worker", e))?;
+    // Port 1 needs privileges this test does not have: only the inherited socket can serve.
+    let primary = Primary::builder().listen("http", "127.0.0.1:1").build().await?;
+    let worker = WorkerOptions::default().program(Program::new(&exe, [Scenario::ListenfdWorker.as_str()]));
+    primary.fork("activated", worker).await?;
+    primary.ready().await?;
+    println!("{READY_LINE}");
     std::future::pending::<()>().await;
     Ok(())
 }
