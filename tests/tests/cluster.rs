@@ -310,10 +310,12 @@ async fn statistics_show_each_workers_cpu_and_memory() {
         .expect("primary");
     primary.fork("sampled", options(Scenario::Normal)).await.expect("fork");
     bounded("ready", primary.ready()).await.expect("ready");
-    let info = bounded("two samples", async {
+    // A sample taken right after the fork sees the process before its program ran; a later one
+    // sees the running worker.
+    let info = bounded("a sample of the running worker", async {
         loop {
             let info = primary.workers().into_iter().next().expect("one worker");
-            if info.cpu_percent.is_some() && info.memory.is_some() {
+            if info.memory.is_some_and(|m| m > 1 << 20) {
                 return info;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -321,7 +323,7 @@ async fn statistics_show_each_workers_cpu_and_memory() {
     })
     .await;
     let memory = info.memory.expect("memory");
-    assert!((1 << 20..1 << 30).contains(&memory), "a test worker's RSS is between 1 MiB and 1 GiB: {memory}");
+    assert!(memory < 1 << 30, "a test worker's RSS is below 1 GiB: {memory}");
     assert!(info.cpu_percent.is_some_and(|c| (0.0..=200.0).contains(&c)), "{info:?}");
     let table = primary.statistics().table();
     assert!(table.contains("cpu") && table.contains("MiB"), "{table}");
