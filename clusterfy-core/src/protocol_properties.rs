@@ -161,6 +161,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         arb_storage_request().prop_map(Request::Storage),
         arb_command_request().prop_map(Request::Command),
         Just(Request::Shutdown),
+        Just(Request::Ping),
     ]
 }
 
@@ -641,6 +642,7 @@ fn docs_request_and_storage_request_variant_indices_are_the_declaration_order() 
             ("Storage", Request::Storage(StorageRequest::Get { path: String::new() })),
             ("Command", Request::Command(command)),
             ("Shutdown", Request::Shutdown),
+            ("Ping", Request::Ping),
         ],
     );
     assert_variants::<StorageRequest>(
