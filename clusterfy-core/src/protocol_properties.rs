@@ -144,7 +144,7 @@ prop_compose! {
     }
 }
 
-fn arb_storage_request() -> impl Strategy<Value = StorageRequest> {
+fn arb_storage_request() -> BoxedStrategy<StorageRequest> {
     prop_oneof![
         arb_text().prop_map(|path| StorageRequest::Get { path }),
         (arb_text(), arb_value(), any::<bool>())
@@ -154,15 +154,17 @@ fn arb_storage_request() -> impl Strategy<Value = StorageRequest> {
             .prop_map(|(path, expected, new)| StorageRequest::CompareAndSwap { path, expected, new }),
         arb_text().prop_map(|path| StorageRequest::Watch { path }),
     ]
+    .boxed()
 }
 
-fn arb_request() -> impl Strategy<Value = Request> {
+fn arb_request() -> BoxedStrategy<Request> {
     prop_oneof![
         arb_storage_request().prop_map(Request::Storage),
         arb_command_request().prop_map(Request::Command),
         Just(Request::Shutdown),
         Just(Request::Ping),
     ]
+    .boxed()
 }
 
 prop_compose! {
@@ -175,7 +177,7 @@ prop_compose! {
     }
 }
 
-fn arb_reply() -> impl Strategy<Value = Reply> {
+fn arb_reply() -> BoxedStrategy<Reply> {
     prop_oneof![
         Just(Reply::Done),
         proptest::option::of(arb_value()).prop_map(Reply::Value),
@@ -184,6 +186,7 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
         vec(arb_broadcast_entry(), 0..4).prop_map(Reply::Broadcast),
         select(vec![ShutdownAck::Exiting, ShutdownAck::Stopping]).prop_map(Reply::Shutdown),
     ]
+    .boxed()
 }
 
 fn arb_notice() -> impl Strategy<Value = Notice> {
@@ -196,7 +199,9 @@ fn arb_notice() -> impl Strategy<Value = Notice> {
 }
 
 /// Any [`Message`]: every variant of it and of every enum inside it.
-fn arb_message() -> impl Strategy<Value = Message> {
+fn arb_message() -> BoxedStrategy<Message> {
+    // Boxed (like the strategies it is made of): the nested strategy types of a whole message, monomorphised, make frames that
+    // overflow a test thread's stack in debug builds.
     prop_oneof![
         arb_hello().prop_map(Message::Hello),
         arb_welcome().prop_map(Message::Welcome),
@@ -205,6 +210,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|(id, result)| Message::Reply { id, result }),
         arb_notice().prop_map(Message::Notice),
     ]
+    .boxed()
 }
 
 /// Bytes a hostile or broken peer might send: noise, valid frames, corrupted frames, frames
