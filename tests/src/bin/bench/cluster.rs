@@ -13,6 +13,7 @@ use clusterfy::{
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::http_server::{self, HTTP_WORKER_PREFIX};
 use crate::kept::{BackendStats, Kept};
 use crate::options::Plan;
 use crate::sampling::{Figures, rate, sequential};
@@ -91,7 +92,8 @@ async fn save_distinct(worker: &Worker, value: &str) -> clusterfy::Result<()> {
     worker.save(&format!("{DISTINCT_PARENT}.k{n}"), value).await
 }
 
-/// A worker process: answers [`Measure`] and [`Echo`] until the primary shuts it down.
+/// A worker process: answers [`Measure`] and [`Echo`] until the primary shuts it down; one whose
+/// name starts with [`HTTP_WORKER_PREFIX`] also serves HTTP on the shared listener meanwhile.
 pub(crate) async fn run_worker() -> BenchResult<()> {
     let worker = Worker::builder()
         .command(|measure: Measure, ctx: WorkerContext| async move {
@@ -100,6 +102,9 @@ pub(crate) async fn run_worker() -> BenchResult<()> {
         .command(|echo: Echo, _| async move { Ok(echo.0) })
         .connect()
         .await?;
+    if worker.name().starts_with(HTTP_WORKER_PREFIX) {
+        return http_server::serve_worker(&worker).await;
+    }
     // Work arrives as commands until the primary shuts this worker down.
     worker.shutdown_requested().await;
     Ok(())

@@ -1,17 +1,20 @@
-//! Benchmark of Clusterfy's request path against a raw Unix-socket ping-pong, and of its sled and
-//! Redis storage backends against raw sled and Redis clients.
+//! Benchmark of Clusterfy's request path against a raw Unix-socket ping-pong, of its sled and
+//! Redis storage backends against raw sled and Redis clients, and of an HTTP cluster against a
+//! plain tokio HTTP server.
 //!
 //! Run it with `cargo run --release -p clusterfy-tests --bin bench` (add `-- --quick` for a short
 //! smoke run, `-- --multi-thread` to use tokio's multi-thread runtime instead of the default
 //! current-thread one). The same binary plays every part: started by hand it is the primary and
 //! the driver; re-executed by `Primary::fork` it is a Clusterfy worker (judged by
-//! [`clusterfy::role`]); re-executed with `--raw-echo <socket>` it is the baseline's echo server,
-//! with `--noop` or `--idle` the bare process of the process baselines. The code is split by job:
-//! [`options`] (command line, [`Plan`]), [`sampling`] (figures and statistics),
+//! [`clusterfy::role`]; a worker named `http-<n>` serves HTTP); re-executed with
+//! `--raw-echo <socket>` it is the baseline's echo server, with `--raw-http` the HTTP baseline's
+//! server, with `--noop` or `--idle` the bare process of the process baselines. The code is split
+//! by job: [`options`] (command line, [`Plan`]), [`sampling`] (figures and statistics),
 //! [`report`] (the rows, the table and the `RESULT` lines), [`raw_echo`], [`raw_storage`] and
 //! [`bare`] (the baselines), [`cluster`] (the bench's commands, the worker side, starting
-//! clusters), [`kept`] (the primary's instrumented storage), [`phase`] (one module per group of
-//! rows) and [`only`] (single workloads for `tests/bench-instructions.sh`).
+//! clusters), [`http_server`] (the HTTP server of a worker and of the HTTP baseline), [`kept`]
+//! (the primary's instrumented storage), [`phase`] (one module per group of rows) and [`only`]
+//! (single workloads for `tests/bench-instructions.sh`).
 //!
 //! # What is measured
 //!
@@ -95,6 +98,38 @@
 //! - `primary_rss_after_storm`: the primary's `VmRSS` after the last storm, beside
 //!   `primary_rss_before_storm`, taken just before the first (with the 64 workers connected).
 //!
+//! **HTTP** (run last; two clusters on Unix sockets and memory storage, each with a shared TCP
+//! listener on `127.0.0.1:0` (`PrimaryBuilder::listen`), started once for the phase; their workers
+//! `http-<i>` run [`http_server::serve_worker`]: the handler of `clusterfy/examples/http_cluster.rs`,
+//! an HTTP/1 hyper server whose every request bumps the hit counter `hits` in the shared storage
+//! with `Storage::update` and answers `hello from <worker> ...`, and which, asked to stop, stops
+//! accepting, answers with `Connection: close` for up to 1 s and then closes what is still open).
+//! The load is `clusterfy_test_support::http_load::run`: 32 keep-alive connections of hyper's
+//! pooled client to the loopback address, each sending one GET after the other, on a thread of
+//! the bench process with a runtime of its own (so it shares no thread with the primary); a
+//! steady load runs 3 s (0.5 s under `--quick`) or until it sent 1,000,000 requests (100,000),
+//! after a warm-up of a tenth as much. Each repetition measures, in this order:
+//! - baseline `raw_http_rps`: answered requests per second of the same handler and drain in one
+//!   plain tokio process, a child of this binary started with `--raw-http` (it binds
+//!   `127.0.0.1:0`, writes the address on its stdout, serves until its stdin closes), its hit
+//!   counter an in-process atomic as there is no shared storage;
+//! - `http_rps_1`: the same through a cluster of one worker;
+//! - `http_rps_n`: the same through a cluster of n workers, n = the number of cores
+//!   (`available_parallelism`), at least 2; this steady load also gives `http_steady_p99` (its
+//!   p99 latency) and `http_steady_failed` (its failed requests plus connection errors);
+//! - the reload: the same load on the n-worker cluster, started just before
+//!   `Primary::reload(ReloadOptions::default())` (one worker at a time: the new one ready, then
+//!   the old one stopped gracefully) and stopped when it returned. `http_reload_served` is the
+//!   requests answered in that window, beside `http_steady_served`: the steady `http_rps_n` rate
+//!   of the same repetition times the window's length; `http_reload_failed` the failed requests
+//!   plus connection errors, summed over all repetitions (not the median, so no failure is
+//!   hidden; target 0), beside the same sum of `http_steady_failed`; `http_reload_p99` the p99
+//!   latency in the window, beside `http_steady_p99`.
+//!
+//! The report notes the reload windows' lengths, how the answers spread over the workers in the
+//! last repetition, the load generator's first errors whenever a load saw a failure, and a hit
+//! counter that does not match the answers the load generator got from its cluster.
+//!
 //! **Instructions** are counted by `tests/bench-instructions.sh` (callgrind), not by this run: it
 //! runs this binary with `--only-pipelined-save <n>` (a primary whose one worker does `n` saves with
 //! 256 in flight, see [`only`]) and `--only-raw-echo <n> -- <wrapper>...` (the socket baseline's
@@ -102,17 +137,21 @@
 //!
 //! # How
 //!
-//! Every process uses the same tokio runtime flavor (current-thread by default). Each
-//! measurement is preceded by a warm-up of a tenth of its iterations. The whole set of
+//! Every process (and the HTTP load thread) uses the same tokio runtime flavor (current-thread by
+//! default). Each measurement is preceded by a warm-up of a tenth of its iterations (of its
+//! duration for the HTTP loads; the reload has none). The whole set of
 //! measurements is repeated (five times by default), baseline and Clusterfy interleaved in each
 //! repetition so that noise on a shared machine hits both alike, and each printed figure is the
 //! median of its repetitions (the table also shows their range; the process rows have repetitions
-//! of their own, and the storm's RSS rows are one reading each). Every figure is printed in a
+//! of their own, the storm's RSS rows are one reading each, and `http_reload_failed` and its
+//! baseline are sums). Every figure is printed in a
 //! table and as one machine-readable line:
-//! `RESULT <name> <value> <unit> baseline=<value> ratio=<value>`, where `ratio = value / baseline`.
+//! `RESULT <name> <value> <unit> baseline=<value> ratio=<value>`, where `ratio = value / baseline`
+//! (1 when both are 0, `inf` when only the baseline is).
 
 mod bare;
 mod cluster;
+mod http_server;
 mod kept;
 mod only;
 mod options;
@@ -168,6 +207,9 @@ fn main() -> BenchResult<()> {
     if options.raw_pipe_echo {
         return runtime.block_on(raw_echo::raw_pipe_echo_server());
     }
+    if options.raw_http {
+        return runtime.block_on(http_server::raw_http_server());
+    }
     match (role(), &options.only) {
         // A worker is started with the primary's arguments, `--only-*` included.
         (Role::Worker, _) => runtime.block_on(cluster::run_worker()),
@@ -196,6 +238,7 @@ async fn run_primary(options: &Options) -> BenchResult<()> {
     phase::stdio::run_stdio_phase(options, &plan, &mut samples).await?;
     phase::sled::run_sled_phase(&plan, &mut samples).await?;
     phase::redis::run_redis_phase(&plan, redis, &mut samples).await?;
+    phase::http::run_http_phase(options, &plan, &mut samples).await?;
     report::report(options, &plan, &samples, began.elapsed())
 }
 

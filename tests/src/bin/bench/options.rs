@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::BenchResult;
 
@@ -10,6 +11,9 @@ use crate::BenchResult;
 pub(crate) const RAW_ECHO_FLAG: &str = "--raw-echo";
 /// The internal flag that makes this binary the pipe baseline's echo server (on its stdin/stdout).
 pub(crate) const RAW_PIPE_ECHO_FLAG: &str = "--raw-pipe-echo";
+/// The internal flag that makes this binary the HTTP baseline's server: it binds `127.0.0.1:0`,
+/// writes the address on its stdout and serves until its stdin closes.
+pub(crate) const RAW_HTTP_FLAG: &str = "--raw-http";
 /// The internal flag that makes this binary a bare process that exits 0 at once.
 pub(crate) const NOOP_FLAG: &str = "--noop";
 /// The internal flag that makes this binary a bare process that says so and parks until killed.
@@ -70,6 +74,8 @@ pub(crate) struct Options {
     pub(crate) raw_echo: Option<PathBuf>,
     /// Set in the pipe baseline's echo child, which echoes its stdin to its stdout.
     pub(crate) raw_pipe_echo: bool,
+    /// Set in the HTTP baseline's server.
+    pub(crate) raw_http: bool,
     /// Set in a bare process of the process baselines.
     pub(crate) bare: Option<BareProcess>,
     /// Set when only one workload is to run.
@@ -100,6 +106,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = OsString>) -> BenchResul
         flavor: Flavor::CurrentThread,
         raw_echo: None,
         raw_pipe_echo: false,
+        raw_http: false,
         bare: None,
         only: None,
     };
@@ -115,6 +122,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = OsString>) -> BenchResul
                 options.raw_echo = Some(PathBuf::from(path));
             }
             Some(RAW_PIPE_ECHO_FLAG) => options.raw_pipe_echo = true,
+            Some(RAW_HTTP_FLAG) => options.raw_http = true,
             Some(NOOP_FLAG) => options.bare = Some(BareProcess::Noop),
             Some(IDLE_FLAG) => options.bare = Some(BareProcess::Idle),
             Some(ONLY_PIPELINED_SAVE_FLAG) => {
@@ -173,6 +181,11 @@ pub(crate) struct Plan {
     pub(crate) process_repetitions: usize,
     /// Saves of each storm worker in one storm.
     pub(crate) storm_saves: u32,
+    /// How long one steady HTTP load runs (after a warm-up of a tenth as long), unless it sent
+    /// [`http_requests`](Self::http_requests) first.
+    pub(crate) http_load: Duration,
+    /// The most requests one steady HTTP load sends.
+    pub(crate) http_requests: u64,
 }
 
 impl Plan {
@@ -190,6 +203,8 @@ impl Plan {
                 redis_sequential: 500,
                 process_repetitions: 3,
                 storm_saves: 200,
+                http_load: Duration::from_millis(500),
+                http_requests: 100_000,
             }
         } else {
             Plan {
@@ -203,6 +218,8 @@ impl Plan {
                 redis_sequential: 5_000,
                 process_repetitions: 10,
                 storm_saves: 2_000,
+                http_load: Duration::from_secs(3),
+                http_requests: 1_000_000,
             }
         }
     }
@@ -223,6 +240,7 @@ mod tests {
         assert!(parsed.quick && parsed.flavor == Flavor::MultiThread && parsed.raw_echo.is_none());
         assert!(!parsed.raw_pipe_echo);
         assert!(parse_args([OsString::from(RAW_PIPE_ECHO_FLAG)]).expect("valid arguments").raw_pipe_echo);
+        assert!(parse_args([OsString::from(RAW_HTTP_FLAG)]).expect("valid arguments").raw_http);
         assert!(parse_args([OsString::from("--bogus")]).is_err());
         assert!(parse_args([OsString::from(RAW_ECHO_FLAG)]).is_err());
     }

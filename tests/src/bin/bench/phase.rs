@@ -2,6 +2,7 @@
 //! starts its cluster(s) and its baseline, measures both interleaved in each repetition, and
 //! shuts them down before the next phase starts.
 
+pub(crate) mod http;
 pub(crate) mod process;
 pub(crate) mod redis;
 pub(crate) mod sled;

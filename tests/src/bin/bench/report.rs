@@ -9,6 +9,7 @@ use comfy_table::{Cell, CellAlignment, Table};
 use crate::cluster::{STORM_IN_FLIGHT, STORM_WORKERS};
 use crate::kept::{SLED_PIPELINED_BREAKDOWN, SLED_SEQ_BREAKDOWN};
 use crate::options::{Options, Plan};
+use crate::phase::http::{HTTP_CONNECTIONS, http_workers};
 use crate::sampling::{Samples, Summary};
 use crate::{BenchResult, IN_FLIGHT, PAYLOAD_LEN, STORAGE_PATH, WORKER_A, WORKER_B};
 
@@ -19,10 +20,16 @@ enum Unit {
     Micros,
     /// Operations per second: higher is better.
     OpsPerSec,
-    /// Milliseconds of a process's start: lower is better.
+    /// Milliseconds (of a process's start, of an HTTP request): lower is better.
     Millis,
     /// Kibibytes of a resident set: lower is better.
     KiB,
+    /// HTTP requests answered per second: higher is better.
+    ReqPerSec,
+    /// HTTP requests answered: higher is better.
+    Answered,
+    /// HTTP requests failed: lower is better.
+    Failed,
 }
 
 impl Unit {
@@ -32,38 +39,54 @@ impl Unit {
             Unit::OpsPerSec => "ops/s",
             Unit::Millis => "ms",
             Unit::KiB => "KiB",
+            Unit::ReqPerSec => "req/s",
+            Unit::Answered | Unit::Failed => "requests",
         }
     }
 
     fn better(self) -> &'static str {
         match self {
-            Unit::Micros | Unit::Millis | Unit::KiB => "lower",
-            Unit::OpsPerSec => "higher",
+            Unit::Micros | Unit::Millis | Unit::KiB | Unit::Failed => "lower",
+            Unit::OpsPerSec | Unit::ReqPerSec | Unit::Answered => "higher",
         }
     }
 
     fn format(self, value: f64) -> String {
         match self {
             Unit::Micros | Unit::Millis => format!("{value:.2}"),
-            Unit::OpsPerSec | Unit::KiB => format!("{value:.0}"),
+            Unit::OpsPerSec | Unit::KiB | Unit::ReqPerSec | Unit::Answered | Unit::Failed => {
+                format!("{value:.0}")
+            }
         }
     }
 }
 
-/// The team's goal for a figure, as a bound on its ratio to the baseline.
+/// The team's goal for a figure, as a bound on its ratio to the baseline or on the figure itself.
 #[derive(Debug, Clone, Copy)]
 enum Goal {
     AtMost(f64),
     AtLeast(f64),
+    /// A bound on the figure, whatever the baseline.
+    ValueAtMost(f64),
 }
 
 impl Goal {
-    fn check(self, ratio: f64) -> String {
+    fn check(self, value: f64, ratio: f64) -> String {
         let (met, bound) = match self {
             Goal::AtMost(max) => (ratio <= max, format!("<= {max}")),
             Goal::AtLeast(min) => (ratio >= min, format!(">= {min}")),
+            Goal::ValueAtMost(max) => (value <= max, format!("figure <= {max}")),
         };
         format!("{bound}: {}", if met { "met" } else { "MISSED" })
+    }
+}
+
+/// `value / baseline`; when the baseline is 0, 1 if the figure is 0 too and infinity otherwise.
+fn ratio(value: f64, baseline: f64) -> f64 {
+    match (value == 0.0, baseline == 0.0) {
+        (true, true) => 1.0,
+        (false, true) => f64::INFINITY,
+        _ => value / baseline,
     }
 }
 
@@ -82,6 +105,8 @@ pub(crate) enum Section {
     Process,
     /// The Unix-socket cluster of [`STORM_WORKERS`] workers on memory storage.
     Storm,
+    /// HTTP clusters on a shared TCP listener, and the plain tokio HTTP server.
+    Http,
 }
 
 /// One line of the report: a Clusterfy figure and the baseline figure it is compared to.
@@ -91,22 +116,30 @@ struct Row {
     unit: Unit,
     goal: Option<Goal>,
     section: Section,
+    /// Whether the figure and its baseline are the sums of their repetitions, not the medians.
+    summed: bool,
 }
 
 impl Row {
     const fn new(section: Section, name: &'static str, baseline: &'static str, unit: Unit) -> Row {
-        Row { name, baseline, unit, goal: None, section }
+        Row { name, baseline, unit, goal: None, section, summed: false }
     }
 
     const fn goal(mut self, goal: Goal) -> Row {
         self.goal = Some(goal);
         self
     }
+
+    /// Reports the sums over the repetitions (of a count none of which may be hidden by a median).
+    const fn summed(mut self) -> Row {
+        self.summed = true;
+        self
+    }
 }
 
 const ROWS: &[Row] = {
-    use Section::{Process, Redis, Sled, Stdio, Storm, Uds};
-    use Unit::{KiB, Micros, Millis, OpsPerSec};
+    use Section::{Http, Process, Redis, Sled, Stdio, Storm, Uds};
+    use Unit::{Answered, Failed, KiB, Micros, Millis, OpsPerSec, ReqPerSec};
     &[
         Row::new(Uds, "save_rtt_p50", "raw_rtt_p50", Micros).goal(Goal::AtMost(2.0)),
         Row::new(Uds, "save_rtt_p99", "raw_rtt_p99", Micros),
@@ -139,6 +172,13 @@ const ROWS: &[Row] = {
         Row::new(Storm, "storm_save_ops", "storm_single_worker_pipelined_ops", OpsPerSec)
             .goal(Goal::AtLeast(1.0)),
         Row::new(Storm, "primary_rss_after_storm", "primary_rss_before_storm", KiB),
+        Row::new(Http, "http_rps_n", "raw_http_rps", ReqPerSec),
+        Row::new(Http, "http_rps_1", "raw_http_rps", ReqPerSec),
+        Row::new(Http, "http_reload_served", "http_steady_served", Answered),
+        Row::new(Http, "http_reload_failed", "http_steady_failed", Failed)
+            .goal(Goal::ValueAtMost(0.0))
+            .summed(),
+        Row::new(Http, "http_reload_p99", "http_steady_p99", Millis),
     ]
 };
 
@@ -150,12 +190,12 @@ pub(crate) fn report(
 ) -> BenchResult<()> {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "Clusterfy benchmark: Clusterfy vs. a raw tokio Unix-socket ping-pong, and its sled and Redis storage vs. \
-         raw sled and Redis clients"
+        "Clusterfy benchmark: Clusterfy vs. a raw tokio Unix-socket ping-pong, its sled and Redis storage vs. \
+         raw sled and Redis clients, and HTTP clusters vs. a plain tokio HTTP server"
     );
     println!("  machine: nproc={nproc}");
     println!(
-        "  tokio runtime: {} in every process (primary, both workers, raw echo child)",
+        "  tokio runtime: {} in every process (primary, workers, raw children) and in the HTTP load thread",
         options.flavor.describe()
     );
     println!("  payload: {PAYLOAD_LEN} bytes per request (raw frame: u32 LE length + {PAYLOAD_LEN} bytes)");
@@ -237,7 +277,28 @@ pub(crate) fn report(
         "  primary_rss_after_storm: VmRSS of the primary after the last storm; baseline \
          primary_rss_before_storm: just before the first one (the storm runs before the uds phase)"
     );
-    println!("  ratio = Clusterfy / raw baseline; 'better' says which direction is better for the figure");
+    println!(
+        "  http_rps_n, http_rps_1: HTTP/1.1 GETs answered per second by a cluster of n = {} workers (one per core, \
+         at least 2) and of 1 worker on a shared TCP listener on 127.0.0.1, each request bumping a hit counter in \
+         the shared storage (Storage::update); load: {HTTP_CONNECTIONS} keep-alive connections of hyper's pooled \
+         client on a thread of this process, {:.1} s (at most {} requests) after a warm-up of a tenth as much",
+        http_workers(),
+        plan.http_load.as_secs_f64(),
+        plan.http_requests
+    );
+    println!(
+        "    baseline raw_http_rps: the same handler in one plain tokio process (--raw-http), its counter an atomic"
+    );
+    println!(
+        "  http_reload_*: that load on the n-worker cluster from just before Primary::reload (one worker at a \
+         time) until it returned: requests answered (baseline http_steady_served: the steady http_rps_n rate \
+         times the same window), failed + connection errors (summed over the repetitions; baseline: those of the \
+         steady load; target 0), p99 latency (baseline http_steady_p99: the steady load's)"
+    );
+    println!(
+        "  ratio = Clusterfy / raw baseline (1 when both are 0); 'better' says which direction is better for the \
+         figure"
+    );
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
         "figure",
@@ -254,9 +315,9 @@ pub(crate) fn report(
             lines.push(format!("SKIPPED {} ({reason})", row.name));
             continue;
         }
-        let value = samples.summary(row.name)?;
-        let baseline = samples.summary(row.baseline)?;
-        let ratio = value.median / baseline.median;
+        let summary = |name| if row.summed { samples.total(name) } else { samples.summary(name) };
+        let (value, baseline) = (summary(row.name)?, summary(row.baseline)?);
+        let ratio = ratio(value.median, baseline.median);
         let unit = row.unit;
         let cell = |s: Summary| {
             format!(
@@ -273,7 +334,7 @@ pub(crate) fn report(
             Cell::new(cell(baseline)).set_alignment(CellAlignment::Right),
             Cell::new(format!("{ratio:.2}x")).set_alignment(CellAlignment::Right),
             Cell::new(unit.better()),
-            Cell::new(row.goal.map_or_else(String::new, |goal| goal.check(ratio))),
+            Cell::new(row.goal.map_or_else(String::new, |goal| goal.check(value.median, ratio))),
         ]);
         lines.push(format!(
             "RESULT {} {} {} baseline={} ratio={ratio:.3}",
@@ -284,7 +345,9 @@ pub(crate) fn report(
         ));
     }
     println!("{table}");
-    for line in sled_breakdown(samples).into_iter().chain(redis_breakdown(samples)) {
+    for line in
+        sled_breakdown(samples).into_iter().chain(redis_breakdown(samples)).chain(http_breakdown(samples))
+    {
         println!("{line}");
     }
     for note in &samples.notes {
@@ -324,6 +387,18 @@ pub(crate) fn sled_breakdown(samples: &Samples) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// How long the reloads under HTTP load took, if the HTTP section ran.
+fn http_breakdown(samples: &Samples) -> Option<String> {
+    let window = samples.summary("http_reload_window_s").ok()?;
+    Some(format!(
+        "  http reload windows (Primary::reload of all {} workers under load): {:.2} s [{:.2}-{:.2}]",
+        http_workers(),
+        window.median,
+        window.min,
+        window.max
+    ))
 }
 
 /// How the Redis mirror's pipelined figure compares to the same saves on memory storage, and

@@ -147,11 +147,19 @@ impl Samples {
         };
         Ok(Summary { median, min: values[0], max: values[values.len() - 1] })
     }
+
+    /// As [`summary`](Self::summary), but with the sum of the repetitions in place of the median.
+    pub(crate) fn total(&self, name: &str) -> BenchResult<Summary> {
+        let summary = self.summary(name)?;
+        let sum = self.values.get(name).map_or(0.0, |values| values.iter().sum());
+        Ok(Summary { median: sum, ..summary })
+    }
 }
 
 /// One figure over the repetitions.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Summary {
+    /// The median, or the sum from [`Samples::total`].
     pub(crate) median: f64,
     pub(crate) min: f64,
     pub(crate) max: f64,
