@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod control;
 pub mod error;
 pub mod kv;
 pub mod os;

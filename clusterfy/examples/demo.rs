@@ -106,7 +106,8 @@ fn builder_with_chosen_transport() -> Result<clusterfy::PrimaryBuilder> {
 
 async fn primary() -> Result<()> {
     let primary =
-        builder_with_chosen_transport()?.initial_storage(value!({"test": {"some": 1}})).build().await?;
+        // `clusterfy ls` (crate clusterfy-cli) shows its workers while it runs.
+        builder_with_chosen_transport()?.initial_storage(value!({"test": {"some": 1}})).control("demo").build().await?;
 
     let mut events = primary.events();
     tokio::spawn(async move {

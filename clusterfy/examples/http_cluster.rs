@@ -72,6 +72,8 @@ async fn primary() -> Result<()> {
     let primary = Primary::builder()
         .listen("http", &settings.listen)
         .initial_storage(value!({ "hits": 0 }))
+        // Operate it from the shell: `clusterfy ls`, `clusterfy reload`, `clusterfy events`.
+        .control("http_cluster")
         .build()
         .await?;
     for n in 1..=settings.workers {
@@ -84,7 +86,7 @@ async fn primary() -> Result<()> {
         settings.workers,
         std::process::id()
     );
-    println!("SIGHUP reloads the workers one by one; Ctrl-C stops the cluster");
+    println!("SIGHUP (or `clusterfy reload`) reloads the workers one by one; Ctrl-C stops the cluster");
     primary.print_statistics();
     // SIGINT and SIGTERM shut the cluster down and end the process; SIGHUP reloads it.
     std::future::pending::<()>().await;

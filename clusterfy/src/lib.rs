@@ -10,10 +10,13 @@
 )]
 
 mod commands;
+pub mod control;
 mod events;
 mod link;
 mod listen;
+mod metrics;
 mod primary;
+mod socket_file;
 pub mod storage;
 mod worker;
 

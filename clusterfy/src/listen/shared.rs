@@ -9,6 +9,8 @@ use clusterfy_core::{Error, ErrorKind, Result, os};
 use command_fds::{CommandFdExt, FdMapping};
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::socket_file::{self, SocketFile};
+
 use super::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr};
 
 /// Connections a listener queues before one is accepted: enough to ride out a worker restart.
@@ -153,22 +155,19 @@ fn bind(name: &str, address: &ListenAddr) -> Result<SharedListener> {
 /// A socket file left by a primary that died is taken over; one that something still listens
 /// on is not.
 fn remove_stale_socket(name: &str, address: &ListenAddr, path: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
-    if !meta.file_type().is_socket() {
-        return Err(Error::new(
+    match socket_file::probe(path) {
+        SocketFile::Absent => Ok(()),
+        SocketFile::Stale => {
+            std::fs::remove_file(path).map_err(|e| bind_error(name, address, "removing the stale socket", e))
+        }
+        SocketFile::Live => Err(bind_error(name, address, "binding", std::io::ErrorKind::AddrInUse.into())),
+        SocketFile::NotASocket => Err(Error::new(
             ErrorKind::AlreadyExists,
             format!(
                 "cannot listen on {address} for {name:?}: the path exists and is not a socket; remove it or \
                  choose another path"
             ),
-        ));
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(bind_error(name, address, "binding", std::io::ErrorKind::AddrInUse.into())),
-        Err(_) => {
-            std::fs::remove_file(path).map_err(|e| bind_error(name, address, "removing the stale socket", e))
-        }
+        )),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +40,7 @@ pub struct PrimaryBuilder {
     stop_signal: Signal,
     kill_timeout: Duration,
     sample_interval: Duration,
+    control: Option<(String, Option<PathBuf>)>,
 }
 
 impl PrimaryBuilder {
@@ -57,6 +59,7 @@ impl PrimaryBuilder {
             stop_signal: Signal::SIGTERM,
             kill_timeout: DEFAULT_KILL_TIMEOUT,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            control: None,
         }
     }
 
@@ -119,6 +122,27 @@ impl PrimaryBuilder {
     #[must_use]
     pub fn sample_interval(mut self, interval: Duration) -> Self {
         self.sample_interval = interval.max(MIN_SAMPLE_INTERVAL);
+        self
+    }
+
+    /// Opens a control socket for operating the cluster from the shell with the `clusterfy`
+    /// command (`clusterfy ls`, `restart`, `reload`, `events`, `storage get`, ...), as app `app`:
+    /// `<dir>/<app>.sock` in [`control_dir`](crate::control::control_dir) (a 0700 directory
+    /// under `$XDG_RUNTIME_DIR` or `/run/user/<uid>`), mode 0600, and refusing any peer whose uid
+    /// is not this process's. A socket left by a primary that died is taken over; one in use by
+    /// a running primary makes [`PrimaryBuilder::build`] fail. Removed at
+    /// [`Primary::shutdown`].
+    #[must_use]
+    pub fn control(mut self, app: impl Into<String>) -> Self {
+        self.control = Some((app.into(), None));
+        self
+    }
+
+    /// [`PrimaryBuilder::control`] with the socket at `path` instead of the control directory
+    /// (its directory is created with mode 0700 if missing).
+    #[must_use]
+    pub fn control_at(mut self, app: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        self.control = Some((app.into(), Some(path.into())));
         self
     }
 
@@ -195,6 +219,14 @@ impl PrimaryBuilder {
                 ),
             ));
         }
+        let control_path = match &self.control {
+            None => None,
+            Some((app, Some(path))) => {
+                crate::control::socket_path(app)?;
+                Some((app.clone(), path.clone()))
+            }
+            Some((app, None)) => Some((app.clone(), crate::control::socket_path(app)?)),
+        };
         let listeners = SharedListeners::open(&self.listen)?;
         let transport = match self.transport.take() {
             Some(t) => t,
@@ -227,9 +259,15 @@ impl PrimaryBuilder {
                 stop_signal: self.stop_signal,
                 kill_timeout: self.kill_timeout,
                 reloading: tokio::sync::Mutex::new(()),
+                control: std::sync::OnceLock::new(),
                 watch_dispatch: std::sync::Once::new(),
             }),
         };
+        if let Some((app, path)) = control_path {
+            let socket = crate::control::open(&app, path, Arc::downgrade(&primary.inner))?;
+            tracing::info!(app = %app, socket = %socket.path().display(), "control socket open");
+            let _ = primary.inner.control.set(socket);
+        }
         watchers::forward_backend_notices(&primary.inner);
         usage::sample_workers(Arc::downgrade(&primary.inner), self.sample_interval);
         if self.handle_signals {

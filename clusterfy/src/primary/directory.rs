@@ -113,8 +113,10 @@ pub(crate) struct PrimaryInner {
     pub(crate) stop_signal: Signal,
     /// Time a worker has after the stop signal before SIGKILL.
     pub(crate) kill_timeout: Duration,
-    /// One reload (or memory-limit replacement) at a time.
+    /// One reload at a time.
     pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// The control socket, if the builder asked for one.
+    pub(crate) control: std::sync::OnceLock<crate::control::ControlSocket>,
     /// The listening sockets every worker inherits (cluster mode).
     pub(crate) listeners: SharedListeners,
     /// Starts the task that sends storage changes to watching workers, at the first watch, so

@@ -11,7 +11,9 @@ impl PrimaryInner {
     pub(crate) async fn command_to_worker(&self, id: WorkerId, command: CommandRequest) -> Result<Vec<u8>> {
         let (worker, link) = self.link_of(id)?;
         let name = command.name.clone();
-        match link.request(Request::Command(command), self.request_timeout).await {
+        let answer = link.request(Request::Command(command), self.request_timeout).await;
+        crate::metrics::command(&name, matches!(answer, Ok(Reply::Command(_))));
+        match answer {
             Ok(Reply::Command(payload)) => Ok(payload),
             Ok(other) => {
                 Err(Error::new(ErrorKind::Protocol, format!("unexpected reply to a command: {other:?}")))

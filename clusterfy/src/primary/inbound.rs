@@ -70,7 +70,9 @@ impl PrimaryInbound {
                     primary: Primary { inner: Arc::clone(&self.inner) },
                     origin: command.origin,
                 };
-                self.inner.commands.run(&command.name, command.payload, ctx).await.map(Reply::Command)
+                let result = self.inner.commands.run(&command.name, command.payload, ctx).await;
+                crate::metrics::command(&command.name, result.is_ok());
+                result.map(Reply::Command)
             }
             Route::Worker(id) => {
                 command.destination = Destination::Here;
@@ -119,7 +121,14 @@ pub(crate) fn serve_storage(
         Err(err) => return link.reply_soon(id, Err(err)),
     };
     let link = Arc::clone(link);
-    storage.submit(op, Box::new(move |outcome| link.reply_soon(id, outcome.map(reply_of))));
+    let operation = op.name();
+    storage.submit(
+        op,
+        Box::new(move |outcome| {
+            crate::metrics::storage_operation(operation, outcome.is_ok());
+            link.reply_soon(id, outcome.map(reply_of))
+        }),
+    );
 }
 
 fn storage_op(request: StorageRequest) -> Result<Op> {

@@ -24,7 +24,8 @@ use clusterfy_core::session::Route;
 use clusterfy_core::{Command, Error, ErrorKind, Origin, Result, Target, WorkerId, WorkerSelector};
 
 pub use builder::{DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, PrimaryBuilder};
-use directory::{Control, PrimaryInner, Slot};
+pub(crate) use directory::PrimaryInner;
+use directory::{Control, Slot};
 #[cfg(test)]
 pub(crate) use inbound::serve_storage;
 pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
@@ -65,7 +66,7 @@ impl PrimaryContext {
 /// Handle of the primary process. Cheap to clone; all clones drive the same cluster.
 #[derive(Clone)]
 pub struct Primary {
-    inner: Arc<PrimaryInner>,
+    pub(crate) inner: Arc<PrimaryInner>,
 }
 
 /// How [`Primary::shutdown_worker`] ended: which step of the stop ladder the worker's exit
@@ -338,6 +339,9 @@ impl Primary {
         }))
         .await;
         self.inner.listeners.remove_files();
+        if let Some(control) = self.inner.control.get() {
+            control.close();
+        }
         self.inner.transport.close()?;
         let mut result = Vec::with_capacity(outcomes.len());
         for (worker, outcome) in outcomes {

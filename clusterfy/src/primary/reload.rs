@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerId};
+use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerId, WorkerSelector};
 
 use super::{DEFAULT_SHUTDOWN_TIMEOUT, Primary, WorkerState, readiness};
 use crate::events::{Event, WorkerRef};
@@ -101,6 +101,27 @@ impl Primary {
             None => Ok(replaced),
             Some(err) => Err(err.with_context("replaced_before_failure", replaced.len())),
         }
+    }
+
+    /// Replaces one ready worker with a new process of the same program and options, new one
+    /// first, as [`Primary::reload`] does for each worker (what `clusterfy restart NAME` does).
+    /// Returns the new worker (a new id, the same name). Fails if the worker is not ready or is
+    /// being replaced already.
+    pub async fn restart_worker(&self, worker: impl Into<WorkerSelector>) -> Result<WorkerRef> {
+        let target = self.inner.find(&worker.into())?;
+        let marked = self.inner.update_slot(target.id, |s| {
+            let free = s.state == WorkerState::Ready && s.answers_to_name() && !s.replacing;
+            s.replacing |= free;
+            free
+        });
+        if marked != Some(true) {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "the worker is not ready, or a replacement of it is under way; try again when it is ready",
+            )
+            .with_context("worker", &target));
+        }
+        self.replace_one(&target, DEFAULT_SHUTDOWN_TIMEOUT).await
     }
 
     /// Replaces one worker (already marked `replacing`): the new process first, then the old

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use clusterfy_core::control::WorkerRow;
 use clusterfy_core::{WorkerId, WorkerStatus};
-use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::control::workers_table;
 
 use super::Slot;
 use crate::events::ExitReason;
@@ -90,6 +92,21 @@ impl WorkerInfo {
         }
     }
 
+    /// The row `clusterfy ls` shows for it (the control protocol's form).
+    pub fn to_row(&self) -> WorkerRow {
+        WorkerRow {
+            id: self.id.0,
+            name: self.name.clone(),
+            pid: self.pid,
+            status: self.status.to_string(),
+            state: self.state.as_str().to_owned(),
+            restarts: self.restarts,
+            uptime_ms: self.uptime.as_millis() as u64,
+            cpu_percent: self.cpu_percent,
+            memory: self.memory,
+        }
+    }
+
     /// True while a process runs for this worker.
     pub fn is_running(&self) -> bool {
         self.pid.is_some()
@@ -120,23 +137,7 @@ impl Statistics {
 
     /// The statistics as a text table with a summary line.
     pub fn table(&self) -> String {
-        let mut table = Table::new();
-        table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
-        table.set_header(["id", "name", "pid", "status", "state", "restarts", "uptime", "cpu", "memory"]);
-        for w in &self.workers {
-            table.add_row([
-                w.id.to_string(),
-                w.name.clone(),
-                w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                w.status.to_string(),
-                w.state.as_str().to_owned(),
-                w.restarts.to_string(),
-                format!("{:.1}s", w.uptime.as_secs_f64()),
-                w.cpu_percent.map_or_else(|| "-".to_owned(), |c| format!("{c:.0}%")),
-                w.memory
-                    .map_or_else(|| "-".to_owned(), |m| format!("{:.1} MiB", m as f64 / (1024.0 * 1024.0))),
-            ]);
-        }
-        format!("{table}\nRunning workers: {}", self.running())
+        let rows: Vec<WorkerRow> = self.workers.iter().map(WorkerInfo::to_row).collect();
+        format!("{}\nRunning workers: {}", workers_table(&rows), self.running())
     }
 }

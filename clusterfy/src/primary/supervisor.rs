@@ -88,6 +88,7 @@ pub(super) async fn supervise(
                         s.restarts += 1;
                         s.restarts
                     });
+                    crate::metrics::restart(&worker.name);
                     inner.emit(Event::Revived { worker: worker.clone(), restarts: restarts.unwrap_or(0) });
                     continue;
                 }

@@ -65,6 +65,7 @@ fn sample_once(inner: &PrimaryInner) -> Vec<(WorkerRef, u64, u64)> {
             _ => 0.0,
         };
         slot.usage = Some(Usage { rss: sample.rss, cpu_percent, pid, cpu_ticks: sample.cpu_ticks, at: now });
+        crate::metrics::worker_usage(&slot.worker.name, sample.rss, cpu_percent);
         if let Some(limit) = slot.options.max_memory {
             let replaceable = slot.state == WorkerState::Ready && slot.answers_to_name() && !slot.replacing;
             if sample.rss > limit && replaceable {

@@ -50,6 +50,19 @@ pub(crate) enum Op {
     Initialize(Value),
 }
 
+impl Op {
+    /// Its name in snake case, for metrics.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Op::Get(_) => "get",
+            Op::Save { .. } => "save",
+            Op::Delete(_) => "delete",
+            Op::CompareAndSwap { .. } => "compare_and_swap",
+            Op::Initialize(_) => "initialize",
+        }
+    }
+}
+
 /// How an [`Op`] ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -82,6 +95,7 @@ impl fmt::Debug for Job {
 pub(super) async fn run(tree: Arc<Tree>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut taken = Vec::with_capacity(ROUND_JOBS);
     while jobs.recv_many(&mut taken, ROUND_JOBS).await > 0 {
+        crate::metrics::storage_queue_depth(taken.len());
         let mut round = Round::default();
         for job in taken.drain(..) {
             round.take(&tree, job).await;

@@ -1,0 +1,223 @@
+//! `clusterfy`: operate a running Clusterfy cluster from the shell, through the control socket
+//! its primary opens with `PrimaryBuilder::control(app)`.
+
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use clusterfy::control::{ControlClient, RunningApp};
+use clusterfy::{Error, ErrorKind, Result, Value, from_value, to_value};
+
+/// Operate a running Clusterfy cluster: list its workers, restart or stop one, roll a reload,
+/// follow its events, read and write its shared storage.
+#[derive(Parser)]
+#[command(name = "clusterfy", version)]
+struct Cli {
+    /// The app (the name the primary gave `PrimaryBuilder::control`); needed only when more
+    /// than one runs.
+    #[arg(long, global = true, env = "CLUSTERFY_APP")]
+    app: Option<String>,
+    /// The control socket's path, for a primary that opened it elsewhere (`control_at`).
+    #[arg(long, global = true)]
+    socket: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// The running primaries found.
+    Apps {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The workers: id, name, pid, status, state, restarts, uptime, CPU, memory.
+    Ls {
+        /// The app (instead of --app).
+        #[arg(value_name = "APP")]
+        which: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The workers' table, refreshed live with --watch.
+    Stats {
+        /// Refresh until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+    /// Replace a worker with a new process (the new one first).
+    Restart {
+        /// The worker's name.
+        name: String,
+    },
+    /// Stop a worker gracefully; it is not revived.
+    Stop {
+        /// The worker's name.
+        name: String,
+    },
+    /// Roll a reload of every worker, one at a time.
+    Reload,
+    /// Follow the cluster's events.
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read and write the shared storage, values as JSON.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommands,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCommands {
+    /// Print the value or subtree at PATH as JSON (`null` when there is none).
+    Get {
+        /// Dotted path.
+        path: String,
+    },
+    /// Save JSON at PATH (its parent must exist).
+    Set {
+        /// Dotted path.
+        path: String,
+        /// The value, as JSON: '"text"', '42', '{"a": 1}'.
+        json: String,
+    },
+    /// Print every write on the branch of PATH: the path written and the value now at PATH.
+    Watch {
+        /// Dotted path.
+        path: String,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("clusterfy: {}", err.message());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Commands::Apps { json } => output::apps(&ControlClient::apps().await?, json),
+        Commands::Ls { ref which, json } => {
+            let client = client(&cli, which.as_deref()).await?;
+            output::workers(&client.workers().await?, json)
+        }
+        Commands::Stats { watch, interval } => {
+            let client = client(&cli, None).await?;
+            loop {
+                let workers = client.workers().await?;
+                if watch {
+                    // Clear the screen and go home, as `watch` does.
+                    print!("\x1b[2J\x1b[H");
+                }
+                output::workers(&workers, false)?;
+                if !watch {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs_f64(interval.max(0.1))).await;
+            }
+        }
+        Commands::Restart { ref name } => {
+            client(&cli, None).await?.restart(name).await?;
+            println!("restarted {name}");
+            Ok(())
+        }
+        Commands::Stop { ref name } => {
+            client(&cli, None).await?.stop(name).await?;
+            println!("stopped {name}");
+            Ok(())
+        }
+        Commands::Reload => {
+            client(&cli, None).await?.reload().await?;
+            println!("reloaded every worker");
+            Ok(())
+        }
+        Commands::Events { json } => {
+            let mut events = client(&cli, None).await?.events().await?;
+            while let Some(event) = events.next_event().await? {
+                output::event(&event, json)?;
+            }
+            Ok(())
+        }
+        Commands::Storage { ref command } => {
+            let client = client(&cli, None).await?;
+            match command {
+                StorageCommands::Get { path } => output::json(&as_json(client.storage_get(path).await?)?),
+                StorageCommands::Set { path, json } => {
+                    client.storage_set(path, parse_json(json)?).await?;
+                    Ok(())
+                }
+                StorageCommands::Watch { path } => {
+                    let mut changes = client.storage_watch(path).await?;
+                    while let Some(changed) = changes.next_change().await? {
+                        let now = as_json(client.storage_get(path).await?)?;
+                        output::json_line(&serde_json::json!({ "changed": changed, "value": now }))?;
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// The client of the app named on the command line, or of the only one running.
+async fn client(cli: &Cli, positional: Option<&str>) -> Result<ControlClient> {
+    if let Some(socket) = &cli.socket {
+        return Ok(ControlClient::at(socket));
+    }
+    if let Some(app) = positional.or(cli.app.as_deref()) {
+        return ControlClient::for_app(app);
+    }
+    let apps = ControlClient::apps().await?;
+    match apps.as_slice() {
+        [only] => Ok(ControlClient::at(&only.socket)),
+        [] => Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no running app found in {}: start a primary with PrimaryBuilder::control(\"<app>\"), or pass \
+                 --socket for one that opened its socket elsewhere",
+                clusterfy::control::control_dir().display()
+            ),
+        )),
+        several => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} apps are running ({}); choose one with --app", several.len(), names(several)),
+        )),
+    }
+}
+
+fn names(apps: &[RunningApp]) -> String {
+    apps.iter().map(|a| a.info.app.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn parse_json(text: &str) -> Result<Value> {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "bad JSON ({e}); quote it for the shell and write strings in double quotes: '\"text\"', '42', \
+                 '{{\"a\": 1}}'"
+            ),
+        )
+    })?;
+    to_value(&json)
+}
+
+fn as_json(value: Option<Value>) -> Result<serde_json::Value> {
+    value.map_or(Ok(serde_json::Value::Null), from_value)
+}

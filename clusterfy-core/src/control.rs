@@ -1,0 +1,126 @@
+//! The control protocol: what an operator's tool (the `clusterfy` command) and a primary's
+//! control socket say to each other. Framed like the worker protocol (`u32` little-endian
+//! length, then postcard), one request per connection, answered by one reply, or by a stream of
+//! replies for [`ControlRequest::Events`] and [`ControlRequest::StorageWatch`] until either side
+//! closes. Every enum here is append-only, as in [`crate::protocol`]; see `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::value::Value;
+
+/// Version of the control protocol; [`ControlReply::Info`] carries the primary's.
+pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
+
+/// Largest control frame either side accepts.
+pub const MAX_CONTROL_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// What the operator asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Who is this primary: [`ControlReply::Info`].
+    Info,
+    /// Every worker: [`ControlReply::Workers`].
+    Workers,
+    /// Replace the worker named so with a new process, new one first (a reload of one).
+    Restart {
+        /// The worker's name.
+        worker: String,
+    },
+    /// Stop the worker named so, by the stop ladder, and do not revive it.
+    Stop {
+        /// The worker's name.
+        worker: String,
+    },
+    /// Roll a reload of every worker.
+    Reload,
+    /// Stream the cluster's events: [`ControlReply::Event`] until the client closes.
+    Events,
+    /// Read the value or subtree at `path`: [`ControlReply::Value`].
+    StorageGet {
+        /// Dotted path.
+        path: String,
+    },
+    /// Save `value` at `path` (its parent must exist).
+    StorageSet {
+        /// Dotted path.
+        path: String,
+        /// The value.
+        value: Value,
+    },
+    /// Stream the writes on the branch of `path`: [`ControlReply::Changed`] until the client
+    /// closes.
+    StorageWatch {
+        /// Dotted path.
+        path: String,
+    },
+}
+
+/// What the primary answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlReply {
+    /// The primary.
+    Info(AppInfo),
+    /// Every worker, in id order.
+    Workers(Vec<WorkerRow>),
+    /// Done.
+    Done,
+    /// The value read (`None`: nothing there).
+    Value(Option<Value>),
+    /// One event of the stream.
+    Event(EventRow),
+    /// One write on a watched branch: the path written.
+    Changed {
+        /// Dotted path of the write.
+        path: String,
+    },
+    /// The request failed.
+    Error(WireError),
+}
+
+/// Who a primary is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// The name it was given (`PrimaryBuilder::control`).
+    pub app: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its [`CONTROL_PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// How many workers it has.
+    pub workers: u32,
+}
+
+/// One worker, as `clusterfy ls` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its current process, if one runs.
+    pub pid: Option<u32>,
+    /// The status it reported (`IDLE`, `PROCESSING`, ...).
+    pub status: String,
+    /// Where its supervision stands (`ready`, `restarting`, ...).
+    pub state: String,
+    /// How often it was revived.
+    pub restarts: u32,
+    /// Milliseconds since its current process started.
+    pub uptime_ms: u64,
+    /// CPU use at the last sample, as a share of one core in percent.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory at the last sample, in bytes.
+    pub memory: Option<u64>,
+}
+
+/// One event, as `clusterfy events` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRow {
+    /// Its kind, in snake case (`exit`, `revived`, `replaced`, ...).
+    pub kind: String,
+    /// The worker it is about, if any.
+    pub worker: Option<String>,
+    /// A one-line description.
+    pub text: String,
+}

@@ -1,0 +1,211 @@
+//! [`ControlClient`]: talks to a running primary's control socket (what the `clusterfy`
+//! command is made of).
+
+use std::path::{Path, PathBuf};
+
+use clusterfy_core::control::{AppInfo, ControlReply, ControlRequest, EventRow, WorkerRow};
+use clusterfy_core::{Error, ErrorKind, Result, Value};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::frames::{decoder, read_frame, write_frame};
+use super::location::{control_dir, socket_path};
+
+/// A primary found in the control directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningApp {
+    /// What the primary says about itself.
+    pub info: AppInfo,
+    /// Its control socket.
+    pub socket: PathBuf,
+}
+
+/// A client of one primary's control socket. Each call opens its own connection.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    socket: PathBuf,
+}
+
+impl ControlClient {
+    /// The client of app `app`, whose socket is in [`control_dir`].
+    pub fn for_app(app: &str) -> Result<Self> {
+        Ok(ControlClient { socket: socket_path(app)? })
+    }
+
+    /// The client of the control socket at `socket`.
+    pub fn at(socket: impl Into<PathBuf>) -> Self {
+        ControlClient { socket: socket.into() }
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The primaries running now with a control socket in [`control_dir`]; sockets left by
+    /// primaries that died are skipped.
+    pub async fn apps() -> Result<Vec<RunningApp>> {
+        let dir = control_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing the control directory {}", dir.display()), e)),
+        };
+        let mut apps = Vec::new();
+        for entry in entries.flatten() {
+            let socket = entry.path();
+            if socket.extension().is_none_or(|e| e != "sock") {
+                continue;
+            }
+            if let Ok(info) = ControlClient::at(&socket).info().await {
+                apps.push(RunningApp { info, socket });
+            }
+        }
+        apps.sort_by(|a, b| a.info.app.cmp(&b.info.app));
+        Ok(apps)
+    }
+
+    /// Who the primary is.
+    pub async fn info(&self) -> Result<AppInfo> {
+        match self.call(ControlRequest::Info).await? {
+            ControlReply::Info(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every worker, in id order.
+    pub async fn workers(&self) -> Result<Vec<WorkerRow>> {
+        match self.call(ControlRequest::Workers).await? {
+            ControlReply::Workers(rows) => Ok(rows),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Replaces worker `name` with a new process (new one first).
+    pub async fn restart(&self, name: &str) -> Result<()> {
+        self.done(ControlRequest::Restart { worker: name.to_owned() }).await
+    }
+
+    /// Stops worker `name` gracefully; it is not revived.
+    pub async fn stop(&self, name: &str) -> Result<()> {
+        self.done(ControlRequest::Stop { worker: name.to_owned() }).await
+    }
+
+    /// Rolls a reload of every worker; returns when it is done.
+    pub async fn reload(&self) -> Result<()> {
+        self.done(ControlRequest::Reload).await
+    }
+
+    /// The value or subtree at `path`.
+    pub async fn storage_get(&self, path: &str) -> Result<Option<Value>> {
+        match self.call(ControlRequest::StorageGet { path: path.to_owned() }).await? {
+            ControlReply::Value(value) => Ok(value),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Saves `value` at `path` (its parent must exist).
+    pub async fn storage_set(&self, path: &str, value: Value) -> Result<()> {
+        self.done(ControlRequest::StorageSet { path: path.to_owned(), value }).await
+    }
+
+    /// The cluster's events, one after the other, for as long as the stream is read.
+    pub async fn events(&self) -> Result<ControlStream> {
+        self.stream(ControlRequest::Events).await
+    }
+
+    /// The paths written on the branch of `path`, for as long as the stream is read.
+    pub async fn storage_watch(&self, path: &str) -> Result<ControlStream> {
+        self.stream(ControlRequest::StorageWatch { path: path.to_owned() }).await
+    }
+
+    async fn done(&self, request: ControlRequest) -> Result<()> {
+        match self.call(request).await? {
+            ControlReply::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn call(&self, request: ControlRequest) -> Result<ControlReply> {
+        let mut stream = self.stream(request).await?;
+        match stream.next_reply().await? {
+            Some(reply) => Ok(reply),
+            None => Err(Error::new(
+                ErrorKind::Closed,
+                "the primary closed the control connection without an answer; it may be shutting down",
+            )),
+        }
+    }
+
+    async fn stream(&self, request: ControlRequest) -> Result<ControlStream> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| self.connect_error(e))?;
+        let (reader, mut writer) = stream.into_split();
+        let sent = write_frame(&mut writer, &request).await;
+        let mut stream = ControlStream { reader, _writer: writer, frames: decoder() };
+        if let Err(err) = sent {
+            // A primary that refuses the connection says why, then closes before the request
+            // is read: its reason is worth more than the broken pipe.
+            stream.next_reply().await?;
+            return Err(err);
+        }
+        Ok(stream)
+    }
+
+    fn connect_error(&self, err: std::io::Error) -> Error {
+        let socket = self.socket.display();
+        let advice = match err.kind() {
+            std::io::ErrorKind::NotFound => {
+                "no such app: no primary runs with that name (list them with `clusterfy apps`)".to_owned()
+            }
+            std::io::ErrorKind::ConnectionRefused => {
+                "the primary is gone: the socket was left by a primary that is no longer running".to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied: the cluster belongs to another user; run this as that user".to_owned()
+            }
+            _ => "see the cause".to_owned(),
+        };
+        Error::new(ErrorKind::Closed, format!("cannot reach the control socket {socket}: {advice}"))
+            .with_source(err)
+    }
+}
+
+/// Replies streamed by the primary ([`ControlClient::events`], [`ControlClient::storage_watch`]).
+#[derive(Debug)]
+pub struct ControlStream {
+    reader: OwnedReadHalf,
+    // Held so the primary sees the connection open until the stream is dropped.
+    _writer: OwnedWriteHalf,
+    frames: clusterfy_core::codec::FrameDecoder,
+}
+
+impl ControlStream {
+    /// The next event; `None` when the primary closed the stream (it shut down).
+    pub async fn next_event(&mut self) -> Result<Option<EventRow>> {
+        match self.next_reply().await? {
+            None => Ok(None),
+            Some(ControlReply::Event(row)) => Ok(Some(row)),
+            Some(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// The next path written on the watched branch; `None` when the primary closed the stream.
+    pub async fn next_change(&mut self) -> Result<Option<String>> {
+        match self.next_reply().await? {
+            None => Ok(None),
+            Some(ControlReply::Changed { path }) => Ok(Some(path)),
+            Some(other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn next_reply(&mut self) -> Result<Option<ControlReply>> {
+        match read_frame::<ControlReply>(&mut self.reader, &mut self.frames).await? {
+            Some(ControlReply::Error(err)) => Err(Error::from(err)),
+            other => Ok(other),
+        }
+    }
+}
+
+fn unexpected(reply: &ControlReply) -> Error {
+    Error::new(ErrorKind::Protocol, format!("the primary sent an unexpected control reply: {reply:?}"))
+}

@@ -1,0 +1,25 @@
+//! The workers' table, as `Primary::print_statistics` and `clusterfy ls` print it.
+
+use clusterfy_core::control::WorkerRow;
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+
+/// The rows as a text table: id, name, pid, status, state, restarts, uptime, cpu, memory.
+pub fn workers_table(rows: &[WorkerRow]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    table.set_header(["id", "name", "pid", "status", "state", "restarts", "uptime", "cpu", "memory"]);
+    for w in rows {
+        table.add_row([
+            w.id.to_string(),
+            w.name.clone(),
+            w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            w.status.clone(),
+            w.state.clone(),
+            w.restarts.to_string(),
+            format!("{:.1}s", w.uptime_ms as f64 / 1000.0),
+            w.cpu_percent.map_or_else(|| "-".to_owned(), |c| format!("{c:.0}%")),
+            w.memory.map_or_else(|| "-".to_owned(), |m| format!("{:.1} MiB", m as f64 / (1024.0 * 1024.0))),
+        ]);
+    }
+    table.to_string()
+}

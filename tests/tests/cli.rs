@@ -1,0 +1,264 @@
+//! The `clusterfy` command (crate clusterfy-cli) against a real running cluster: every
+//! subcommand, `--json` parsed, a storage round trip, a restart seen as an event, the errors an
+//! operator gets, and a peer of another uid refused.
+//!
+//! The primary is this test process, with its control socket in a temporary directory that the
+//! command finds as `$XDG_RUNTIME_DIR/clusterfy`. The command's binary is the one
+//! `cargo test --workspace` builds next to this test.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use clusterfy::{Primary, WorkerState, value};
+use clusterfy_tests::{Echo, Scenario};
+use common::{bounded, options, primary_builder};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+const APP: &str = "cli-test";
+
+/// The `clusterfy` binary, next to this test's in the target directory.
+fn clusterfy_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let binary = profile_dir.join("clusterfy");
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test --workspace` builds it; build it with `cargo build -p clusterfy-cli`",
+        binary.display()
+    );
+    binary
+}
+
+/// A cluster of two ready workers with its control socket under `runtime_dir`.
+async fn cluster(runtime_dir: &Path) -> Primary {
+    let socket = runtime_dir.join("clusterfy").join(format!("{APP}.sock"));
+    let primary = primary_builder()
+        .control_at(APP, socket)
+        .initial_storage(value!({ "config": { "greeting": "hello" } }))
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("primary with a control socket");
+    for name in ["w1", "w2"] {
+        primary.fork(name, options(Scenario::Normal)).await.expect("fork");
+    }
+    bounded("ready", primary.ready()).await.expect("ready");
+    primary
+}
+
+fn command(runtime_dir: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(clusterfy_binary());
+    command.args(args).env("XDG_RUNTIME_DIR", runtime_dir).env_remove("CLUSTERFY_APP").kill_on_drop(true);
+    command
+}
+
+async fn run(runtime_dir: &Path, args: &[&str]) -> Output {
+    bounded(&format!("clusterfy {}", args.join(" ")), command(runtime_dir, args).output())
+        .await
+        .expect("run clusterfy")
+}
+
+/// Runs the command and returns its stdout; fails the test if it did not succeed.
+async fn ok(runtime_dir: &Path, args: &[&str]) -> String {
+    let output = run(runtime_dir, args).await;
+    assert!(
+        output.status.success(),
+        "clusterfy {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A streaming subcommand (`events`, `storage watch`), its stdout read line by line.
+fn spawn_stream(runtime_dir: &Path, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child =
+        command(runtime_dir, args).stdout(std::process::Stdio::piped()).spawn().expect("spawn clusterfy");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
+/// Repeats `poke` until the stream prints a line `until` accepts: proof that the stream was
+/// subscribed before what the test does next.
+async fn poke_until<F: std::future::Future<Output = ()>>(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    mut poke: impl FnMut() -> F,
+    mut until: impl FnMut(&serde_json::Value) -> bool,
+) {
+    bounded("the stream to start", async {
+        loop {
+            poke().await;
+            if let Ok(line) = tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await
+                && until(&json(&line.expect("stdout").expect("the stream ended")))
+            {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+async fn next_json_matching(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    mut matches: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    bounded("a matching line", async {
+        loop {
+            let line = json(&lines.next_line().await.expect("stdout").expect("the stream ended"));
+            if matches(&line) {
+                return line;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subcommand_works_against_a_running_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let primary = cluster(dir.path()).await;
+
+    let apps = json(&ok(dir.path(), &["apps", "--json"]).await);
+    assert_eq!(apps[0]["app"], APP, "{apps}");
+    assert_eq!(apps[0]["pid"], std::process::id());
+    assert_eq!(apps[0]["workers"], 2);
+
+    let workers = json(&ok(dir.path(), &["ls", "--json"]).await);
+    let names: Vec<&str> =
+        workers.as_array().expect("a list").iter().map(|w| w["name"].as_str().expect("name")).collect();
+    assert_eq!(names, ["w1", "w2"]);
+    assert!(
+        workers.as_array().expect("list").iter().all(|w| w["state"] == "ready" && w["pid"].is_u64()),
+        "{workers}"
+    );
+    let table = ok(dir.path(), &["ls", APP]).await;
+    assert!(table.contains("w1") && table.contains("memory"), "{table}");
+    let stats = ok(dir.path(), &["stats"]).await;
+    assert!(stats.contains("w2") && stats.contains("cpu"), "{stats}");
+
+    assert_eq!(json(&ok(dir.path(), &["storage", "get", "config.greeting"]).await), "hello");
+    ok(dir.path(), &["storage", "set", "config.limits", r#"{"max": 3, "names": ["a", "b"]}"#]).await;
+    let limits = json(&ok(dir.path(), &["storage", "get", "config.limits"]).await);
+    assert_eq!(limits, serde_json::json!({ "max": 3, "names": ["a", "b"] }));
+    let stored: Option<u64> = primary.storage().retrieve("config.limits.max").await.expect("retrieve");
+    assert_eq!(stored, Some(3), "the command wrote the cluster's storage");
+
+    let (mut watcher, mut changes) = spawn_stream(dir.path(), &["storage", "watch", "config"]);
+    let storage = primary.storage();
+    let mut n = 0;
+    poke_until(
+        &mut changes,
+        || {
+            n += 1;
+            let storage = storage.clone();
+            async move { storage.save("config.greeting", &format!("hi {n}")).await.expect("save") }
+        },
+        |change| change["changed"] == "config.greeting",
+    )
+    .await;
+    watcher.start_kill().expect("stop watching");
+
+    let (mut follower, mut events) = spawn_stream(dir.path(), &["events", "--json"]);
+    poke_until(
+        &mut events,
+        || async {
+            primary.run("w1", Echo { text: "ping".into() }).await.expect("echo");
+        },
+        |event| event["kind"] == "command",
+    )
+    .await;
+    let old_w1 = primary.workers().into_iter().find(|w| w.name == "w1").expect("w1").id;
+    ok(dir.path(), &["restart", "w1"]).await;
+    let replaced = next_json_matching(&mut events, |e| e["kind"] == "replaced").await;
+    assert_eq!(replaced["worker"], "w1", "{replaced}");
+    let new_w1 = primary.workers().into_iter().find(|w| w.name == "w1").expect("w1");
+    assert_ne!(new_w1.id, old_w1, "w1 runs as a new worker");
+    assert_eq!(new_w1.state, WorkerState::Ready);
+
+    ok(dir.path(), &["reload"]).await;
+    next_json_matching(&mut events, |e| e["kind"] == "replaced" && e["worker"] == "w2").await;
+    ok(dir.path(), &["stop", "w2"]).await;
+    let w2 = primary.workers().into_iter().find(|w| w.name == "w2").expect("w2");
+    assert_eq!(w2.state, WorkerState::Stopped);
+    follower.start_kill().expect("stop following");
+
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+    assert!(!dir.path().join("clusterfy").join(format!("{APP}.sock")).exists(), "the socket is removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_what_to_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = run(dir.path(), &["ls", "--app", "nope"]).await;
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no such app") && stderr.contains("clusterfy apps"), "{stderr}");
+
+    let none = run(dir.path(), &["ls"]).await;
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no running app found"), "{none:?}");
+
+    // A socket whose primary died (it was killed before it could remove the file).
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    let gone = run(dir.path(), &["--socket", stale.to_str().expect("path"), "ls"]).await;
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("primary is gone"), "{gone:?}");
+
+    let primary = cluster(dir.path()).await;
+    let bad = run(dir.path(), &["storage", "set", "config.greeting", "not json"]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad JSON"), "{bad:?}");
+    let orphan = run(dir.path(), &["storage", "set", "no.such.parent", "1"]).await;
+    assert!(String::from_utf8_lossy(&orphan.stderr).contains("no"), "{orphan:?}");
+    assert!(!orphan.status.success());
+    let unknown = run(dir.path(), &["restart", "nobody"]).await;
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("known workers"), "{unknown:?}");
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_uid_is_refused() {
+    if !nix::unistd::getuid().is_root() {
+        let message = "SKIPPED a_peer_of_another_uid_is_refused: running a client as another user needs root \
+                       (setpriv); run the tests as root";
+        assert!(std::env::var_os("CI").is_none(), "{message}, which CI must");
+        eprintln!("{message}");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let primary = cluster(dir.path()).await;
+    // Loosen every permission on the way, as a careless operator might: the uid check must
+    // still refuse the stranger.
+    let socket = dir.path().join("clusterfy").join(format!("{APP}.sock"));
+    for (path, mode) in [
+        (dir.path().to_owned(), 0o755),
+        (socket.parent().expect("dir").to_owned(), 0o755),
+        (socket.clone(), 0o777),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let binary = dir.path().join("clusterfy-copy");
+    std::fs::copy(clusterfy_binary(), &binary).expect("a copy the other user may run");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let output = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&binary)
+        .args(["--socket", socket.to_str().expect("path"), "ls"])
+        .output()
+        .await
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a stranger was let in: {}", String::from_utf8_lossy(&output.stdout));
+    assert!(stderr.contains("permission denied") && stderr.contains("uid 65534"), "{stderr}");
+    // The owner still gets in.
+    ok(dir.path(), &["--socket", socket.to_str().expect("path"), "ls"]).await;
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+}
