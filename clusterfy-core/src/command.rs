@@ -4,6 +4,12 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// The heartbeat, primary -> worker: a [`crate::protocol::CommandRequest`] with this name and an
+/// empty payload, answered with an empty [`crate::protocol::Reply::Command`] by the worker's
+/// connection reader itself (not a handler task), so a worker whose runtime is blocked does not
+/// answer. A worker built before it answers `UnknownCommand`, which counts as alive too.
+pub const PING_COMMAND: &str = "cy_ping";
+
 /// Prefix reserved for Clusterfy's built-in commands.
 pub const RESERVED_PREFIX: &str = "cy_";
 

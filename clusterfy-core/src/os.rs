@@ -46,6 +46,22 @@ pub fn adopt_inherited_listener(fd: RawFd, name: &str) -> Result<OwnedFd> {
     }
 }
 
+/// Marks the inherited descriptor `fd` close-on-exec, if it is open, so that programs this
+/// process starts do not inherit it (the shared listeners a worker did not take).
+pub fn keep_from_children(fd: RawFd) {
+    if fd <= 2 {
+        return;
+    }
+    // SAFETY: F_GETFD and F_SETFD only read and set the descriptor's flags; on a number that is
+    // not open they fail with EBADF and touch nothing. No object of this process is affected.
+    unsafe {
+        let flags = nix::libc::fcntl(fd, nix::libc::F_GETFD);
+        if flags != -1 {
+            nix::libc::fcntl(fd, nix::libc::F_SETFD, flags | nix::libc::FD_CLOEXEC);
+        }
+    }
+}
+
 /// A close-on-exec duplicate of `fd` numbered `min` or above, for handing it to a child at a
 /// low number without colliding with the descriptors a transport maps there.
 pub fn duplicate_at_or_above(fd: BorrowedFd<'_>, min: RawFd) -> std::io::Result<OwnedFd> {

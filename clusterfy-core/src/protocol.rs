@@ -211,9 +211,6 @@ pub enum Request {
     Command(CommandRequest),
     /// Built-in `cy_shutdown`, primary -> worker: exit if idle, else turn Stopping.
     Shutdown,
-    /// Primary -> worker: are you responsive? Answered with [`Reply::Done`] by the connection's
-    /// reader itself, so a worker whose runtime is blocked does not answer.
-    Ping,
 }
 
 /// A shared-storage operation on a dotted path (sent as text, validated by the primary).

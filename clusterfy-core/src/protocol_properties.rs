@@ -162,7 +162,6 @@ fn arb_request() -> BoxedStrategy<Request> {
         arb_storage_request().prop_map(Request::Storage),
         arb_command_request().prop_map(Request::Command),
         Just(Request::Shutdown),
-        Just(Request::Ping),
     ]
     .boxed()
 }
@@ -648,7 +647,6 @@ fn docs_request_and_storage_request_variant_indices_are_the_declaration_order() 
             ("Storage", Request::Storage(StorageRequest::Get { path: String::new() })),
             ("Command", Request::Command(command)),
             ("Shutdown", Request::Shutdown),
-            ("Ping", Request::Ping),
         ],
     );
     assert_variants::<StorageRequest>(

@@ -101,7 +101,9 @@ pub const FIRST_INHERITED_FD: i32 = 3;
 /// How many descriptors from [`SpawnInfo::first_free_fd`] on a transport may map into the child.
 pub const TRANSPORT_FDS: i32 = 16;
 
-/// What a transport learns about the worker it prepares a spawn for.
+/// What a transport learns about the worker it prepares a spawn for. Made with
+/// [`SpawnInfo::new`]; more fields may come.
+#[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct SpawnInfo {
     /// The worker's id.

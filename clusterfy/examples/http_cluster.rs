@@ -94,15 +94,24 @@ async fn primary() -> Result<()> {
 }
 
 async fn worker() -> Result<()> {
-    let worker = Worker::builder().connect().await?;
+    // Ready once it can serve: a reload waits for that before it stops an old worker.
+    let worker = Worker::builder().manual_ready().connect().await?;
     let listener = worker.tcp_listener("http")?;
+    worker.ready().await?;
     let draining = Arc::new(AtomicBool::new(false));
     let (close, _) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    // Out of descriptors, say: wait a moment instead of spinning on the error.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
                 let service = {
                     let (worker, draining) = (worker.clone(), Arc::clone(&draining));
                     hyper::service::service_fn(move |request| answer(worker.clone(), Arc::clone(&draining), request))

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, from_payload, to_payload};
+use clusterfy_core::command::PING_COMMAND;
 use clusterfy_core::protocol::{
     CommandRequest, Destination, Hello, Message, Notice, PROTOCOL_VERSION, Reply, Request, RequestId,
     ShutdownAck,
@@ -26,7 +27,9 @@ use crate::ENV_MAX_FRAME_LEN;
 use crate::commands::{BroadcastReply, CommandRegistry, expect_target};
 use crate::events::{EVENT_BUFFER, EventStream, WorkerRef, subscribe};
 use crate::link::{Inbound, Link, LinkEnd, read_first, write_single};
-use crate::listen::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, Listener, take_listener};
+use crate::listen::{
+    ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, Listener, keep_listeners_from_children, take_listener,
+};
 use crate::storage::Storage;
 
 /// Default deadline of a worker's requests.
@@ -105,9 +108,23 @@ pub struct WorkerBuilder {
     request_timeout: Duration,
     env: Option<WorkerEnv>,
     transport: Option<Arc<dyn Transport>>,
+    manual_ready: bool,
 }
 
 impl WorkerBuilder {
+    /// Tells the primary that this worker is ready only when the program calls
+    /// [`Worker::ready`], not as soon as it is connected: for a program that must take its
+    /// listener, open its database or load its configuration first. [`Primary::ready`] and a
+    /// rolling reload wait for it, so a new version that fails while it starts stops the reload
+    /// before any old worker is stopped.
+    ///
+    /// [`Primary::ready`]: crate::Primary::ready
+    #[must_use]
+    pub fn manual_ready(mut self) -> Self {
+        self.manual_ready = true;
+        self
+    }
+
     /// Registers the handler of a command that the primary or other workers send to this
     /// worker (the original's `registerIPCCommand` on a worker).
     #[must_use]
@@ -169,6 +186,7 @@ impl WorkerBuilder {
                 .into_iter()
                 .filter_map(|k| env.get(k).map(|v| (k, v.to_owned()))),
         );
+        keep_listeners_from_children(&listeners);
         let worker_id = parse_env::<u64>(&env, ENV_WORKER_ID).map(WorkerId)?;
         let max_frame_len = match env.get(ENV_MAX_FRAME_LEN) {
             Some(_) => parse_env::<usize>(&env, ENV_MAX_FRAME_LEN)?,
@@ -218,12 +236,14 @@ impl WorkerBuilder {
                 changes: broadcast::channel(EVENT_BUFFER).0,
                 request_timeout: self.request_timeout,
                 listeners,
+                announced_ready: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let reader = reader.spawn(Arc::new(WorkerInbound { worker: worker.clone() }));
         tokio::spawn(shut_down_when_primary_is_gone(worker.clone(), reader));
-        worker.set_local_status(WorkerStatus::Idle);
-        link.notify(Notice::Ready).await?;
+        if !self.manual_ready {
+            worker.ready().await?;
+        }
         Ok(worker)
     }
 }
@@ -283,6 +303,8 @@ struct WorkerInner {
     request_timeout: Duration,
     /// `LISTEN_FDS` and `LISTEN_FDNAMES`: the shared listeners this process inherited.
     listeners: WorkerEnv,
+    /// [`Worker::ready`] ran.
+    announced_ready: std::sync::atomic::AtomicBool,
 }
 
 /// Handle of this worker process. Cheap to clone.
@@ -300,7 +322,21 @@ impl Worker {
             request_timeout: DEFAULT_WORKER_REQUEST_TIMEOUT,
             env: None,
             transport: None,
+            manual_ready: false,
         }
+    }
+
+    /// Tells the primary that this worker is ready for work (status Idle). [`connect`] does it
+    /// unless the builder asked for [`WorkerBuilder::manual_ready`]. Calling it again does
+    /// nothing.
+    ///
+    /// [`connect`]: WorkerBuilder::connect
+    pub async fn ready(&self) -> Result<()> {
+        if self.inner.announced_ready.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.set_local_status(WorkerStatus::Idle);
+        self.inner.link.notify(Notice::Ready).await
     }
 
     /// Takes the shared listener `name` that the primary bound with
@@ -467,7 +503,7 @@ impl Worker {
     /// Resolves once this worker's shutdown has begun (the primary asked, or the primary is gone)
     /// and its shutdown hooks have run. Return from `main` then: the process ends with every
     /// destructor run, and the primary sees a clean exit. A worker that does not end within the
-    /// primary's shutdown timeout is killed. After [`Worker::exit`] it never resolves: that call
+    /// primary's grace period gets its stop signal (SIGTERM), then SIGKILL. After [`Worker::exit`] it never resolves: that call
     /// ends the process with its own code.
     pub async fn shutdown_requested(&self) {
         self.wait_shutdown(|state| {
@@ -588,7 +624,6 @@ impl WorkerInbound {
                 worker.begin_shutdown(ShutdownReason::Requested);
                 return;
             }
-            Request::Ping => Ok(Reply::Done),
             Request::Storage(_) => Err(Error::new(
                 ErrorKind::InvalidInput,
                 "storage requests go to the primary, which owns the storage; a worker holds none",
@@ -600,9 +635,11 @@ impl WorkerInbound {
 
 impl Inbound for WorkerInbound {
     fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request) {
-        if let Request::Ping = body {
+        if let Request::Command(command) = &body
+            && command.name == PING_COMMAND
+        {
             // Answered by the reader itself: a worker whose runtime is blocked stays silent.
-            return link.reply_soon(id, Ok(Reply::Done));
+            return link.reply_soon(id, Ok(Reply::Command(Vec::new())));
         }
         let link = Arc::clone(link);
         let running = HandlerRunning::start(&self.worker.inner.handlers);

@@ -89,6 +89,9 @@ pub enum Scenario {
     /// Connects, takes the shared Unix-socket listener "api" with `Worker::listener`, and
     /// answers every connection with one line [`UNIX_ANSWER`] and its name.
     UnixListenerWorker,
+    /// Connects with `manual_ready`, then exits with code 3 before it says it is ready: a new
+    /// version that fails while it starts.
+    ConnectThenCrash,
 }
 
 /// What a [`Scenario::UnixListenerWorker`] answers, before its name.
@@ -110,7 +113,7 @@ pub const ACK_LINE_PREFIX: &str = "ACK";
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::Normal,
         Scenario::IgnoreShutdown,
         Scenario::NeverConnect,
@@ -125,6 +128,7 @@ impl Scenario {
         Scenario::ListenfdWorker,
         Scenario::SocketActivatedPrimary,
         Scenario::UnixListenerWorker,
+        Scenario::ConnectThenCrash,
     ];
 
     /// The argument that selects it.
@@ -144,6 +148,7 @@ impl Scenario {
             Scenario::ListenfdWorker => "listenfd-worker",
             Scenario::SocketActivatedPrimary => "socket-activated-primary",
             Scenario::UnixListenerWorker => "unix-listener-worker",
+            Scenario::ConnectThenCrash => "connect-then-crash",
         }
     }
 

@@ -198,14 +198,17 @@ async fn a_rolling_reload_under_load_fails_no_request() {
 async fn a_new_version_that_cannot_start_stops_the_rollout_and_the_old_workers_keep_serving() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broken = dir.path().join("broken");
-    // The "deployed" program: the example, until the flag file says the new version is broken.
+    // The "deployed" program: the example, until the flag file says the new version is broken:
+    // then it connects, and fails before it is ready (as a release that cannot open its port or
+    // its database would).
     let program = Program::new(
         "/bin/sh",
         [
             "-c".into(),
-            r#"if [ -e "$1" ]; then echo "new version cannot start" >&2; exit 3; fi; exec "$0""#.into(),
+            r#"if [ -e "$1" ]; then exec "$2" connect-then-crash; fi; exec "$0""#.into(),
             http_cluster_example().into_os_string(),
             broken.clone().into_os_string(),
+            env!("CARGO_BIN_EXE_test-worker").into(),
         ],
     );
     let (primary, url) = http_cluster(2, program).await;
@@ -315,7 +318,7 @@ async fn statistics_show_each_workers_cpu_and_memory() {
     let info = bounded("a sample of the running worker", async {
         loop {
             let info = primary.workers().into_iter().next().expect("one worker");
-            if info.memory.is_some_and(|m| m > 1 << 20) {
+            if info.memory.is_some_and(|m| m > 1 << 20) && info.cpu_percent.is_some() {
                 return info;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -10,7 +10,7 @@ mod take;
 pub use address::ListenAddr;
 pub(crate) use shared::SharedListeners;
 pub use take::Listener;
-pub(crate) use take::take_listener;
+pub(crate) use take::{keep_listeners_from_children, take_listener};
 
 /// Number of inherited listeners, from descriptor 3 on (the socket-activation convention).
 pub const ENV_LISTEN_FDS: &str = "LISTEN_FDS";

@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use clusterfy_core::transport::{FIRST_INHERITED_FD, TRANSPORT_FDS};
 use clusterfy_core::{Error, ErrorKind, Result, os};
@@ -15,6 +16,8 @@ use super::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr};
 
 /// Connections a listener queues before one is accepted: enough to ride out a worker restart.
 const BACKLOG: i32 = 1024;
+/// Most sockets taken from systemd: far more than any service is given.
+const MAX_INHERITED: usize = 1024;
 /// Longest listener name; systemd's limit for `FileDescriptorName=`.
 const MAX_NAME_LEN: usize = 255;
 
@@ -23,14 +26,27 @@ struct SharedListener {
     name: String,
     socket: OwnedFd,
     address: ListenAddr,
-    /// The socket file this primary created, removed when the cluster shuts down.
-    created: Option<PathBuf>,
+    /// The socket file this primary created (and its inode), removed when the listener closes.
+    created: Option<(PathBuf, u64)>,
+}
+
+impl Drop for SharedListener {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        // Only our own file: a newer primary may have taken the path over since.
+        if let Some((path, inode)) = &self.created
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *inode)
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The primary's listeners, in descriptor order (the first is descriptor 3 in every worker).
+/// Closed (and their socket files removed) by [`SharedListeners::close`] or when dropped.
 #[derive(Default)]
 pub(crate) struct SharedListeners {
-    listeners: Vec<SharedListener>,
+    listeners: Mutex<Vec<SharedListener>>,
 }
 
 impl SharedListeners {
@@ -60,17 +76,28 @@ impl SharedListeners {
         }
         // Sockets systemd passed that no `listen` asked for are handed on under their names too.
         listeners.append(&mut inherited);
-        Ok(SharedListeners { listeners })
+        Ok(SharedListeners { listeners: Mutex::new(listeners) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SharedListener>> {
+        // Nothing here is left half-changed by a panic.
+        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The first descriptor number after the listeners in a worker.
     pub(crate) fn first_free_fd(&self) -> i32 {
-        FIRST_INHERITED_FD + self.listeners.len() as i32
+        FIRST_INHERITED_FD + self.lock().len() as i32
     }
 
     /// The address listener `name` accepts on (with the port the system chose for port 0).
     pub(crate) fn address(&self, name: &str) -> Option<ListenAddr> {
-        self.listeners.iter().find(|l| l.name == name).map(|l| l.address.clone())
+        self.lock().iter().find(|l| l.name == name).map(|l| l.address.clone())
+    }
+
+    /// Closes every listener (a client connecting now is refused, not left waiting) and
+    /// removes the socket files this primary created. Idempotent.
+    pub(crate) fn close(&self) {
+        self.lock().clear();
     }
 
     /// Has the child of `command` inherit every listener at 3.. with `LISTEN_FDS` and
@@ -79,13 +106,16 @@ impl SharedListeners {
     /// source between fork and exec.
     pub(crate) fn pass_to(&self, command: &mut tokio::process::Command) -> Result<()> {
         // Set by systemd for this process only; a worker must not take them for its own.
-        command.env_remove(ENV_LISTEN_PID).env_remove(ENV_LISTEN_FDS).env_remove(ENV_LISTEN_FDNAMES);
-        if self.listeners.is_empty() {
+        for var in [ENV_LISTEN_PID, ENV_LISTEN_FDS, ENV_LISTEN_FDNAMES, "LISTEN_FDS_FIRST_FD"] {
+            command.env_remove(var);
+        }
+        let listeners = self.lock();
+        if listeners.is_empty() {
             return Ok(());
         }
-        let above = self.first_free_fd() + TRANSPORT_FDS;
-        let mut mappings = Vec::with_capacity(self.listeners.len());
-        for (at, listener) in self.listeners.iter().enumerate() {
+        let above = FIRST_INHERITED_FD + listeners.len() as i32 + TRANSPORT_FDS;
+        let mut mappings = Vec::with_capacity(listeners.len());
+        for (at, listener) in listeners.iter().enumerate() {
             let parent_fd = os::duplicate_at_or_above(listener.socket.as_fd(), above)
                 .map_err(|e| Error::io(format!("passing the listener {:?} to a worker", listener.name), e))?;
             mappings.push(FdMapping { parent_fd, child_fd: FIRST_INHERITED_FD + at as i32 });
@@ -93,18 +123,9 @@ impl SharedListeners {
         command.fd_mappings(mappings).map_err(|_| {
             Error::new(ErrorKind::InvalidState, "two shared listeners were mapped to the same descriptor")
         })?;
-        let names: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
-        command
-            .env(ENV_LISTEN_FDS, self.listeners.len().to_string())
-            .env(ENV_LISTEN_FDNAMES, names.join(":"));
+        let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+        command.env(ENV_LISTEN_FDS, listeners.len().to_string()).env(ENV_LISTEN_FDNAMES, names.join(":"));
         Ok(())
-    }
-
-    /// Removes the socket files this primary created. Idempotent.
-    pub(crate) fn remove_files(&self) {
-        for path in self.listeners.iter().filter_map(|l| l.created.as_ref()) {
-            let _ = std::fs::remove_file(path);
-        }
     }
 }
 
@@ -142,7 +163,10 @@ fn bind(name: &str, address: &ListenAddr) -> Result<SharedListener> {
                 .map_err(|e| failed("creating the socket", e))?;
             let to = SockAddr::unix(path).map_err(|e| failed("naming the socket", e))?;
             socket.bind(&to).map_err(|e| failed("binding", e))?;
-            (socket, Some(path.clone()))
+            use std::os::unix::fs::MetadataExt;
+            let inode =
+                std::fs::symlink_metadata(path).map_err(|e| failed("checking the socket file", e))?.ino();
+            (socket, Some((path.clone(), inode)))
         }
     };
     socket.listen(BACKLOG).map_err(|e| failed("listening", e))?;
@@ -212,8 +236,11 @@ fn inherited_from_systemd() -> Result<Vec<SharedListener>> {
     if !for_us {
         return Ok(Vec::new());
     }
-    let count: usize = count.parse().map_err(|_| {
-        Error::new(ErrorKind::Config, format!("{ENV_LISTEN_FDS}={count:?} is not a number of descriptors"))
+    let count: usize = count.parse().ok().filter(|n| *n <= MAX_INHERITED).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Config,
+            format!("{ENV_LISTEN_FDS}={count:?} is not a number of descriptors from 0 to {MAX_INHERITED}"),
+        )
     })?;
     let names: Vec<String> = match std::env::var(ENV_LISTEN_FDNAMES) {
         Ok(names) => names.split(':').map(str::to_owned).collect(),
@@ -270,7 +297,7 @@ mod tests {
         assert_eq!(listeners.address("api"), Some(ListenAddr::Unix(path.clone())));
         let busy = SharedListeners::open(&spec).err().expect("a live socket is not taken");
         assert!(busy.message().contains("in use"), "{busy}");
-        listeners.remove_files();
+        listeners.close();
         assert!(!path.exists());
     }
 }

@@ -40,8 +40,24 @@ impl Listener {
     }
 }
 
+/// Marks every inherited listener close-on-exec, so the worker's own children (a shell, a
+/// helper, a nested primary) do not inherit the cluster's sockets. `LISTEN_FDS` stays in the
+/// environment, which a process cannot change safely once it runs threads.
+pub(crate) fn keep_listeners_from_children(env: &WorkerEnv) {
+    let count = env.get(ENV_LISTEN_FDS).and_then(|n| n.parse::<i32>().ok()).unwrap_or(0).clamp(0, 1024);
+    for fd in FIRST_INHERITED_FD..FIRST_INHERITED_FD + count {
+        os::keep_from_children(fd);
+    }
+}
+
 /// Takes the inherited listener `name` described in `env`. Must run inside a tokio runtime.
 pub(crate) fn take_listener(env: &WorkerEnv, name: &str) -> Result<Listener> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            "Worker::listener needs a tokio runtime: call it from async code running on one",
+        ));
+    }
     let names: Vec<&str> = env.get(ENV_LISTEN_FDNAMES).map(|n| n.split(':').collect()).unwrap_or_default();
     let count: usize = match env.get(ENV_LISTEN_FDS) {
         None => 0,

@@ -57,6 +57,8 @@ pub(crate) struct Slot {
     pub(crate) replaced_by: Option<WorkerId>,
     /// A replacement of this worker is under way (reload or memory limit).
     pub(crate) replacing: bool,
+    /// A memory-limit replacement failed: none is tried again before this.
+    pub(crate) no_memory_replacement_before: Option<Instant>,
     /// The last CPU and memory sample of its process.
     pub(crate) usage: Option<Usage>,
 }
@@ -86,6 +88,7 @@ impl Slot {
             replaces: None,
             replaced_by: None,
             replacing: false,
+            no_memory_replacement_before: None,
             usage: None,
         }
     }
@@ -113,7 +116,7 @@ pub(crate) struct PrimaryInner {
     pub(crate) stop_signal: Signal,
     /// Time a worker has after the stop signal before SIGKILL.
     pub(crate) kill_timeout: Duration,
-    /// One reload at a time.
+    /// One reload or memory-limit replacement at a time.
     pub(crate) reloading: tokio::sync::Mutex<()>,
     /// The control socket, if the builder asked for one.
     pub(crate) control: std::sync::OnceLock<crate::control::ControlSocket>,
@@ -198,6 +201,16 @@ impl PrimaryInner {
                     ErrorKind::InvalidState,
                     "the cluster is shutting down; fork refused",
                 ));
+            }
+            // Checked and inserted under one lock, so two forks cannot both take a name. A replaced
+            // worker is on its way out: its name belongs to its replacement.
+            let taken = slots.values().any(|s| s.worker.name == name && s.replaced_by.is_none());
+            if replaces.is_none() && taken {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    "a worker with this name exists already; names address workers, so they must be unique",
+                )
+                .with_context("worker", name));
             }
             slots.insert(id, slot);
         }

@@ -34,7 +34,6 @@ impl PrimaryInbound {
                 Err(Error::new(ErrorKind::InvalidState, "a storage request reached a handler task"))
             }
             Request::Command(command) => self.route_command(command).await,
-            Request::Ping => Ok(Reply::Done),
             Request::Shutdown => Err(Error::new(
                 ErrorKind::InvalidInput,
                 "cy_shutdown goes from the primary to a worker; a worker ends itself with Worker::exit",
@@ -163,7 +162,6 @@ impl Inbound for PrimaryInbound {
         match body {
             Request::Storage(StorageRequest::Watch { path }) => link.reply_soon(id, self.watch(&path)),
             Request::Storage(request) => serve_storage(&self.inner.storage, link, id, request),
-            Request::Ping => link.reply_soon(id, Ok(Reply::Done)),
             // Command handlers run concurrently, so a slow one never stalls the connection.
             body => {
                 let link = Arc::clone(link);

@@ -71,6 +71,7 @@ pub struct Primary {
 
 /// How [`Primary::shutdown_worker`] ended: which step of the stop ladder the worker's exit
 /// followed.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownOutcome {
     /// The worker exited by itself within the grace period, after the shutdown request.
@@ -121,20 +122,6 @@ impl Primary {
     pub async fn fork(&self, name: &str, options: WorkerOptions) -> Result<WorkerRef> {
         if name.is_empty() {
             return Err(Error::new(ErrorKind::InvalidInput, "a worker name must not be empty"));
-        }
-        if self.inner.shutting_down.load(Ordering::SeqCst) {
-            return Err(Error::new(ErrorKind::InvalidState, "the cluster is shutting down; fork refused"));
-        }
-        {
-            let slots = self.inner.slots();
-            // A replaced worker is on its way out; its name belongs to its replacement.
-            if slots.values().any(|s| s.worker.name == name && s.replaced_by.is_none()) {
-                return Err(Error::new(
-                    ErrorKind::AlreadyExists,
-                    "a worker with this name exists already; names address workers, so they must be unique",
-                )
-                .with_context("worker", name));
-            }
         }
         self.inner.fork_slot(name, options, None).await
     }
@@ -338,7 +325,7 @@ impl Primary {
             (w, outcome)
         }))
         .await;
-        self.inner.listeners.remove_files();
+        self.inner.listeners.close();
         if let Some(control) = self.inner.control.get() {
             control.close();
         }

@@ -37,6 +37,9 @@ pub struct Heartbeat {
     pub timeout: Duration,
 }
 
+/// Shortest heartbeat interval and timeout accepted.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
 /// The default [`Heartbeat`]: a ping every 5 s, unresponsive after 10 s without an answer
 /// (gunicorn's default worker timeout is 30 s; systemd has no watchdog unless configured).
 pub const DEFAULT_HEARTBEAT: Heartbeat =
@@ -90,7 +93,11 @@ impl WorkerOptions {
     /// `None` turns the check off.
     #[must_use]
     pub fn heartbeat(mut self, heartbeat: Option<Heartbeat>) -> Self {
-        self.heartbeat = heartbeat;
+        // A ping loop without a pause, or a timeout no answer can meet, would help nobody.
+        self.heartbeat = heartbeat.map(|h| Heartbeat {
+            interval: h.interval.max(MIN_HEARTBEAT),
+            timeout: h.timeout.max(MIN_HEARTBEAT),
+        });
         self
     }
 

@@ -140,15 +140,6 @@ impl Primary {
                 return Err(err);
             }
         };
-        {
-            let mut slots = self.inner.slots();
-            if let Some(slot) = slots.get_mut(&new.id) {
-                slot.replaces = None;
-            }
-            if let Some(slot) = slots.get_mut(&old.id) {
-                slot.replaced_by = Some(new.id);
-            }
-        }
         self.inner.changed.send_replace(());
         self.inner.emit(Event::Replaced { old: old.clone(), new: new.clone() });
         match self.shutdown_worker(old.id, grace).await {
@@ -173,7 +164,7 @@ impl Primary {
             )
         })?;
         let new = self.inner.fork_slot(&old.name, options, Some(old.id)).await?;
-        if let Err(err) = self.wait_ready(new.id).await {
+        if let Err(err) = self.wait_ready(new.id).await.and_then(|()| self.take_over(old, &new)) {
             let _ = self.shutdown_worker(new.id, Duration::ZERO).await;
             self.inner.slots().remove(&new.id);
             self.inner.changed.send_replace(());
@@ -188,6 +179,30 @@ impl Primary {
         Ok(new)
     }
 
+    /// Moves the name from `old` to `new`, in one step with the check that `new` is still ready
+    /// (it may have crashed since it said so).
+    fn take_over(&self, old: &WorkerRef, new: &WorkerRef) -> Result<()> {
+        {
+            let mut slots = self.inner.slots();
+            let still_ready =
+                slots.get(&new.id).is_some_and(|s| s.state == WorkerState::Ready && !s.stop_requested);
+            if !still_ready {
+                return Err(Error::new(
+                    ErrorKind::WorkerExited,
+                    "the new worker stopped right after it was ready",
+                ));
+            }
+            if let Some(slot) = slots.get_mut(&new.id) {
+                slot.replaces = None;
+            }
+            if let Some(slot) = slots.get_mut(&old.id) {
+                slot.replaced_by = Some(new.id);
+            }
+        }
+        self.inner.changed.send_replace(());
+        Ok(())
+    }
+
     /// Waits until worker `id` is ready, within the ready timeout; fails if it exits first.
     async fn wait_ready(&self, id: WorkerId) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.inner.ready_timeout;
@@ -197,6 +212,12 @@ impl Primary {
             match state {
                 None => return Err(Error::new(ErrorKind::WorkerExited, "the new worker left the directory")),
                 Some((WorkerState::Ready, _)) => return Ok(()),
+                Some((WorkerState::Stopped, _)) => {
+                    return Err(Error::new(
+                        ErrorKind::WorkerExited,
+                        "the new worker was stopped before it was ready",
+                    ));
+                }
                 // A replacement that crashed once has failed, even if its policy would revive it.
                 Some((WorkerState::Restarting, _)) => {
                     return Err(Error::new(
@@ -208,7 +229,14 @@ impl Primary {
                 Some((_, Ok(_))) => {}
             }
             if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
-                return Err(super::supervisor::not_connected_in_time(self.inner.ready_timeout));
+                let waited = self.inner.ready_timeout;
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the new worker was not ready within {waited:?}; does its program connect (and call \
+                         Worker::ready, with manual_ready)?"
+                    ),
+                ));
             }
         }
     }

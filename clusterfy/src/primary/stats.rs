@@ -87,7 +87,7 @@ impl WorkerInfo {
             restarts: slot.restarts,
             uptime: if running { slot.started.elapsed() } else { Duration::ZERO },
             last_exit: slot.last_exit,
-            cpu_percent: slot.usage.filter(|_| running).map(|u| u.cpu_percent),
+            cpu_percent: slot.usage.filter(|_| running).and_then(|u| u.cpu_percent),
             memory: slot.usage.filter(|_| running).map(|u| u.rss),
         }
     }

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clusterfy_core::codec::{FrameDecoder, HEADER_LEN};
-use clusterfy_core::protocol::{Message, Notice, PROTOCOL_VERSION, Request, Welcome};
+use clusterfy_core::command::PING_COMMAND;
+use clusterfy_core::protocol::{
+    CommandRequest, Destination, Message, Notice, PROTOCOL_VERSION, Request, Welcome,
+};
 use clusterfy_core::session::PrimaryHandshake;
 use clusterfy_core::transport::{
     Authentication, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, Rendezvous, SpawnInfo,
 };
-use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerStatus};
+use clusterfy_core::{Error, ErrorKind, Origin, Result, WireError, WorkerStatus};
 use nix::sys::signal::Signal;
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
@@ -188,11 +191,8 @@ async fn run_once(
         _ => None,
     };
     let mut command = build_command(inner, worker, options, token.as_deref())?;
-    let info = SpawnInfo {
-        worker_id: worker.id,
-        name: worker.name.clone(),
-        first_free_fd: inner.listeners.first_free_fd(),
-    };
+    let mut info = SpawnInfo::new(worker.id, worker.name.clone());
+    info.first_free_fd = inner.listeners.first_free_fd();
     let mut rendezvous = inner.transport.prepare(&info, &mut command).await?;
     // After the transport's mapping: see `SharedListeners::pass_to`.
     inner.listeners.pass_to(&mut command)?;
@@ -206,7 +206,7 @@ async fn run_once(
     })?;
     rendezvous.attach(&mut child)?;
     let pid = child.id();
-    inner.update_slot(worker.id, |s| {
+    let still_wanted = inner.update_slot(worker.id, |s| {
         s.pid = pid;
         s.incarnation += 1;
         s.state = WorkerState::Starting;
@@ -215,6 +215,7 @@ async fn run_once(
         s.link = None;
         s.connect_failure = None;
         s.watches.clear();
+        !s.stop_requested
     });
     if let Some(tx) = spawned.take() {
         let _ = tx.send(Ok(()));
@@ -229,6 +230,11 @@ async fn run_once(
         let _ = signal_tx.send(signal);
     };
     let kill_now = || signal_now(Signal::SIGKILL);
+    // Stopped (or its slot removed) while it was being spawned: it must not run unseen.
+    if still_wanted != Some(true) || inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        kill_now();
+        return Ok(wait_exit(&mut exit_rx).await.into());
+    }
 
     // Connect: the process must pass the handshake within the ready timeout.
     let connecting =
@@ -316,10 +322,22 @@ async fn heartbeat(link: Arc<Link>, heartbeat: Option<Heartbeat>) -> Duration {
     loop {
         tokio::time::sleep(interval).await;
         let started = tokio::time::Instant::now();
-        match tokio::time::timeout(timeout, link.request(Request::Ping, timeout)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) if err.kind() != ErrorKind::Timeout => return std::future::pending().await,
-            Ok(Err(_)) | Err(_) => return started.elapsed(),
+        let ping = CommandRequest {
+            name: PING_COMMAND.to_owned(),
+            destination: Destination::Here,
+            origin: Origin::Primary,
+            payload: Vec::new(),
+        };
+        match tokio::time::timeout(timeout, link.request(Request::Command(ping), timeout)).await {
+            Ok(Err(err)) if err.kind() == ErrorKind::Timeout => return started.elapsed(),
+            Err(_) => return started.elapsed(),
+            // The connection ended: its reader reports that.
+            Ok(Err(err)) if matches!(err.kind(), ErrorKind::WorkerExited | ErrorKind::Closed) => {
+                return std::future::pending().await;
+            }
+            // Any answer, an error included (a worker that predates the heartbeat does not
+            // know the command), shows a responsive worker.
+            Ok(_) => {}
         }
     }
 }

@@ -11,6 +11,9 @@ use crate::events::{Event, WorkerRef};
 
 /// Default time between two samples of every worker.
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// After a failed memory-limit replacement, the time before the next try: a new process that
+/// cannot start is not forked again at every sample.
+const MEMORY_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Shortest sample interval accepted: reading `/proc` is cheap, but not free.
 pub(super) const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -19,8 +22,9 @@ pub(super) const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 pub(crate) struct Usage {
     /// Resident memory, in bytes.
     pub(crate) rss: u64,
-    /// CPU time used since the sample before, as a share of one core (100.0 = one core busy).
-    pub(crate) cpu_percent: f64,
+    /// CPU time used since the sample before, as a share of one core (100.0 = one core busy);
+    /// `None` at the first sample of a process.
+    pub(crate) cpu_percent: Option<f64>,
     pid: u32,
     cpu_ticks: u64,
     at: Instant,
@@ -60,15 +64,22 @@ fn sample_once(inner: &PrimaryInner) -> Vec<(WorkerRef, u64, u64)> {
             Some(before) if before.pid == pid => {
                 let used = sample.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks();
                 let elapsed = now.duration_since(before.at).as_secs_f64();
-                if elapsed > 0.0 { 100.0 * used / elapsed } else { before.cpu_percent }
+                if elapsed > 0.0 { Some(100.0 * used / elapsed) } else { before.cpu_percent }
             }
-            _ => 0.0,
+            _ => None,
         };
         slot.usage = Some(Usage { rss: sample.rss, cpu_percent, pid, cpu_ticks: sample.cpu_ticks, at: now });
-        crate::metrics::worker_usage(&slot.worker.name, sample.rss, cpu_percent);
+        crate::metrics::worker_usage(&slot.worker.name, sample.rss, cpu_percent.unwrap_or(0.0));
         if let Some(limit) = slot.options.max_memory {
-            let replaceable = slot.state == WorkerState::Ready && slot.answers_to_name() && !slot.replacing;
-            if sample.rss > limit && replaceable {
+            let cooling_down = slot.no_memory_replacement_before.is_some_and(|at| now < at);
+            let replaceable = slot.state == WorkerState::Ready
+                && slot.answers_to_name()
+                && !slot.replacing
+                && !cooling_down;
+            if sample.rss > limit
+                && replaceable
+                && !inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+            {
                 slot.replacing = true;
                 over.push((slot.worker.clone(), sample.rss, limit));
             }
@@ -82,8 +93,16 @@ fn replace_over_limit(inner: &Arc<PrimaryInner>, worker: WorkerRef, rss: u64, li
     inner.emit(Event::MemoryLimit { worker: worker.clone(), rss, limit });
     let primary = Primary { inner: Arc::clone(inner) };
     tokio::spawn(async move {
+        let inner = &primary.inner;
+        let _one_at_a_time = inner.reloading.lock().await;
+        if inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            inner.update_slot(worker.id, |s| s.replacing = false);
+            return;
+        }
         if let Err(err) = primary.replace_one(&worker, super::DEFAULT_SHUTDOWN_TIMEOUT).await {
             tracing::error!(worker = %worker, error = %err, "replacing a worker over its memory limit failed");
+            let retry = Instant::now() + MEMORY_RETRY_AFTER;
+            inner.update_slot(worker.id, |s| s.no_memory_replacement_before = Some(retry));
         }
     });
 }

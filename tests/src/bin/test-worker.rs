@@ -104,6 +104,11 @@ async fn run(scenario: Scenario) -> Result<()> {
         }
         Scenario::ListenfdWorker => listenfd_worker().await?,
         Scenario::SocketActivatedPrimary => socket_activated_primary().await?,
+        Scenario::ConnectThenCrash => {
+            let _worker = connect(worker_builder().manual_ready()).await?;
+            eprintln!("test-worker: failing before it is ready, as scenario {scenario} asks");
+            std::process::exit(3);
+        }
         Scenario::UnixListenerWorker => {
             let worker = connect(worker_builder()).await?;
             let listener = worker.listener("api")?.into_unix()?;
