@@ -124,3 +124,48 @@ pub struct EventRow {
     /// A one-line description.
     pub text: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn index_of<T: Serialize>(value: &T) -> u8 {
+        postcard::to_allocvec(value).expect("encodes")[0]
+    }
+
+    /// docs/protocol.md, section 14, lists these indices: the wire must keep them.
+    #[test]
+    fn variant_indices_are_the_ones_documented() {
+        let path = || "a.b".to_owned();
+        let requests = [
+            ControlRequest::Info,
+            ControlRequest::Workers,
+            ControlRequest::Restart { worker: "w".into() },
+            ControlRequest::Stop { worker: "w".into() },
+            ControlRequest::Reload,
+            ControlRequest::Events,
+            ControlRequest::StorageGet { path: path() },
+            ControlRequest::StorageSet { path: path(), value: Value::Null },
+            ControlRequest::StorageWatch { path: path() },
+        ];
+        for (at, request) in requests.iter().enumerate() {
+            assert_eq!(index_of(request) as usize, at, "{request:?}");
+        }
+        let info = AppInfo { app: "x".into(), pid: 1, protocol_version: CONTROL_PROTOCOL_VERSION, workers: 0 };
+        let row = EventRow { kind: "k".into(), worker: None, text: "t".into() };
+        let error = WireError { kind: ErrorKind::Unauthorized, message: "no".into(), context: Vec::new() };
+        let replies = [
+            ControlReply::Info(info),
+            ControlReply::Workers(Vec::new()),
+            ControlReply::Done,
+            ControlReply::Value(None),
+            ControlReply::Event(row),
+            ControlReply::Changed { path: path() },
+            ControlReply::Error(error),
+        ];
+        for (at, reply) in replies.iter().enumerate() {
+            assert_eq!(index_of(reply) as usize, at, "{reply:?}");
+        }
+    }
+}
