@@ -152,7 +152,8 @@ mod tests {
         for (at, request) in requests.iter().enumerate() {
             assert_eq!(index_of(request) as usize, at, "{request:?}");
         }
-        let info = AppInfo { app: "x".into(), pid: 1, protocol_version: CONTROL_PROTOCOL_VERSION, workers: 0 };
+        let info =
+            AppInfo { app: "x".into(), pid: 1, protocol_version: CONTROL_PROTOCOL_VERSION, workers: 0 };
         let row = EventRow { kind: "k".into(), worker: None, text: "t".into() };
         let error = WireError { kind: ErrorKind::Unauthorized, message: "no".into(), context: Vec::new() };
         let replies = [
