@@ -113,8 +113,8 @@ fn into_tokio(socket: OwnedFd, name: &str) -> Result<Listener> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_unknown_name_is_refused_naming_the_inherited_listeners() {
+    #[tokio::test]
+    async fn an_unknown_name_is_refused_naming_the_inherited_listeners() {
         let env = WorkerEnv::from_pairs([(ENV_LISTEN_FDS, "2"), (ENV_LISTEN_FDNAMES, "http:admin")]);
         let err = take_listener(&env, "metrics").expect_err("no such listener");
         assert_eq!(err.kind(), ErrorKind::NotFound);
@@ -123,5 +123,12 @@ mod tests {
         assert!(none.message().contains("inherited: none"), "{none}");
         let malformed = WorkerEnv::from_pairs([(ENV_LISTEN_FDS, "two")]);
         assert_eq!(take_listener(&malformed, "http").expect_err("malformed").kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn outside_a_runtime_the_error_says_so() {
+        let env = WorkerEnv::from_pairs([(ENV_LISTEN_FDS, "1"), (ENV_LISTEN_FDNAMES, "http")]);
+        let err = take_listener(&env, "http").expect_err("no runtime");
+        assert!(err.message().contains("tokio runtime"), "{err}");
     }
 }
