@@ -24,7 +24,18 @@ static ADOPTED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 /// Fails with [`ErrorKind::Config`] when `fd` is a standard stream, is not open, or is not a
 /// socket, and with [`ErrorKind::InvalidState`] when this process already took it.
 pub fn adopt_inherited_socket(fd: RawFd, source: &str) -> Result<OwnedFd> {
-    adopt(fd, &format!("{source}={fd}"), "this worker's channel")
+    let owned = adopt(fd, &format!("{source}={fd}"), "this worker's channel")?;
+    if nix::sys::socket::getsockopt(&owned, nix::sys::socket::sockopt::AcceptConn).unwrap_or(false) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{source}={fd} is a listening socket, not this worker's channel: the transport mapped its channel \
+                 over a shared listener; a transport must map from SpawnInfo::first_free_fd on"
+            ),
+        )
+        .with_context("fd", fd));
+    }
+    Ok(owned)
 }
 
 /// Takes ownership of the inherited listening socket `fd`, passed as `name` under the
@@ -77,8 +88,8 @@ fn adopt(fd: RawFd, described: &str, what: &str) -> Result<OwnedFd> {
         Error::new(
             ErrorKind::Config,
             format!(
-                "{described} does not name {what}: {why}; the process must be started by a Clusterfy \
-                 primary (Primary::fork), which passes it as an inherited descriptor"
+                "{described} does not name {what}: {why}; it must be inherited from the process that started \
+                 this one (a Clusterfy primary's Primary::fork, or systemd's socket activation)"
             ),
         )
         .with_context("fd", fd)

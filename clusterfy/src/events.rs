@@ -171,7 +171,8 @@ pub enum Event {
         /// The worker that took its name (a new id).
         new: WorkerRef,
     },
-    /// A replacement failed to get ready, so the reload stopped; the old worker keeps serving.
+    /// A replacement (by a reload, a restart or the memory limit) failed to get ready: the old
+    /// worker keeps serving, and a reload stops there.
     ReloadFailed {
         /// The worker that was to be replaced (still running).
         worker: WorkerRef,

@@ -15,6 +15,8 @@ pub(crate) enum SocketFile {
     Live,
     /// A file that is not a socket.
     NotASocket,
+    /// A socket that could not be probed (permission denied, ...): not taken over.
+    Unknown,
 }
 
 pub(crate) fn probe(path: &Path) -> SocketFile {
@@ -24,6 +26,8 @@ pub(crate) fn probe(path: &Path) -> SocketFile {
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => SocketFile::Live,
-        Err(_) => SocketFile::Stale,
+        // Only a refusal proves that nobody accepts on it.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => SocketFile::Stale,
+        Err(_) => SocketFile::Unknown,
     }
 }

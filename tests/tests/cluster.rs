@@ -279,6 +279,14 @@ async fn a_worker_over_its_memory_limit_is_replaced_by_a_new_one_first() {
     assert_eq!(gone, old);
     assert_eq!(new.name, "grower");
     assert_ne!(new.id, old.id);
+    // The new process was ready before the old one was stopped: its exit comes after.
+    next_event_matching(
+        &mut events,
+        WAIT,
+        "the old grower's exit",
+        |e| matches!(e, Event::Exit { worker, .. } if *worker == old),
+    )
+    .await;
     let stats = primary.statistics();
     let sampled = stats.workers.iter().find(|w| w.id == new.id).expect("the replacement is listed");
     assert!(sampled.pid.is_some(), "{sampled:?}");
@@ -397,4 +405,46 @@ async fn workers_share_a_unix_socket_listener_and_its_file_is_removed_at_shutdow
     assert!(!answered_by.is_empty() && answered_by.iter().all(|n| n.starts_with("unix-")), "{answered_by:?}");
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
     assert!(!path.exists(), "the socket file the primary created is removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_to_the_example_reloads_every_worker_as_the_control_socket_shows() {
+    let runtime_dir = tempfile::tempdir().expect("temp dir");
+    let mut child = tokio::process::Command::new(http_cluster_example())
+        .args(["--workers", "2", "--listen", "127.0.0.1:0"])
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the example");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    bounded("the example to listen", async {
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if line.starts_with("listening on ") {
+                return;
+            }
+        }
+        panic!("the example ended before it listened");
+    })
+    .await;
+    // The example's control socket, in the runtime directory it was given.
+    let socket = runtime_dir.path().join("clusterfy").join("http_cluster.sock");
+    let control = clusterfy::control::ControlClient::at(socket);
+    let before: Vec<u64> = control.workers().await.expect("workers").iter().map(|w| w.id).collect();
+    assert_eq!(before.len(), 2);
+    kill(nix::unistd::Pid::from_raw(child.id().expect("pid") as i32), Signal::SIGHUP).expect("SIGHUP");
+    bounded("every worker replaced", async {
+        loop {
+            let rows = control.workers().await.expect("workers");
+            let replaced =
+                rows.len() == 2 && rows.iter().all(|w| !before.contains(&w.id) && w.state == "ready");
+            if replaced {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    kill(nix::unistd::Pid::from_raw(child.id().expect("pid") as i32), Signal::SIGINT).expect("SIGINT");
+    bounded("the example to shut down", child.wait()).await.expect("wait");
 }

@@ -59,7 +59,7 @@ pub(crate) fn open(app: &str, path: PathBuf, primary: Weak<PrimaryInner>) -> Res
         // Left by a primary that died: nothing is lost by taking it over.
         SocketFile::Stale => std::fs::remove_file(&path)
             .map_err(|e| Error::io(format!("removing the stale control socket {}", path.display()), e))?,
-        SocketFile::Live => return Err(in_use()),
+        SocketFile::Live | SocketFile::Unknown => return Err(in_use()),
         SocketFile::NotASocket => {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,

@@ -184,7 +184,9 @@ fn remove_stale_socket(name: &str, address: &ListenAddr, path: &std::path::Path)
         SocketFile::Stale => {
             std::fs::remove_file(path).map_err(|e| bind_error(name, address, "removing the stale socket", e))
         }
-        SocketFile::Live => Err(bind_error(name, address, "binding", std::io::ErrorKind::AddrInUse.into())),
+        SocketFile::Live | SocketFile::Unknown => {
+            Err(bind_error(name, address, "binding", std::io::ErrorKind::AddrInUse.into()))
+        }
         SocketFile::NotASocket => Err(Error::new(
             ErrorKind::AlreadyExists,
             format!(
@@ -251,14 +253,18 @@ fn inherited_from_systemd() -> Result<Vec<SharedListener>> {
         let fd = FIRST_INHERITED_FD + at as i32;
         // systemd's name for a socket without FileDescriptorName=.
         let name = names.get(at).cloned().unwrap_or_else(|| "unknown".to_owned());
-        let socket = os::adopt_inherited_listener(fd, &name)?;
-        let address = local_address(&socket).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Config,
-                format!("descriptor {fd} ({name:?}) from systemd is not a TCP or Unix socket"),
-            )
-        })?;
-        listeners.push(SharedListener { name, socket, address, created: None });
+        // A socket a worker could not take (datagram, unnamed Unix) is not handed on; not fatal.
+        let adopted = os::adopt_inherited_listener(fd, &name).and_then(|socket| {
+            local_address(&socket)
+                .map(|address| (socket, address))
+                .ok_or_else(|| Error::new(ErrorKind::Config, "not a TCP or named Unix stream socket"))
+        });
+        match adopted {
+            Ok((socket, address)) => listeners.push(SharedListener { name, socket, address, created: None }),
+            Err(err) => {
+                tracing::warn!(fd, name = %name, error = %err, "not handing on a socket systemd passed")
+            }
+        }
     }
     Ok(listeners)
 }

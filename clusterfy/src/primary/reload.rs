@@ -59,6 +59,9 @@ impl Primary {
     /// runs a reload with the default options (unless
     /// [`PrimaryBuilder::handle_signals`](super::PrimaryBuilder::handle_signals) is off).
     ///
+    /// Ready means connected, unless the worker's program asked for
+    /// [`WorkerBuilder::manual_ready`](crate::WorkerBuilder::manual_ready): then it is ready
+    /// when it calls [`Worker::ready`](crate::Worker::ready), after it took its listener, say.
     /// If a new worker fails to get ready (it exits, or the ready timeout passes), the rollout
     /// stops: that new process is stopped, the old worker and every one not yet replaced keep
     /// serving, [`Event::ReloadFailed`] is published and the error is returned. Returns the
