@@ -254,14 +254,15 @@ async fn the_stop_ladder_asks_then_signals_then_kills() {
     assert_eq!(note, ("stubborn".to_owned(), "sigterm".to_owned()));
 }
 
+/// A primary that samples its workers every 50 ms.
+async fn sampling_primary() -> Primary {
+    let builder = primary_builder().sample_interval(Duration::from_millis(50)).handle_signals(false);
+    builder.build().await.expect("primary")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_over_its_memory_limit_is_replaced_by_a_new_one_first() {
-    let primary = primary_builder()
-        .sample_interval(Duration::from_millis(50))
-        .handle_signals(false)
-        .build()
-        .await
-        .expect("primary");
+    let primary = sampling_primary().await;
     let limit = 48 << 20;
     let mut events = primary.events();
     let grower = options(Scenario::Grow).env(ENV_GROW_BYTES, (96u64 << 20).to_string()).max_memory(limit);
@@ -313,12 +314,7 @@ async fn a_hung_worker_is_found_by_its_heartbeat_and_revived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statistics_show_each_workers_cpu_and_memory() {
-    let primary = primary_builder()
-        .sample_interval(Duration::from_millis(50))
-        .handle_signals(false)
-        .build()
-        .await
-        .expect("primary");
+    let primary = sampling_primary().await;
     primary.fork("sampled", options(Scenario::Normal)).await.expect("fork");
     bounded("ready", primary.ready()).await.expect("ready");
     // A sample taken right after the fork sees the process before its program ran; a later one
