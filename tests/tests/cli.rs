@@ -211,6 +211,10 @@ async fn errors_say_what_to_do() {
     let gone = run(dir.path(), &["--socket", stale.to_str().expect("path"), "ls"]).await;
     assert!(String::from_utf8_lossy(&gone.stderr).contains("primary is gone"), "{gone:?}");
 
+    // A primary of the same app that was killed left its socket file: the new one takes it over.
+    let left_behind = dir.path().join("clusterfy").join(format!("{APP}.sock"));
+    std::fs::create_dir_all(left_behind.parent().expect("dir")).expect("control dir");
+    drop(std::os::unix::net::UnixListener::bind(&left_behind).expect("bind"));
     let primary = cluster(dir.path()).await;
     let bad = run(dir.path(), &["storage", "set", "config.greeting", "not json"]).await;
     assert!(!bad.status.success());
