@@ -23,8 +23,9 @@ use crate::storage::SharedStorage;
 /// Messages from the primary to the task that owns a worker's child process.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// Send this signal to the current process of this worker (SIGKILL kills it).
-    Signal(Signal),
+    /// Send this signal to process `incarnation` of this worker (SIGKILL kills it); dropped if a
+    /// later process runs by the time it arrives.
+    Signal(Signal, u64),
 }
 
 /// One worker's record; survives its processes (revivals keep the slot).

@@ -277,13 +277,13 @@ impl Primary {
         if let Ok(reason) = tokio::time::timeout_at(deadline, self.wait_exit(target.id, incarnation)).await {
             return Ok(ShutdownOutcome::Exited(reason));
         }
-        let _ = control.send(Control::Signal(self.inner.stop_signal));
+        let _ = control.send(Control::Signal(self.inner.stop_signal, incarnation));
         let terminated =
             tokio::time::timeout(self.inner.kill_timeout, self.wait_exit(target.id, incarnation));
         if let Ok(reason) = terminated.await {
             return Ok(ShutdownOutcome::Terminated(reason));
         }
-        let _ = control.send(Control::Signal(nix::sys::signal::Signal::SIGKILL));
+        let _ = control.send(Control::Signal(nix::sys::signal::Signal::SIGKILL, incarnation));
         // SIGKILL cannot be ignored, so this wait is short; the bound only guards against a
         // process stuck in the kernel.
         match tokio::time::timeout(Duration::from_secs(10), self.wait_exit(target.id, incarnation)).await {

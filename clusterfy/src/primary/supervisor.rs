@@ -206,7 +206,7 @@ async fn run_once(
     })?;
     rendezvous.attach(&mut child)?;
     let pid = child.id();
-    let still_wanted = inner.update_slot(worker.id, |s| {
+    let spawned_now = inner.update_slot(worker.id, |s| {
         s.pid = pid;
         s.incarnation += 1;
         s.state = WorkerState::Starting;
@@ -215,8 +215,10 @@ async fn run_once(
         s.link = None;
         s.connect_failure = None;
         s.watches.clear();
-        !s.stop_requested
+        (!s.stop_requested, s.incarnation)
     });
+    let (still_wanted, incarnation) =
+        spawned_now.map_or((false, 0), |(wanted, incarnation)| (wanted, incarnation));
     if let Some(tx) = spawned.take() {
         let _ = tx.send(Ok(()));
     }
@@ -231,7 +233,7 @@ async fn run_once(
     };
     let kill_now = || signal_now(Signal::SIGKILL);
     // Stopped (or its slot removed) while it was being spawned: it must not run unseen.
-    if still_wanted != Some(true) || inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+    if !still_wanted || inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
         kill_now();
         return Ok(wait_exit(&mut exit_rx).await.into());
     }
@@ -257,7 +259,7 @@ async fn run_once(
                 }
             },
             exit = &mut exit_rx => return Ok(exit.unwrap_or(ExitReason::Code(-1)).into()),
-            Some(Control::Signal(signal)) = control.recv() => signal_now(signal),
+            Some(Control::Signal(signal, to)) = control.recv() => if to == incarnation { signal_now(signal) },
         }
     };
     inner.update_slot(worker.id, |s| {
@@ -290,7 +292,7 @@ async fn run_once(
                 }
             }
             exit = &mut exit_rx => break exit.unwrap_or(ExitReason::Code(-1)),
-            Some(Control::Signal(signal)) = control.recv() => signal_now(signal),
+            Some(Control::Signal(signal, to)) = control.recv() => if to == incarnation { signal_now(signal) },
         }
     };
     if !reader_done {
