@@ -3,8 +3,8 @@
 //! operator gets, and a peer of another uid refused.
 //!
 //! The primary is this test process, with its control socket in a temporary directory that the
-//! command finds as `$XDG_RUNTIME_DIR/clusterfy`. The command's binary is the one
-//! `cargo test --workspace` builds next to this test.
+//! command finds as `$XDG_RUNTIME_DIR/clusterfy`. The command is built from clusterfy-cli's
+//! source as this crate's binary `clusterfy-cli`.
 
 mod common;
 
@@ -20,17 +20,9 @@ use tokio::process::{Child, ChildStdout};
 
 const APP: &str = "cli-test";
 
-/// The `clusterfy` binary, next to this test's in the target directory.
+/// The `clusterfy` command, built from clusterfy-cli's source for these tests.
 fn clusterfy_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let binary = profile_dir.join("clusterfy");
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test --workspace` builds it; build it with `cargo build -p clusterfy-cli`",
-        binary.display()
-    );
-    binary
+    PathBuf::from(env!("CARGO_BIN_EXE_clusterfy-cli"))
 }
 
 /// A cluster of two ready workers with its control socket under `runtime_dir`.

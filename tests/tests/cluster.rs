@@ -2,8 +2,9 @@
 //! and rolling reload without a refused connection or a failed request, a failing new version,
 //! the stop ladder, the memory limit and hung workers.
 //!
-//! The HTTP workers are the `http_cluster` example itself (`cargo test --workspace` builds it):
-//! the primary here is this test process, which forks the example's binary as its workers.
+//! The HTTP workers are the `http_cluster` example itself (built from its source as this crate's
+//! binary `http-cluster-example`): the primary here is this test process, which forks it as its
+//! workers.
 
 mod common;
 
@@ -21,19 +22,9 @@ use nix::sys::signal::{Signal, kill};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
-/// The `http_cluster` example's binary, next to this test's in the target directory.
+/// The `http_cluster` example, built from its source as this crate's binary.
 fn http_cluster_example() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    // target/<profile>/deps/cluster-<hash> -> target/<profile>/examples/http_cluster
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let example = profile_dir.join("examples").join("http_cluster");
-    assert!(
-        example.exists(),
-        "{} is missing: these tests run the http_cluster example, which `cargo test --workspace` builds; \
-         build it with `cargo build -p clusterfy --example http_cluster`",
-        example.display()
-    );
-    example
+    PathBuf::from(env!("CARGO_BIN_EXE_http-cluster-example"))
 }
 
 /// Revives at once, as often as needed within these tests.
