@@ -1,6 +1,7 @@
 //! The primary's control socket: accepts the operator's connections (same uid only), answers
 //! one request each, and streams events and storage changes for as long as the client reads.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,15 +22,27 @@ use crate::{DEFAULT_SHUTDOWN_TIMEOUT, ReloadOptions};
 /// Time a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An open control socket; its file is removed when the cluster shuts down.
+/// An open control socket; its file is removed when the cluster shuts down, or when the
+/// primary is dropped.
 pub(crate) struct ControlSocket {
     path: PathBuf,
     accepting: JoinHandle<()>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl ControlSocket {
-    /// Stops accepting and removes the socket file. Idempotent.
+    /// Stops accepting and removes the socket file, once: after that the path may belong to
+    /// another primary.
     pub(crate) fn close(&self) {
+        if self.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         self.accepting.abort();
         let _ = std::fs::remove_file(&self.path);
     }
@@ -69,7 +82,6 @@ pub(crate) fn open(app: &str, path: PathBuf, primary: Weak<PrimaryInner>) -> Res
     }
     let listener = UnixListener::bind(&path)
         .map_err(|e| Error::io(format!("binding the control socket {}", path.display()), e))?;
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(format!("making the control socket {} private", path.display()), e))?;
     let app: Arc<str> = Arc::from(app);
@@ -78,7 +90,7 @@ pub(crate) fn open(app: &str, path: PathBuf, primary: Weak<PrimaryInner>) -> Res
             tokio::spawn(serve(stream, primary.clone(), Arc::clone(&app)));
         }
     });
-    Ok(ControlSocket { path, accepting })
+    Ok(ControlSocket { path, accepting, closed: std::sync::atomic::AtomicBool::new(false) })
 }
 
 async fn serve(stream: UnixStream, primary: Weak<PrimaryInner>, app: Arc<str>) {

@@ -2,6 +2,7 @@
 //! every worker process at spawn.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -32,7 +33,6 @@ struct SharedListener {
 
 impl Drop for SharedListener {
     fn drop(&mut self) {
-        use std::os::unix::fs::MetadataExt;
         // Only our own file: a newer primary may have taken the path over since.
         if let Some((path, inode)) = &self.created
             && std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *inode)
@@ -163,7 +163,6 @@ fn bind(name: &str, address: &ListenAddr) -> Result<SharedListener> {
                 .map_err(|e| failed("creating the socket", e))?;
             let to = SockAddr::unix(path).map_err(|e| failed("naming the socket", e))?;
             socket.bind(&to).map_err(|e| failed("binding", e))?;
-            use std::os::unix::fs::MetadataExt;
             let inode =
                 std::fs::symlink_metadata(path).map_err(|e| failed("checking the socket file", e))?.ino();
             (socket, Some((path.clone(), inode)))
