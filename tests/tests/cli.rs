@@ -247,7 +247,10 @@ async fn a_peer_of_another_uid_is_refused() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
     let binary = dir.path().join("clusterfy-copy");
-    std::fs::copy(clusterfy_binary(), &binary).expect("a copy the other user may run");
+    // Copied by another process: a file this (multi-threaded) process wrote could be held open
+    // by a child another test forks meanwhile, and exec would then fail with "text file busy".
+    let copied = std::process::Command::new("cp").arg(clusterfy_binary()).arg(&binary).status().expect("cp");
+    assert!(copied.success(), "a copy the other user may run");
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let output = tokio::process::Command::new(as_stranger[0])
         .args(&as_stranger[1..])
