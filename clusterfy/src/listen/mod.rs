@@ -4,6 +4,7 @@
 //! connections over the workers and the port stays open while any one of them restarts.
 
 mod address;
+mod env;
 mod shared;
 mod take;
 

@@ -13,12 +13,11 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::socket_file::{self, SocketFile};
 
+use super::env::inherited_names;
 use super::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr};
 
 /// Connections a listener queues before one is accepted: enough to ride out a worker restart.
 const BACKLOG: i32 = 1024;
-/// Most sockets taken from systemd: far more than any service is given.
-const MAX_INHERITED: usize = 1024;
 /// Longest listener name; systemd's limit for `FileDescriptorName=`.
 const MAX_NAME_LEN: usize = 255;
 
@@ -231,27 +230,16 @@ pub(super) fn local_address(socket: &OwnedFd) -> Option<ListenAddr> {
 /// The listening sockets systemd passed this process, if it started it by socket activation
 /// (`LISTEN_PID` unset or this process, `LISTEN_FDS`, optional `LISTEN_FDNAMES`).
 fn inherited_from_systemd() -> Result<Vec<SharedListener>> {
-    let Ok(count) = std::env::var(ENV_LISTEN_FDS) else { return Ok(Vec::new()) };
     let for_us = std::env::var(ENV_LISTEN_PID)
         .map_or(true, |pid| pid.is_empty() || pid.parse::<u32>().ok() == Some(std::process::id()));
     if !for_us {
         return Ok(Vec::new());
     }
-    let count: usize = count.parse().ok().filter(|n| *n <= MAX_INHERITED).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Config,
-            format!("{ENV_LISTEN_FDS}={count:?} is not a number of descriptors from 0 to {MAX_INHERITED}"),
-        )
-    })?;
-    let names: Vec<String> = match std::env::var(ENV_LISTEN_FDNAMES) {
-        Ok(names) => names.split(':').map(str::to_owned).collect(),
-        Err(_) => Vec::new(),
-    };
-    let mut listeners = Vec::with_capacity(count);
-    for at in 0..count {
+    let (fds, names) = (std::env::var(ENV_LISTEN_FDS).ok(), std::env::var(ENV_LISTEN_FDNAMES).ok());
+    let names = inherited_names(fds.as_deref(), names.as_deref())?;
+    let mut listeners = Vec::with_capacity(names.len());
+    for (at, name) in names.into_iter().enumerate() {
         let fd = FIRST_INHERITED_FD + at as i32;
-        // systemd's name for a socket without FileDescriptorName=.
-        let name = names.get(at).cloned().unwrap_or_else(|| "unknown".to_owned());
         // A socket a worker could not take (datagram, unnamed Unix) is not handed on; not fatal.
         let adopted = os::adopt_inherited_listener(fd, &name).and_then(|socket| {
             local_address(&socket)

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use clusterfy_core::transport::{FIRST_INHERITED_FD, WorkerEnv};
 use clusterfy_core::{Error, ErrorKind, Result, os};
 
+use super::env::inherited_names;
 use super::shared::local_address;
 use super::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ListenAddr};
 
@@ -44,10 +45,15 @@ impl Listener {
 /// helper, a nested primary) do not inherit the cluster's sockets. `LISTEN_FDS` stays in the
 /// environment, which a process cannot change safely once it runs threads.
 pub(crate) fn keep_listeners_from_children(env: &WorkerEnv) {
-    let count = env.get(ENV_LISTEN_FDS).and_then(|n| n.parse::<i32>().ok()).unwrap_or(0).clamp(0, 1024);
-    for fd in FIRST_INHERITED_FD..FIRST_INHERITED_FD + count {
+    // Malformed variables are reported when a listener is asked for; here there is nothing to mark.
+    let count = names_in(env).map_or(0, |names| names.len());
+    for fd in FIRST_INHERITED_FD..FIRST_INHERITED_FD + count as i32 {
         os::keep_from_children(fd);
     }
+}
+
+fn names_in(env: &WorkerEnv) -> Result<Vec<String>> {
+    inherited_names(env.get(ENV_LISTEN_FDS), env.get(ENV_LISTEN_FDNAMES))
 }
 
 /// Takes the inherited listener `name` described in `env`. Must run inside a tokio runtime.
@@ -58,19 +64,9 @@ pub(crate) fn take_listener(env: &WorkerEnv, name: &str) -> Result<Listener> {
             "Worker::listener needs a tokio runtime: call it from async code running on one",
         ));
     }
-    let names: Vec<&str> = env.get(ENV_LISTEN_FDNAMES).map(|n| n.split(':').collect()).unwrap_or_default();
-    let count: usize = match env.get(ENV_LISTEN_FDS) {
-        None => 0,
-        Some(raw) => raw.parse().map_err(|_| {
-            Error::new(ErrorKind::Config, format!("{ENV_LISTEN_FDS}={raw:?} is not a number of descriptors"))
-        })?,
-    };
-    let Some(at) = names.iter().take(count).position(|n| *n == name) else {
-        let known = if count == 0 {
-            "none".to_owned()
-        } else {
-            names.iter().take(count).copied().collect::<Vec<_>>().join(", ")
-        };
+    let names = names_in(env)?;
+    let Some(at) = names.iter().position(|n| n == name) else {
+        let known = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
         return Err(Error::new(
             ErrorKind::NotFound,
             format!(
