@@ -10,8 +10,8 @@ use clusterfy::core::protocol::{Hello, Message, Notice, PROTOCOL_VERSION};
 use clusterfy::core::transport::{ByteReader, ByteWriter, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
 use clusterfy::transport::{Connection, Transport, WorkerEnv};
 use clusterfy::{
-    ENV_WORKER_NAME, Error, ErrorKind, Primary, Program, Result, ShutdownReason, Worker, WorkerBuilder,
-    WorkerId, WorkerOptions, WorkerStatus,
+    ENV_WORKER_NAME, Error, ErrorKind, Listener, Primary, Program, Result, ShutdownReason, Worker,
+    WorkerBuilder, WorkerId, WorkerOptions, WorkerStatus,
 };
 use clusterfy_tests::{
     ACK_LINE_PREFIX, AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_GROW_BYTES,
@@ -111,17 +111,8 @@ async fn run(scenario: Scenario) -> Result<()> {
         }
         Scenario::UnixListenerWorker => {
             let worker = connect(worker_builder()).await?;
-            let listener = worker.listener("api")?.into_unix()?;
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let (mut stream, _) = accepted.map_err(|e| Error::io("accepting", e))?;
-                        let line = format!("{UNIX_ANSWER} {}\n", worker.name());
-                        let _ = stream.write_all(line.as_bytes()).await;
-                    }
-                    () = worker.shutdown_requested() => break,
-                }
-            }
+            let listener = worker.listener("api")?;
+            answer_each_connection(&worker, listener, UNIX_ANSWER).await?;
         }
     }
     Ok(())
@@ -442,16 +433,27 @@ async fn listenfd_worker() -> Result<()> {
     std_listener.set_nonblocking(true).map_err(|e| Error::io("non-blocking listener", e))?;
     let listener =
         tokio::net::TcpListener::from_std(std_listener).map_err(|e| Error::io("tokio listener", e))?;
+    answer_each_connection(&worker, Listener::Tcp(listener), LISTENFD_ANSWER).await
+}
+
+/// Writes one line, `answer` and the worker's name, to every connection, until shutdown.
+async fn answer_each_connection(worker: &Worker, listener: Listener, answer: &str) -> Result<()> {
+    let line = format!("{answer} {}\n", worker.name());
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (mut stream, _) = accepted.map_err(|e| Error::io("accepting", e))?;
-                let line = format!("{LISTENFD_ANSWER} {}\n", worker.name());
-                let _ = stream.write_all(line.as_bytes()).await;
-            }
+        let mut stream = tokio::select! {
+            accepted = accept(&listener) => accepted.map_err(|e| Error::io("accepting", e))?,
             () = worker.shutdown_requested() => return Ok(()),
-        }
+        };
+        let _ = stream.write_all(line.as_bytes()).await;
     }
+}
+
+/// The next connection on either kind of listener.
+async fn accept(listener: &Listener) -> std::io::Result<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> {
+    Ok(match listener {
+        Listener::Tcp(tcp) => Box::new(tcp.accept().await?.0),
+        Listener::Unix(unix) => Box::new(unix.accept().await?.0),
+    })
 }
 
 /// A primary started by socket activation (see [`Scenario::SocketActivatedPrimary`]).
