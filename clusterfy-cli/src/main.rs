@@ -84,12 +84,15 @@ enum StorageCommands {
         /// Dotted path.
         path: String,
     },
-    /// Save JSON at PATH (its parent must exist).
+    /// Save JSON at PATH (its parent must exist, unless --parents).
     Set {
         /// Dotted path.
         path: String,
         /// The value, as JSON: '"text"', '42', '{"a": 1}'.
         json: String,
+        /// Create the missing parent maps of PATH.
+        #[arg(long)]
+        parents: bool,
     },
     /// Print every write on the branch of PATH: the path written and the value now at PATH.
     Watch {
@@ -158,9 +161,13 @@ async fn run(cli: Cli) -> Result<()> {
             let client = client(&cli, None).await?;
             match command {
                 StorageCommands::Get { path } => output::json(&as_json(client.storage_get(path).await?)?),
-                StorageCommands::Set { path, json } => {
-                    client.storage_set(path, parse_json(json)?).await?;
-                    Ok(())
+                StorageCommands::Set { path, json, parents } => {
+                    let value = parse_json(json)?;
+                    if *parents {
+                        client.storage_set_with_parents(path, value).await
+                    } else {
+                        client.storage_set(path, value).await
+                    }
                 }
                 StorageCommands::Watch { path } => {
                     let mut changes = client.storage_watch(path).await?;

@@ -101,17 +101,21 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// The payload length the next frame's header announces, once its header is in (before the
+    /// frame is checked against the maximum or room is reserved for it).
+    pub fn announced_len(&self) -> Option<usize> {
+        let header: [u8; HEADER_LEN] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
+        Some(u32::from_le_bytes(header) as usize)
+    }
+
     /// The payload of the next complete frame, if one is buffered.
     ///
     /// An announced length above the maximum is an error as soon as the header is in, before
     /// any room for the payload is reserved. After an error the stream is unusable.
     pub fn next_frame(&mut self) -> Result<Option<BytesMut>> {
-        let Some(header) = self.buf.get(..HEADER_LEN) else {
+        let Some(len) = self.announced_len() else {
             return Ok(None);
         };
-        let mut len_bytes = [0u8; HEADER_LEN];
-        len_bytes.copy_from_slice(header);
-        let len = u32::from_le_bytes(len_bytes) as usize;
         if len > self.max_frame_len {
             return Err(Error::new(
                 ErrorKind::Protocol,

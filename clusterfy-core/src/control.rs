@@ -12,8 +12,17 @@ use crate::value::Value;
 /// Version of the control protocol; [`ControlReply::Info`] carries the primary's.
 pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
 
-/// Largest control frame either side accepts.
+/// Largest control frame a client accepts (a reply: a worker list, a storage subtree).
 pub const MAX_CONTROL_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Largest request frame a primary accepts: room for a [`ControlRequest::StorageSet`] of a
+/// sizeable value. Larger values go through the library (`Storage::save`), not the shell.
+pub const MAX_CONTROL_REQUEST_LEN: usize = 1024 * 1024;
+
+/// Request frames up to this size are always read; a larger one (a storage value) must first
+/// get room in the primary's shared budget for large control requests, so that many clients
+/// cannot make it buffer much.
+pub const SMALL_CONTROL_REQUEST_LEN: usize = 64 * 1024;
 
 /// What the operator asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +62,16 @@ pub enum ControlRequest {
     StorageWatch {
         /// Dotted path.
         path: String,
+    },
+    /// Save `value` at `path`, creating missing parent maps if `create_parents` (what
+    /// [`ControlRequest::StorageSet`] does when it is false).
+    StorageSave {
+        /// Dotted path.
+        path: String,
+        /// The value.
+        value: Value,
+        /// Create missing parent maps instead of failing with `NotFound`.
+        create_parents: bool,
     },
 }
 
@@ -100,7 +119,8 @@ pub struct WorkerRow {
     pub name: String,
     /// Its current process, if one runs.
     pub pid: Option<u32>,
-    /// The status it reported (`IDLE`, `PROCESSING`, ...).
+    /// The status it reported (`IDLE`, `PROCESSING`, ...) while a process runs; once none does,
+    /// how the last one ended (`exit code 0`, `signal 9`), or `-` if none ever ran.
     pub status: String,
     /// Where its supervision stands (`ready`, `restarting`, ...).
     pub state: String,
@@ -148,6 +168,7 @@ mod tests {
             ControlRequest::StorageGet { path: path() },
             ControlRequest::StorageSet { path: path(), value: Value::Null },
             ControlRequest::StorageWatch { path: path() },
+            ControlRequest::StorageSave { path: path(), value: Value::Null, create_parents: true },
         ];
         for (at, request) in requests.iter().enumerate() {
             assert_eq!(index_of(request) as usize, at, "{request:?}");

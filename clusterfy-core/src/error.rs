@@ -44,6 +44,9 @@ pub enum ErrorKind {
     Storage,
     /// The backend or transport does not support the operation.
     Unsupported,
+    /// A bound was reached (connections, requests in flight, bytes buffered for peers): the
+    /// request was refused so that others keep being served; retry later.
+    Busy,
 }
 
 impl ErrorKind {
@@ -68,6 +71,7 @@ impl ErrorKind {
             ErrorKind::Io => "i/o",
             ErrorKind::Storage => "storage",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Busy => "busy",
         }
     }
 }

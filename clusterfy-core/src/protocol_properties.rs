@@ -26,7 +26,7 @@ use crate::value::{MAX_NESTING, Value, arb_value};
 
 /// Every [`ErrorKind`], in declaration order (= wire variant index). Completeness is checked by
 /// `docs_error_kind_indices_are_the_declaration_order`.
-const ALL_ERROR_KINDS: [ErrorKind; 18] = [
+const ALL_ERROR_KINDS: [ErrorKind; 19] = [
     ErrorKind::NotFound,
     ErrorKind::InvalidPath,
     ErrorKind::InvalidInput,
@@ -45,6 +45,7 @@ const ALL_ERROR_KINDS: [ErrorKind; 18] = [
     ErrorKind::Io,
     ErrorKind::Storage,
     ErrorKind::Unsupported,
+    ErrorKind::Busy,
 ];
 
 /// Every [`WorkerStatus`], in declaration order.

@@ -28,6 +28,8 @@ fn clusterfy_binary() -> PathBuf {
 /// A cluster of two ready workers with its control socket under `runtime_dir`.
 async fn cluster(runtime_dir: &Path) -> Primary {
     let socket = runtime_dir.join("clusterfy").join(format!("{APP}.sock"));
+    // `control_at` leaves directories to the program: this one plays the control directory.
+    std::fs::create_dir_all(socket.parent().expect("dir")).expect("control dir");
     let primary = primary_builder()
         .control_at(APP, socket)
         .initial_storage(value!({ "config": { "greeting": "hello" } }))
@@ -142,6 +144,14 @@ async fn every_subcommand_works_against_a_running_cluster() {
     assert_eq!(limits, serde_json::json!({ "max": 3, "names": ["a", "b"] }));
     let stored: Option<u64> = primary.storage().retrieve("config.limits.max").await.expect("retrieve");
     assert_eq!(stored, Some(3), "the command wrote the cluster's storage");
+    // As the README shows it: a parent that does not exist yet is made with --parents.
+    let orphan = run(dir.path(), &["storage", "set", "limits.max", "3"]).await;
+    assert!(!orphan.status.success() && String::from_utf8_lossy(&orphan.stderr).contains("does not exist"));
+    ok(dir.path(), &["storage", "set", "--parents", "limits.max", r#"{"max": 3}"#]).await;
+    assert_eq!(
+        json(&ok(dir.path(), &["storage", "get", "limits"]).await),
+        serde_json::json!({ "max": { "max": 3 } })
+    );
 
     let (mut watcher, mut changes) = spawn_stream(dir.path(), &["storage", "watch", "config"]);
     let storage = primary.storage();
@@ -180,6 +190,18 @@ async fn every_subcommand_works_against_a_running_cluster() {
     ok(dir.path(), &["stop", "w2"]).await;
     let w2 = primary.workers().into_iter().find(|w| w.name == "w2").expect("w2");
     assert_eq!(w2.state, WorkerState::Stopped);
+    // A stopped worker shows how it ended, not the status it had, and no uptime.
+    let rows = json(&ok(dir.path(), &["ls", "--json"]).await);
+    let row = rows.as_array().expect("list").iter().find(|w| w["name"] == "w2").expect("w2 listed").clone();
+    assert_eq!(
+        (row["state"].as_str(), row["status"].as_str()),
+        (Some("stopped"), Some("exit code 0")),
+        "{row}"
+    );
+    assert!(row["pid"].is_null(), "{row}");
+    let table = ok(dir.path(), &["ls"]).await;
+    let line = table.lines().find(|l| l.contains("w2")).expect("w2's row");
+    assert!(line.contains("exit code 0") && !line.contains("STOPPING") && !line.contains("0.0s"), "{line}");
     follower.start_kill().expect("stop following");
 
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
@@ -236,9 +258,28 @@ async fn a_peer_of_another_uid_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let primary = cluster(dir.path()).await;
+    let binary = dir.path().join("clusterfy-copy");
+    // Copied by another process: a file this (multi-threaded) process wrote could be held open
+    // by a child another test forks meanwhile, and exec would then fail with "text file busy".
+    let copied = std::process::Command::new("cp").arg(clusterfy_binary()).arg(&binary).status().expect("cp");
+    assert!(copied.success(), "a copy the other user may run");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let socket = dir.path().join("clusterfy").join(format!("{APP}.sock"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    std::fs::set_permissions(socket.parent().expect("dir"), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    let stranger = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(as_stranger[0]);
+        command.args(&as_stranger[1..]).arg(&binary).args(args).env("XDG_RUNTIME_DIR", dir.path());
+        command
+    };
+    // The control directory is still private: `apps` says whose it is, as `ls` does.
+    let apps = bounded("apps as a stranger", stranger(&["apps"]).output()).await.expect("run");
+    let said = String::from_utf8_lossy(&apps.stderr);
+    assert!(!apps.status.success() && said.contains("permission denied"), "{said}");
+    assert!(!said.contains("os error"), "no raw system error: {said}");
     // Loosen every permission on the way, as a careless operator might: the uid check must
     // still refuse the stranger.
-    let socket = dir.path().join("clusterfy").join(format!("{APP}.sock"));
     for (path, mode) in [
         (dir.path().to_owned(), 0o755),
         (socket.parent().expect("dir").to_owned(), 0o755),
@@ -246,22 +287,15 @@ async fn a_peer_of_another_uid_is_refused() {
     ] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
-    let binary = dir.path().join("clusterfy-copy");
-    // Copied by another process: a file this (multi-threaded) process wrote could be held open
-    // by a child another test forks meanwhile, and exec would then fail with "text file busy".
-    let copied = std::process::Command::new("cp").arg(clusterfy_binary()).arg(&binary).status().expect("cp");
-    assert!(copied.success(), "a copy the other user may run");
-    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let output = tokio::process::Command::new(as_stranger[0])
-        .args(&as_stranger[1..])
-        .arg(&binary)
-        .args(["--socket", socket.to_str().expect("path"), "ls"])
-        .output()
-        .await
-        .expect("setpriv");
+    let output =
+        stranger(&["--socket", socket.to_str().expect("path"), "ls"]).output().await.expect("setpriv");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a stranger was let in: {}", String::from_utf8_lossy(&output.stdout));
     assert!(stderr.contains("permission denied") && stderr.contains("accepts only it"), "{stderr}");
+    // With the directory readable, `apps` finds the socket, is refused by it, and says so.
+    let apps = bounded("apps as a stranger", stranger(&["apps"]).output()).await.expect("run");
+    let said = String::from_utf8_lossy(&apps.stderr);
+    assert!(!apps.status.success() && said.contains("permission denied"), "{said}");
     // The owner still gets in.
     ok(dir.path(), &["--socket", socket.to_str().expect("path"), "ls"]).await;
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use clusterfy_core::control::{AppInfo, ControlReply, ControlRequest, EventRow, WorkerRow};
+use clusterfy_core::control::{
+    AppInfo, ControlReply, ControlRequest, EventRow, MAX_CONTROL_REQUEST_LEN, WorkerRow,
+};
 use clusterfy_core::{Error, ErrorKind, Result, Value};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -43,23 +45,35 @@ impl ControlClient {
     }
 
     /// The primaries running now with a control socket in [`control_dir`]; sockets left by
-    /// primaries that died are skipped.
+    /// primaries that died are skipped. Fails with [`ErrorKind::Unauthorized`] when the directory
+    /// or every socket in it belongs to another user, as [`ControlClient::info`] and the other
+    /// calls do for one app.
     pub async fn apps() -> Result<Vec<RunningApp>> {
         let dir = control_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(another_users(&dir, "the control directory").with_source(e));
+            }
             Err(e) => return Err(Error::io(format!("listing the control directory {}", dir.display()), e)),
         };
         let mut apps = Vec::new();
+        let mut refused = None;
         for entry in entries.flatten() {
             let socket = entry.path();
             if socket.extension().is_none_or(|e| e != "sock") {
                 continue;
             }
-            if let Ok(info) = ControlClient::at(&socket).info().await {
-                apps.push(RunningApp { info, socket });
+            match ControlClient::at(&socket).info().await {
+                Ok(info) => apps.push(RunningApp { info, socket }),
+                Err(err) if err.kind() == ErrorKind::Unauthorized => refused = Some(err),
+                // A socket left by a primary that died, or one shutting down.
+                Err(_) => {}
             }
+        }
+        if let (true, Some(err)) = (apps.is_empty(), refused) {
+            return Err(err);
         }
         apps.sort_by(|a, b| a.info.app.cmp(&b.info.app));
         Ok(apps)
@@ -109,6 +123,12 @@ impl ControlClient {
         self.done(ControlRequest::StorageSet { path: path.to_owned(), value }).await
     }
 
+    /// Saves `value` at `path`, creating missing parent maps (`clusterfy storage set --parents`).
+    pub async fn storage_set_with_parents(&self, path: &str, value: Value) -> Result<()> {
+        let request = ControlRequest::StorageSave { path: path.to_owned(), value, create_parents: true };
+        self.done(request).await
+    }
+
     /// The cluster's events, one after the other, for as long as the stream is read.
     pub async fn events(&self) -> Result<ControlStream> {
         self.stream(ControlRequest::Events).await
@@ -140,7 +160,21 @@ impl ControlClient {
     async fn stream(&self, request: ControlRequest) -> Result<ControlStream> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| self.connect_error(e))?;
         let (reader, mut writer) = stream.into_split();
-        let sent = write_frame(&mut writer, &request).await;
+        let sent = write_frame(&mut writer, &request, MAX_CONTROL_REQUEST_LEN).await.map_err(|err| {
+            if err.kind() == ErrorKind::Protocol {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the request is too large for the control socket ({}); it takes at most {} KiB, so save \
+                         larger values from a program with Storage::save",
+                        err.message(),
+                        MAX_CONTROL_REQUEST_LEN / 1024
+                    ),
+                )
+            } else {
+                err
+            }
+        });
         let mut stream = ControlStream { reader, _writer: writer, frames: decoder() };
         if let Err(err) = sent {
             // A primary that refuses the connection says why, then closes before the request
@@ -161,13 +195,29 @@ impl ControlClient {
                 "the primary is gone: the socket was left by a primary that is no longer running".to_owned()
             }
             std::io::ErrorKind::PermissionDenied => {
-                "permission denied: the cluster belongs to another user; run this as that user".to_owned()
+                return another_users(&self.socket, "the control socket").with_source(err);
             }
             _ => "see the cause".to_owned(),
         };
         Error::new(ErrorKind::Closed, format!("cannot reach the control socket {socket}: {advice}"))
             .with_source(err)
     }
+}
+
+/// The one message for a control socket or directory this user may not use, whichever call
+/// ran into it: it belongs to another user, who alone can operate that cluster.
+fn another_users(path: &Path, what: &str) -> Error {
+    use std::os::unix::fs::MetadataExt;
+    let owner =
+        std::fs::metadata(path).map_or_else(|_| "another user".to_owned(), |m| format!("uid {}", m.uid()));
+    Error::new(
+        ErrorKind::Unauthorized,
+        format!(
+            "permission denied: {what} {} belongs to {owner}, not to this user (uid {}); run this as that user",
+            path.display(),
+            nix::unistd::getuid()
+        ),
+    )
 }
 
 /// Replies streamed by the primary ([`ControlClient::events`], [`ControlClient::storage_watch`]).

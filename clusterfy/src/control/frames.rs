@@ -26,18 +26,19 @@ pub(crate) async fn read_frame<T: DeserializeOwned>(
     }
 }
 
-/// Writes one frame and flushes it.
+/// Writes one frame of at most `max_len` bytes and flushes it.
 pub(crate) async fn write_frame<T: Serialize>(
     writer: &mut (impl AsyncWrite + Unpin),
     message: &T,
+    max_len: usize,
 ) -> Result<()> {
     let mut bytes = Vec::new();
-    encode_frame(message, MAX_CONTROL_FRAME_LEN, &mut bytes)?;
+    encode_frame(message, max_len, &mut bytes)?;
     writer.write_all(&bytes).await.map_err(|e| Error::io("writing a control frame", e))?;
     writer.flush().await.map_err(|e| Error::io("writing a control frame", e))
 }
 
-/// A decoder for control frames.
+/// A decoder for the primary's control replies.
 pub(crate) fn decoder() -> FrameDecoder {
     FrameDecoder::new(MAX_CONTROL_FRAME_LEN)
 }

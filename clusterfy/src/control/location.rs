@@ -41,11 +41,15 @@ pub(crate) fn socket_path(app: &str) -> Result<PathBuf> {
     Ok(control_dir().join(format!("{app}.sock")))
 }
 
-/// Creates `dir` with mode 0700 if it is missing, and checks that it belongs to this user and
-/// that no one else may enter it.
+/// Creates Clusterfy's own control directory `dir` ([`control_dir`]) with mode 0700 if it is
+/// missing (its parent must exist: that is the user's runtime or temporary directory, never
+/// created here), checks that it belongs to this user, and makes it private again if its mode was
+/// loosened. Only this directory is ever created or changed; a directory the program names with
+/// `control_at` is left as it is.
 pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io(format!("creating the control directory {}", dir.display()), e)),
     }
     let meta = std::fs::symlink_metadata(dir)
@@ -83,7 +87,7 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_open_to_others_is_made_private() {
+    fn clusterfys_own_directory_open_to_others_is_made_private() {
         let parent = tempfile::tempdir().expect("temp dir");
         let dir = parent.path().join("clusterfy");
         std::fs::create_dir(&dir).expect("dir");
@@ -91,5 +95,13 @@ mod tests {
         ensure_private_dir(&dir).expect("ours");
         let mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn clusterfys_own_directory_is_made_in_an_existing_parent_only() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let nested = parent.path().join("no-runtime-dir").join("clusterfy");
+        ensure_private_dir(&nested).expect_err("the runtime directory is not ours to create");
+        assert!(!parent.path().join("no-runtime-dir").exists());
     }
 }

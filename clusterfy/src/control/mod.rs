@@ -10,6 +10,7 @@
 
 mod client;
 mod frames;
+mod limits;
 mod location;
 mod server;
 mod table;
@@ -17,5 +18,5 @@ mod table;
 pub use client::{ControlClient, ControlStream, RunningApp};
 pub use location::control_dir;
 pub(crate) use location::socket_path;
-pub(crate) use server::{ControlSocket, open};
+pub(crate) use server::{ControlSocket, SocketPlace, open};
 pub use table::workers_table;

@@ -6,13 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use clusterfy_core::control::{AppInfo, CONTROL_PROTOCOL_VERSION, ControlReply, ControlRequest, EventRow};
+use clusterfy_core::codec::encode_frame;
+use clusterfy_core::control::{
+    AppInfo, CONTROL_PROTOCOL_VERSION, ControlReply, ControlRequest, EventRow, MAX_CONTROL_FRAME_LEN,
+};
 use clusterfy_core::{Error, ErrorKind, Result, WireError};
 use futures::StreamExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use super::frames::{decoder, read_frame, write_frame};
+use super::frames::write_frame;
+use super::limits::{Admission, ControlLimits};
 use super::location::ensure_private_dir;
 use crate::events::Event;
 use crate::primary::{Primary, PrimaryInner, WorkerInfo};
@@ -52,11 +56,29 @@ impl ControlSocket {
     }
 }
 
-/// Binds the control socket of `app` at `path` and serves it for as long as the primary lives.
-pub(crate) fn open(app: &str, path: PathBuf, primary: Weak<PrimaryInner>) -> Result<ControlSocket> {
-    if let Some(dir) = path.parent() {
-        ensure_private_dir(dir)?;
-    }
+/// Where a control socket goes.
+pub(crate) enum SocketPlace {
+    /// In Clusterfy's own [`control_dir`](super::control_dir), created and kept private here.
+    ControlDir(PathBuf),
+    /// At a path the program named: its directory must exist and is left as it is.
+    Named(PathBuf),
+}
+
+/// Binds the control socket of `app` and serves it for as long as the primary lives. The socket
+/// file is made 0600 wherever it goes; the uid check on every connection is what guards it.
+pub(crate) fn open(app: &str, place: SocketPlace, primary: Weak<PrimaryInner>) -> Result<ControlSocket> {
+    let path = match place {
+        SocketPlace::ControlDir(path) => {
+            if let Some(dir) = path.parent() {
+                ensure_private_dir(dir)?;
+            }
+            path
+        }
+        SocketPlace::Named(path) => {
+            socket_file::check_named_directory(&path, "the control socket")?;
+            path
+        }
+    };
     let in_use = || {
         Error::new(
             ErrorKind::AlreadyExists,
@@ -85,15 +107,37 @@ pub(crate) fn open(app: &str, path: PathBuf, primary: Weak<PrimaryInner>) -> Res
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(format!("making the control socket {} private", path.display()), e))?;
     let app: Arc<str> = Arc::from(app);
+    let limits = ControlLimits::new();
     let accepting = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream, primary.clone(), Arc::clone(&app)));
+            match limits.admit() {
+                Ok(admission) => {
+                    let id = admission.id();
+                    let task = tokio::spawn(serve(stream, admission, primary.clone(), Arc::clone(&app)));
+                    limits.serving(id, task.abort_handle());
+                }
+                Err(busy) => refuse_at_once(&stream, &busy),
+            }
         }
     });
     Ok(ControlSocket { path, accepting, closed: std::sync::atomic::AtomicBool::new(false) })
 }
 
-async fn serve(stream: UnixStream, primary: Weak<PrimaryInner>, app: Arc<str>) {
+/// Sends one reply.
+async fn send(writer: &mut (impl tokio::io::AsyncWrite + Unpin), reply: &ControlReply) -> Result<()> {
+    write_frame(writer, reply, MAX_CONTROL_FRAME_LEN).await
+}
+
+/// Tells a client refused at the connection cap why, without a task of its own: the frame is
+/// small enough for the socket's buffer, and a client that does not read it loses only the reason.
+fn refuse_at_once(stream: &UnixStream, why: &Error) {
+    let mut frame = Vec::new();
+    if encode_frame(&ControlReply::Error(WireError::from(why)), MAX_CONTROL_FRAME_LEN, &mut frame).is_ok() {
+        let _ = stream.try_write(&frame);
+    }
+}
+
+async fn serve(stream: UnixStream, admission: Admission, primary: Weak<PrimaryInner>, app: Arc<str>) {
     let own_uid = nix::unistd::getuid().as_raw();
     let peer_uid = stream.peer_cred().map(|cred| cred.uid());
     let (mut reader, mut writer) = stream.into_split();
@@ -103,18 +147,16 @@ async fn serve(stream: UnixStream, primary: Weak<PrimaryInner>, app: Arc<str>) {
             ErrorKind::Unauthorized,
             format!("permission denied: app {app:?} is run by uid {own_uid} and accepts only it, not {who}"),
         );
-        let _ = write_frame(&mut writer, &ControlReply::Error(WireError::from(&refused))).await;
+        let _ = send(&mut writer, &ControlReply::Error(WireError::from(&refused))).await;
         return;
     }
-    let mut frames = decoder();
-    let request =
-        match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<ControlRequest>(&mut reader, &mut frames))
-            .await
-        {
-            Ok(Ok(Some(request))) => request,
+    // Held until the request is answered: it is what the request's bytes cost.
+    let (request, _room) =
+        match tokio::time::timeout(REQUEST_TIMEOUT, admission.read_request(&mut reader)).await {
+            Ok(Ok(Some(read))) => read,
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(err)) => {
-                let _ = write_frame(&mut writer, &ControlReply::Error(WireError::from(&err))).await;
+                let _ = send(&mut writer, &ControlReply::Error(WireError::from(&err))).await;
                 return;
             }
         };
@@ -126,7 +168,7 @@ async fn serve(stream: UnixStream, primary: Weak<PrimaryInner>, app: Arc<str>) {
         request => answer(&primary, &app, request).await,
     };
     let reply = reply.unwrap_or_else(|err| ControlReply::Error(WireError::from(&err)));
-    let _ = write_frame(&mut writer, &reply).await;
+    let _ = send(&mut writer, &reply).await;
 }
 
 async fn answer(primary: &Primary, app: &str, request: ControlRequest) -> Result<ControlReply> {
@@ -159,6 +201,11 @@ async fn answer(primary: &Primary, app: &str, request: ControlRequest) -> Result
             primary.shared_storage().save(&clusterfy_core::Path::parse(&path)?, value, false).await?;
             ControlReply::Done
         }
+        ControlRequest::StorageSave { path, value, create_parents } => {
+            let path = clusterfy_core::Path::parse(&path)?;
+            primary.shared_storage().save(&path, value, create_parents).await?;
+            ControlReply::Done
+        }
         ControlRequest::Events | ControlRequest::StorageWatch { .. } => {
             return Err(Error::new(ErrorKind::InvalidState, "a stream request reached the one-reply path"));
         }
@@ -168,7 +215,7 @@ async fn answer(primary: &Primary, app: &str, request: ControlRequest) -> Result
 async fn stream_events(primary: &Primary, writer: &mut (impl tokio::io::AsyncWrite + Unpin)) {
     let mut events = primary.events();
     while let Some(event) = events.next().await {
-        if write_frame(writer, &ControlReply::Event(event_row(&event))).await.is_err() {
+        if send(writer, &ControlReply::Event(event_row(&event))).await.is_err() {
             return;
         }
     }
@@ -177,11 +224,11 @@ async fn stream_events(primary: &Primary, writer: &mut (impl tokio::io::AsyncWri
 async fn stream_changes(primary: &Primary, path: &str, writer: &mut (impl tokio::io::AsyncWrite + Unpin)) {
     let mut changes = match primary.storage().watch(path).await {
         Ok(changes) => changes,
-        Err(err) => return drop(write_frame(writer, &ControlReply::Error(WireError::from(&err))).await),
+        Err(err) => return drop(send(writer, &ControlReply::Error(WireError::from(&err))).await),
     };
     while let Some(changed) = changes.next().await {
         let reply = ControlReply::Changed { path: changed.to_string() };
-        if write_frame(writer, &reply).await.is_err() {
+        if send(writer, &reply).await.is_err() {
             return;
         }
     }
@@ -204,11 +251,9 @@ fn event_row(event: &Event) -> EventRow {
         Event::Revived { worker, restarts } => {
             row("revived", Some(worker), format!("{worker} revived (restart {restarts})"))
         }
-        Event::GaveUp { worker, restarts } => row(
-            "gave_up",
-            Some(worker),
-            format!("{worker} crashed too often; gave up after {restarts} restarts"),
-        ),
+        Event::GaveUp { worker, restarts, cause } => {
+            row("gave_up", Some(worker), format!("{worker} gave up after {restarts} restarts: {cause}"))
+        }
         Event::Command { from, name, to } => row("command", None, format!("{name} from {from} to {to}")),
         Event::Error { worker, error } => row("error", worker.as_ref(), error.to_string()),
         Event::Lagged { missed } => row("lagged", None, format!("{missed} events missed")),
@@ -227,5 +272,40 @@ fn event_row(event: &Event) -> EventRow {
         Event::ReloadFailed { worker, error } => {
             row("reload_failed", Some(worker), format!("replacing {worker} failed: {error}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn a_directory_the_program_names_keeps_its_mode_and_the_socket_is_private() {
+        for dir_mode in [0o755, 0o1777, 0o770] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(dir_mode)).expect("chmod");
+            let path = dir.path().join("app.sock");
+            let socket = open("app", SocketPlace::Named(path.clone()), Weak::new()).expect("opens");
+            assert_eq!(mode(dir.path()), dir_mode, "the named directory is left as it was");
+            assert_eq!(mode(&path), 0o600, "the socket itself is private");
+            socket.close();
+            assert!(!path.exists(), "removed when closed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_named_socket_in_a_missing_directory_is_refused_and_nothing_is_created() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("missing").join("app.sock");
+        let err = open("app", SocketPlace::Named(path), Weak::new()).err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(err.message().contains("does not exist"), "{err}");
+        assert!(!dir.path().join("missing").exists(), "no directory was created");
     }
 }

@@ -16,7 +16,8 @@ pub fn workers_table(rows: &[WorkerRow]) -> String {
             w.status.clone(),
             w.state.clone(),
             w.restarts.to_string(),
-            format!("{:.1}s", w.uptime_ms as f64 / 1000.0),
+            // No process, no uptime: a stopped worker's row says how it ended instead (its status).
+            if w.pid.is_some() { format!("{:.1}s", w.uptime_ms as f64 / 1000.0) } else { "-".to_owned() },
             w.cpu_percent.map_or_else(|| "-".to_owned(), |c| format!("{c:.0}%")),
             w.memory.map_or_else(|| "-".to_owned(), |m| format!("{:.1} MiB", m as f64 / (1024.0 * 1024.0))),
         ]);

@@ -157,6 +157,7 @@ fn bind(name: &str, address: &ListenAddr) -> Result<SharedListener> {
             (socket, None)
         }
         ListenAddr::Unix(path) => {
+            socket_file::check_named_directory(path, &format!("the socket of listener {name:?}"))?;
             remove_stale_socket(name, address, path)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
                 .map_err(|e| failed("creating the socket", e))?;
@@ -292,5 +293,16 @@ mod tests {
         assert!(busy.message().contains("in use"), "{busy}");
         listeners.close();
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_unix_socket_in_a_missing_directory_names_the_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("missing-dir").join("x.sock");
+        let spec = [("api".to_owned(), format!("unix:{}", path.display()))];
+        let err = SharedListeners::open(&spec).err().expect("no directory");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(err.message().contains("missing-dir does not exist"), "{err}");
+        assert!(err.message().contains("\"api\""), "names the listener: {err}");
     }
 }

@@ -92,13 +92,20 @@ impl WorkerInfo {
         }
     }
 
-    /// The row `clusterfy ls` shows for it (the control protocol's form).
+    /// The row `clusterfy ls` shows for it (the control protocol's form). A worker without a
+    /// process shows how its last one ended as its status (`exit code 0`, `signal 9`): the
+    /// status it reported before it ended says nothing any more.
     pub fn to_row(&self) -> WorkerRow {
+        let status = match (self.pid, self.last_exit) {
+            (Some(_), _) => self.status.to_string(),
+            (None, Some(exit)) => exit.to_string(),
+            (None, None) => "-".to_owned(),
+        };
         WorkerRow {
             id: self.id.0,
             name: self.name.clone(),
             pid: self.pid,
-            status: self.status.to_string(),
+            status,
             state: self.state.as_str().to_owned(),
             restarts: self.restarts,
             uptime_ms: self.uptime.as_millis() as u64,
