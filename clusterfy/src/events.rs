@@ -64,6 +64,36 @@ impl fmt::Display for ExitReason {
     }
 }
 
+/// What made the primary give up on a worker ([`Event::GaveUp`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUpCause {
+    /// It crashed too often.
+    Crashes,
+    /// Its replacements outgrew its memory limit too often: the limit is below what the program
+    /// needs, so replacing it again would not help. Raise
+    /// [`WorkerOptions::max_memory`](crate::WorkerOptions::max_memory) or find the leak.
+    MemoryLimit {
+        /// The resident memory of the last process, in bytes.
+        rss: u64,
+        /// Its limit, in bytes.
+        limit: u64,
+    },
+}
+
+impl fmt::Display for GiveUpCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GiveUpCause::Crashes => f.write_str("it crashed too often"),
+            GiveUpCause::MemoryLimit { rss, limit } => write!(
+                f,
+                "it kept outgrowing its memory limit ({rss} bytes resident, limit {limit}): the limit is below \
+                 what the program needs; raise max_memory or find the leak"
+            ),
+        }
+    }
+}
+
 /// Something that happened in the cluster, as seen by the primary.
 #[non_exhaustive]
 #[derive(Debug, Clone)]
@@ -111,12 +141,15 @@ pub enum Event {
         /// Restarts of this worker so far, this one included.
         restarts: u32,
     },
-    /// A crashed worker crashed too often and is not started again.
+    /// A worker needed restarting too often (it crashed, or outgrew its memory limit, more often
+    /// than its [`RestartPolicy`](crate::RestartPolicy) allows) and is not started again.
     GaveUp {
         /// The worker.
         worker: WorkerRef,
         /// Restarts done before giving up.
         restarts: u32,
+        /// What kept making it restart.
+        cause: GiveUpCause,
     },
     /// A command passed through the primary.
     Command {

@@ -61,8 +61,9 @@ pub enum Scenario {
     Garbage,
     /// Plays a primary: forks two [`Scenario::Normal`] workers of this binary, waits until they
     /// are ready, forks `sleep 1000` as [`FOREIGN_WORKER`], prints [`PIDS_LINE_PREFIX`] and the
-    /// three pids on one stdout line, and waits. It registers [`Note`], and passes
-    /// [`ENV_HOOK_FILE`] (with the worker's name appended) on to its workers.
+    /// three pids on one stdout line, and waits. It registers [`Note`], passes
+    /// [`ENV_HOOK_FILE`] (with the worker's name appended) on to its workers, and is built
+    /// `non_dumpable` when [`ENV_NON_DUMPABLE_PRIMARY`] is set.
     Primary,
     /// Plays a primary on a durable storage (`persist-primary sled <dir>` or
     /// `persist-primary redis <url> <key prefix>`): forks [`PERSIST_WRITERS`] normal workers and
@@ -92,7 +93,19 @@ pub enum Scenario {
     /// Connects with `manual_ready`, then exits with code 3 before it says it is ready: a new
     /// version that fails while it starts.
     ConnectThenCrash,
+    /// Waits [`ENV_START_DELAY_MS`] before it connects (a large program on a cold cache), then
+    /// serves as [`Scenario::Normal`] does.
+    SlowStart,
+    /// Sends the first bytes of its `Hello` on its channel, then stalls for good: a worker that
+    /// connected and never finished its handshake.
+    StallHello,
 }
+
+/// Set (to anything) to build the [`Scenario::Primary`] primary with `non_dumpable(true)`.
+pub const ENV_NON_DUMPABLE_PRIMARY: &str = "CLUSTERFY_TEST_NON_DUMPABLE_PRIMARY";
+
+/// Milliseconds a [`Scenario::SlowStart`] worker waits before it connects.
+pub const ENV_START_DELAY_MS: &str = "CLUSTERFY_TEST_START_DELAY_MS";
 
 /// What a [`Scenario::UnixListenerWorker`] answers, before its name.
 pub const UNIX_ANSWER: &str = "unix worker";
@@ -113,7 +126,7 @@ pub const ACK_LINE_PREFIX: &str = "ACK";
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::Normal,
         Scenario::IgnoreShutdown,
         Scenario::NeverConnect,
@@ -129,6 +142,8 @@ impl Scenario {
         Scenario::SocketActivatedPrimary,
         Scenario::UnixListenerWorker,
         Scenario::ConnectThenCrash,
+        Scenario::SlowStart,
+        Scenario::StallHello,
     ];
 
     /// The argument that selects it.
@@ -149,6 +164,8 @@ impl Scenario {
             Scenario::SocketActivatedPrimary => "socket-activated-primary",
             Scenario::UnixListenerWorker => "unix-listener-worker",
             Scenario::ConnectThenCrash => "connect-then-crash",
+            Scenario::SlowStart => "slow-start",
+            Scenario::StallHello => "stall-hello",
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clusterfy::{
-    Event, ExitReason, Heartbeat, ListenAddr, Primary, Program, ReloadOptions, RestartPolicy,
+    Event, ExitReason, GiveUpCause, Heartbeat, ListenAddr, Primary, Program, ReloadOptions, RestartPolicy,
     ShutdownOutcome, WorkerOptions, WorkerState, value,
 };
 use clusterfy_test_support::http_load::{self, LoadReport};
@@ -283,6 +283,56 @@ async fn a_worker_over_its_memory_limit_is_replaced_by_a_new_one_first() {
     let sampled = stats.workers.iter().find(|w| w.id == new.id).expect("the replacement is listed");
     assert!(sampled.pid.is_some(), "{sampled:?}");
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_limit_below_what_the_program_needs_backs_off_counts_restarts_and_gives_up() {
+    let primary = sampling_primary().await;
+    let limit = 48 << 20;
+    let mut events = primary.events();
+    // Every process of it needs 96 MiB from the start: no replacement can help.
+    let policy = RestartPolicy {
+        max_restarts: 2,
+        window: Duration::from_secs(60),
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+    };
+    let greedy = options(Scenario::Grow)
+        .env(ENV_GROW_BYTES, (96u64 << 20).to_string())
+        .max_memory(limit)
+        .restart_policy(policy)
+        .memory_limit_grace(Duration::from_millis(300));
+    primary.fork("greedy", greedy).await.expect("fork");
+    let seen =
+        common::events_until(&mut events, WAIT, "the give-up", |e| matches!(e, Event::GaveUp { .. })).await;
+    let replacements = seen.iter().filter(|e| matches!(e, Event::Replaced { .. })).count();
+    let over = seen.iter().filter(|e| matches!(e, Event::MemoryLimit { .. })).count();
+    assert_eq!(replacements, 2, "as many replacements as the policy allows: {seen:#?}");
+    assert_eq!(over, 3, "the third time over the limit gives up: {seen:#?}");
+    let Some(Event::GaveUp { worker: last, restarts, cause }) = seen.last() else {
+        unreachable!("ends with GaveUp")
+    };
+    assert_eq!(*restarts, 2);
+    let GiveUpCause::MemoryLimit { rss, limit: seen_limit } = *cause else { panic!("the cause: {cause:?}") };
+    assert!(rss > limit && seen_limit == limit, "{cause:?}");
+    assert!(cause.to_string().contains("below what the program needs"), "{cause}");
+    // The last process is stopped for good, and nothing is forked again.
+    next_event_matching(
+        &mut events,
+        WAIT,
+        "the last greedy's exit",
+        |e| matches!(e, Event::Exit { worker, .. } if worker == last),
+    )
+    .await;
+    let gave_up = primary.workers().into_iter().find(|w| w.name == "greedy").expect("listed");
+    assert_eq!((gave_up.state, gave_up.restarts, gave_up.pid), (WorkerState::GaveUp, 2, None));
+    assert_eq!(primary.statistics().total_restarts(), 2, "memory replacements count as restarts");
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+    let after: Vec<Event> = std::iter::from_fn(|| {
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut events)).flatten()
+    })
+    .collect();
+    assert!(!after.iter().any(|e| matches!(e, Event::Forked { .. })), "no fork after giving up: {after:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

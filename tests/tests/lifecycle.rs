@@ -10,7 +10,7 @@ use clusterfy::{
     Command, ErrorKind, Event, Primary, PrimaryContext, Target, Worker, WorkerContext, WorkerState,
     WorkerStatus,
 };
-use clusterfy_tests::{Echo, FlapStatus, Scenario, SetStatus, WhoAmI};
+use clusterfy_tests::{ENV_START_DELAY_MS, Echo, FlapStatus, Scenario, SetStatus, WhoAmI};
 use common::{
     WAIT, bounded, events_until, info, is_about, is_error_of, next_event_matching, options, primary_builder,
     shut_down_cleanly, start_cluster,
@@ -188,6 +188,32 @@ async fn ready_fails_with_timeout_when_a_worker_never_connects() {
     assert_eq!(error.message(), err.message(), "one message, whichever deadline fires first");
 }
 
+async fn a_worker_that_takes_longer_than_five_seconds_to_connect_gets_ready_within_the_ready_timeout() {
+    // The ready timeout (20 s here) covers spawn to ready; nothing else cuts a slow start short.
+    let primary = primary_builder().build().await.expect("primary");
+    let slow = options(Scenario::SlowStart).env(ENV_START_DELAY_MS, "5500");
+    primary.fork("slow", slow).await.expect("fork");
+    bounded("ready", primary.ready()).await.expect("a slow start within the ready timeout is fine");
+    assert_eq!(info(&primary, "slow").state, WorkerState::Ready);
+    shut_down_cleanly(&primary).await;
+}
+
+async fn a_worker_that_stalls_in_its_hello_is_told_it_began_its_handshake_not_that_it_never_connected() {
+    let primary = primary_builder().ready_timeout(Duration::from_millis(700)).build().await.expect("primary");
+    let mut events = primary.events();
+    primary.fork("stalled", options(Scenario::StallHello)).await.expect("fork");
+    let err = bounded("ready", primary.ready()).await.expect_err("never ready");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.message().contains("began its handshake"), "{err}");
+    assert!(!err.message().contains("connect() at start"), "it did connect: {err}");
+    let failure = next_event_matching(&mut events, WAIT, "stalled's handshake failure", |e| {
+        is_error_of(e, "stalled", ErrorKind::Timeout)
+    })
+    .await;
+    let Event::Error { error, .. } = failure else { unreachable!("matched an error event") };
+    assert_eq!(error.message(), err.message(), "the event and readiness say the same");
+}
+
 async fn ready_fails_with_worker_exited_when_a_worker_crashes_on_start_without_revive() {
     let primary = primary_builder().build().await.expect("primary");
     primary.fork("crasher", options(Scenario::CrashOnStart)).await.expect("fork");
@@ -259,6 +285,8 @@ common::over_transports!(
     statuses_a_worker_sets_are_seen_by_the_primary,
     forking_a_second_worker_with_a_name_in_use_fails_with_already_exists,
     ready_fails_with_timeout_when_a_worker_never_connects,
+    a_worker_that_takes_longer_than_five_seconds_to_connect_gets_ready_within_the_ready_timeout,
+    a_worker_that_stalls_in_its_hello_is_told_it_began_its_handshake_not_that_it_never_connected,
     ready_fails_with_worker_exited_when_a_worker_crashes_on_start_without_revive,
     statistics_count_running_workers_and_the_table_names_them,
     an_event_subscriber_that_never_reads_does_not_block_the_primary_and_learns_what_it_missed,

@@ -59,5 +59,9 @@ async fn a_stdio_worker_that_prints_before_it_connects_is_told_that_this_is_the_
     let message = error.to_string();
     assert!(message.contains("starting up..."), "quotes what came: {message}");
     assert!(message.contains("must not print to stdout before"), "names the cause: {message}");
-    assert!(bounded("ready", primary.ready()).await.is_err(), "the careless worker never gets ready");
+    let not_ready =
+        bounded("ready", primary.ready()).await.expect_err("the careless worker never gets ready");
+    // Its stderr is empty: readiness names the cause the event named, not "see its stderr".
+    assert!(not_ready.message().contains("must not print to stdout before"), "{not_ready}");
+    assert!(not_ready.context_value("worker").is_some_and(|w| w.starts_with("careless")), "{not_ready}");
 }

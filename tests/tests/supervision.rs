@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use clusterfy::{
-    ErrorKind, Event, ExitReason, RestartPolicy, ShutdownOutcome, WorkerOptions, WorkerState, WorkerStatus,
+    ErrorKind, Event, ExitReason, GiveUpCause, RestartPolicy, ShutdownOutcome, WorkerOptions, WorkerState,
+    WorkerStatus,
 };
 use clusterfy_tests::{
     ENV_HOOK_FILE, Echo, ExitGracefully, ExitWith, HOOK_SHUTDOWN_REQUESTED, PIDS_LINE_PREFIX, Scenario,
@@ -261,6 +262,23 @@ async fn a_worker_killed_with_sigkill_is_revived() {
     assert_ne!(pid_of(&primary, "victim"), old_pid);
 }
 
+async fn a_replaced_worker_keeps_its_revival_history() {
+    let primary = primary_builder().build().await.expect("primary");
+    primary.fork("veteran", quick_revive(5)).await.expect("fork");
+    bounded("ready", primary.ready()).await.expect("ready");
+    let mut events = primary.events();
+    kill(pid_of(&primary, "veteran"), Signal::SIGKILL).expect("SIGKILL");
+    events_until(&mut events, WAIT, "veteran ready again", ready_after_revival("veteran")).await;
+    assert_eq!(info(&primary, "veteran").restarts, 1);
+
+    let new = bounded("restart", primary.restart_worker("veteran")).await.expect("replaced");
+    let veteran = info(&primary, "veteran");
+    assert_eq!((veteran.id, veteran.restarts), (new.id, 1), "the replacement carries the revival on");
+    assert_eq!(primary.statistics().total_restarts(), 1);
+    let identity = bounded("who are you", primary.run("veteran", WhoAmI)).await.expect("answers");
+    assert_eq!(identity.restarts, 1, "the new process is told its restarts too");
+}
+
 async fn a_crashed_worker_without_revive_stays_down() {
     let primary = primary_builder().build().await.expect("primary");
     primary.fork("mortal", options(Scenario::Normal)).await.expect("fork");
@@ -312,7 +330,10 @@ async fn a_worker_crashing_too_often_is_given_up() {
     assert_eq!(forks, 3, "the first run and two restarts: {seen:#?}");
     assert_eq!(revivals, [1, 2]);
     assert!(
-        matches!(seen.last(), Some(Event::GaveUp { restarts: 2, worker }) if worker.name == "fragile"),
+        matches!(
+            seen.last(),
+            Some(Event::GaveUp { restarts: 2, worker, cause: GiveUpCause::Crashes }) if worker.name == "fragile"
+        ),
         "{seen:#?}"
     );
     let fragile = info(&primary, "fragile");
@@ -427,6 +448,7 @@ common::over_transports!(
     a_worker_ignoring_shutdown_and_trapping_sigterm_is_killed_with_sigkill_after_the_timeout,
     a_worker_exiting_with_a_non_zero_code_is_revived_and_answers_again,
     a_worker_killed_with_sigkill_is_revived,
+    a_replaced_worker_keeps_its_revival_history,
     a_crashed_worker_without_revive_stays_down,
     a_worker_crashing_too_often_is_given_up,
     a_worker_exiting_before_it_connects_is_reported_with_an_exit_event,

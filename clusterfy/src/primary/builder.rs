@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, watch};
 use super::usage::{self, DEFAULT_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
 use super::{DEFAULT_KILL_TIMEOUT, Primary, PrimaryContext, PrimaryInner, signals, watchers};
 use crate::commands::CommandRegistry;
+use crate::control::SocketPlace;
 use crate::events::EVENT_BUFFER;
 use crate::listen::SharedListeners;
 use crate::storage::SharedStorage;
@@ -36,6 +37,7 @@ pub struct PrimaryBuilder {
     ready_timeout: Duration,
     max_frame_len: usize,
     handle_signals: bool,
+    non_dumpable: bool,
     listen: Vec<(String, String)>,
     stop_signal: Signal,
     kill_timeout: Duration,
@@ -55,6 +57,7 @@ impl PrimaryBuilder {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             handle_signals: true,
+            non_dumpable: false,
             listen: Vec::new(),
             stop_signal: Signal::SIGTERM,
             kill_timeout: DEFAULT_KILL_TIMEOUT,
@@ -73,6 +76,21 @@ impl PrimaryBuilder {
     #[must_use]
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.handle_signals = handle;
+        self
+    }
+
+    /// Marks the primary and every worker non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`; default
+    /// off), so that a process of the same user can neither `ptrace` them nor take their
+    /// descriptors with `pidfd_getfd`: on a kernel without Yama (`kernel.yama.ptrace_scope` 0 or
+    /// absent), that is the one way left for such a process into a worker's channel. The cost:
+    /// no core dumps of these processes, no debugger or profiler attached by the same user
+    /// (root still can), and their `/proc/<pid>` entries owned by root. A worker marks itself
+    /// when it connects, so the few instructions between its start and
+    /// [`WorkerBuilder::connect`](crate::WorkerBuilder::connect) stay open; see
+    /// `docs/protocol.md`, section 13.
+    #[must_use]
+    pub fn non_dumpable(mut self, non_dumpable: bool) -> Self {
+        self.non_dumpable = non_dumpable;
         self
     }
 
@@ -138,8 +156,11 @@ impl PrimaryBuilder {
         self
     }
 
-    /// [`PrimaryBuilder::control`] with the socket at `path` instead of the control directory
-    /// (its directory is created with mode 0700 if missing).
+    /// [`PrimaryBuilder::control`] with the socket at `path` instead of the control directory.
+    /// The directory of `path` must exist, and is left as it is: Clusterfy creates and restricts
+    /// only its own control directory, never one the program names (so `control_at(app,
+    /// "/run/app.sock")` does not change `/run`). The socket file is made 0600, and peers of
+    /// another uid are refused whatever the directory's mode.
     #[must_use]
     pub fn control_at(mut self, app: impl Into<String>, path: impl Into<PathBuf>) -> Self {
         self.control = Some((app.into(), Some(path.into())));
@@ -219,14 +240,19 @@ impl PrimaryBuilder {
                 ),
             ));
         }
-        let control_path = match &self.control {
+        let control_place = match &self.control {
             None => None,
             Some((app, Some(path))) => {
                 crate::control::socket_path(app)?;
-                Some((app.clone(), path.clone()))
+                Some((app.clone(), SocketPlace::Named(path.clone())))
             }
-            Some((app, None)) => Some((app.clone(), crate::control::socket_path(app)?)),
+            Some((app, None)) => {
+                Some((app.clone(), SocketPlace::ControlDir(crate::control::socket_path(app)?)))
+            }
         };
+        if self.non_dumpable {
+            crate::hardening::mark_non_dumpable()?;
+        }
         let listeners = SharedListeners::open(&self.listen)?;
         let transport = match self.transport.take() {
             Some(t) => t,
@@ -255,6 +281,7 @@ impl PrimaryBuilder {
                 request_timeout: self.request_timeout,
                 ready_timeout: self.ready_timeout,
                 max_frame_len: self.max_frame_len,
+                non_dumpable: self.non_dumpable,
                 listeners,
                 stop_signal: self.stop_signal,
                 kill_timeout: self.kill_timeout,
@@ -263,8 +290,8 @@ impl PrimaryBuilder {
                 watch_dispatch: std::sync::Once::new(),
             }),
         };
-        if let Some((app, path)) = control_path {
-            let socket = crate::control::open(&app, path, Arc::downgrade(&primary.inner))?;
+        if let Some((app, place)) = control_place {
+            let socket = crate::control::open(&app, place, Arc::downgrade(&primary.inner))?;
             tracing::info!(app = %app, socket = %socket.path().display(), "control socket open");
             let _ = primary.inner.control.set(socket);
         }

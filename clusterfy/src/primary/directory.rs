@@ -12,6 +12,7 @@ use clusterfy_core::{Error, ErrorKind, Result, Transport, WorkerId, WorkerSelect
 use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::restart::RestartHistory;
 use super::usage::Usage;
 use super::{PrimaryContext, WorkerOptions, WorkerState, supervisor};
 use crate::commands::CommandRegistry;
@@ -28,6 +29,15 @@ pub(crate) enum Control {
     Signal(Signal, u64),
 }
 
+/// A slot that replaces another worker: `old`, whose name it takes once ready.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replacing {
+    pub(crate) old: WorkerId,
+    /// The replacement is a restart (the memory limit), counted in its restarts; a reload's or
+    /// an operator's restart is not.
+    pub(crate) as_restart: bool,
+}
+
 /// One worker's record; survives its processes (revivals keep the slot).
 pub(crate) struct Slot {
     pub(crate) worker: WorkerRef,
@@ -41,11 +51,19 @@ pub(crate) struct Slot {
     pub(crate) ever_ready: bool,
     /// Set by a shutdown request: the next exit is expected and not revived.
     pub(crate) stop_requested: bool,
+    /// The state an expected exit leaves it in: `Stopped`, or `GaveUp` when the primary stopped
+    /// it for good (its memory limit).
+    pub(crate) stop_as: WorkerState,
+    /// Its recent restarts, for its restart policy; a replacement takes them over.
+    pub(crate) history: RestartHistory,
     pub(crate) link: Option<Arc<Link>>,
     pub(crate) control: mpsc::UnboundedSender<Control>,
     pub(crate) last_exit: Option<ExitReason>,
     /// Why the current or last process could not connect, if it could not.
     pub(crate) connect_failure: Option<Arc<Error>>,
+    /// When the supervisor gives up on the current process's connection (its spawn plus the
+    /// ready timeout).
+    pub(crate) connect_by: Option<tokio::time::Instant>,
     /// Storage paths the current connection watches.
     pub(crate) watches: Vec<clusterfy_core::Path>,
     /// How it was forked; a replacement is forked the same way.
@@ -80,10 +98,13 @@ impl Slot {
             incarnation: 0,
             ever_ready: false,
             stop_requested: false,
+            stop_as: WorkerState::Stopped,
+            history: RestartHistory::default(),
             link: None,
             control,
             last_exit: None,
             connect_failure: None,
+            connect_by: None,
             watches: Vec::new(),
             options,
             replaces: None,
@@ -113,6 +134,8 @@ pub(crate) struct PrimaryInner {
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Duration,
     pub(crate) max_frame_len: usize,
+    /// Workers are told to mark themselves non-dumpable.
+    pub(crate) non_dumpable: bool,
     /// What ends a worker that ignored its shutdown request past the grace period.
     pub(crate) stop_signal: Signal,
     /// Time a worker has after the stop signal before SIGKILL.
@@ -166,6 +189,7 @@ impl PrimaryInner {
                 ErrorKind::UnknownWorker,
                 format!("no {selector} in this cluster; known workers: [{}]", names.join(", ")),
             )
+            .with_context("target", selector)
         })
     }
 
@@ -181,20 +205,28 @@ impl PrimaryInner {
     }
 
     /// Adds a slot for worker `name` and starts its supervisor; returns once its first process
-    /// is spawned. A replacement (`replaces`) does not answer to its name until it takes over.
+    /// is spawned. A replacement (`replacing`) does not answer to its name until it takes over,
+    /// and carries on the old worker's restart count and history.
     pub(crate) async fn fork_slot(
         self: &Arc<Self>,
         name: &str,
         options: WorkerOptions,
-        replaces: Option<WorkerId>,
+        replacing: Option<Replacing>,
     ) -> Result<WorkerRef> {
         let id = WorkerId(self.next_id.fetch_add(1, Ordering::SeqCst));
         let worker = WorkerRef { id, name: name.to_owned() };
         let (control, control_rx) = mpsc::unbounded_channel();
         let mut slot = Slot::new(worker.clone(), options.clone(), control);
+        let replaces = replacing.map(|r| r.old);
         slot.replaces = replaces;
         {
             let mut slots = self.slots();
+            if let Some(Replacing { old, as_restart }) = replacing
+                && let Some(old) = slots.get(&old)
+            {
+                slot.history = old.history.clone();
+                slot.restarts = old.restarts + u32::from(as_restart);
+            }
             // Checked under the lock that `Primary::shutdown` lists the workers under, so a worker
             // is either listed there or never started.
             if self.shutting_down.load(Ordering::SeqCst) {

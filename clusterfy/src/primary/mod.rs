@@ -98,6 +98,22 @@ fn readiness(slot: &Slot) -> Result<bool> {
             Err(Error::new(ErrorKind::Timeout, failure.message().to_owned())
                 .with_context("worker", &slot.worker))
         }
+        // It could not connect (a refused handshake, text where its Hello belongs): that is the
+        // cause, which its stderr may not show. A connection that merely ended is the exit itself.
+        WorkerState::Exited | WorkerState::GaveUp
+            if let Some(failure) =
+                slot.connect_failure.as_ref().filter(|f| f.kind() != ErrorKind::Closed) =>
+        {
+            let how = slot.last_exit.map_or_else(|| "spawn failure".to_owned(), |e| e.to_string());
+            Err(Error::new(
+                failure.kind(),
+                format!(
+                    "worker exited ({how}) before it was ready, after it failed to connect: {}",
+                    failure.message()
+                ),
+            )
+            .with_context("worker", &slot.worker))
+        }
         WorkerState::Exited | WorkerState::GaveUp => {
             let how = slot.last_exit.map_or_else(|| "spawn failure".to_owned(), |e| e.to_string());
             Err(Error::new(
@@ -133,24 +149,45 @@ impl Primary {
         let deadline = tokio::time::Instant::now() + self.inner.ready_timeout;
         let mut changed = self.inner.changed.subscribe();
         loop {
-            let pending: Vec<WorkerRef> = {
+            let now = tokio::time::Instant::now();
+            let (pending, verdict_due) = {
                 let slots = self.inner.slots();
                 let mut pending = Vec::new();
+                // A worker still connecting past its supervisor's deadline is about to be
+                // judged there (did not connect, or a handshake begun and not finished): that
+                // verdict, not this call's own deadline, says why it is not ready.
+                let mut verdict_due = false;
                 for slot in slots.values() {
                     if !readiness(slot)? {
                         pending.push(slot.worker.clone());
+                        verdict_due |= slot.state == WorkerState::Starting
+                            && slot.connect_failure.is_none()
+                            && slot.connect_by.is_some_and(|by| by <= now);
                     }
                 }
-                pending
+                (pending, verdict_due)
             };
             let Some(first) = pending.first() else {
                 return Ok(());
             };
-            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            if verdict_due {
+                // The verdict changes the slot; the supervisor's timer has fired already.
+                let _ = changed.changed().await;
+                continue;
+            }
+            if now < deadline {
+                // Woken by a change or by the deadline: either way, look again first.
+                let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+            } else {
                 let names: Vec<&str> = pending.iter().map(|w| w.name.as_str()).collect();
-                return Err(supervisor::not_connected_in_time(self.inner.ready_timeout)
-                    .with_context("worker", first)
-                    .with_context("not_ready", names.join(", ")));
+                let found = self.inner.slots().get(&first.id).and_then(|s| s.connect_failure.clone());
+                let err = match found {
+                    Some(failure) if failure.kind() == ErrorKind::Timeout => {
+                        Error::new(ErrorKind::Timeout, failure.message().to_owned())
+                    }
+                    _ => supervisor::not_connected_in_time(self.inner.ready_timeout),
+                };
+                return Err(err.with_context("worker", first).with_context("not_ready", names.join(", ")));
             }
         }
     }
@@ -183,7 +220,7 @@ impl Primary {
     pub async fn run<C: Command>(&self, worker: impl Into<WorkerSelector>, command: C) -> Result<C::Reply> {
         expect_target::<C>(Target::Worker)?;
         let selector = worker.into();
-        let target = self.inner.find(&selector)?;
+        let target = self.inner.find(&selector).map_err(|e| e.with_context("command", C::NAME))?;
         let request = CommandRequest {
             name: C::NAME.to_owned(),
             destination: Destination::Here,

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::DEFAULT_SHUTDOWN_TIMEOUT;
 use super::restart::RestartPolicy;
 
 /// What to run as a worker.
@@ -53,6 +54,7 @@ pub struct WorkerOptions {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) max_memory: Option<u64>,
+    pub(crate) memory_limit_grace: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -64,6 +66,7 @@ impl Default for WorkerOptions {
             env: Vec::new(),
             heartbeat: Some(DEFAULT_HEARTBEAT),
             max_memory: None,
+            memory_limit_grace: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -109,9 +112,28 @@ impl WorkerOptions {
     /// 1 s; pm2's `max_memory_restart` polls every 30 s).
     ///
     /// [`Event::MemoryLimit`]: crate::Event::MemoryLimit
+    ///
+    /// Each such replacement counts as a restart of the worker (in [`WorkerInfo::restarts`] and
+    /// the statistics) and follows its [`RestartPolicy`] (the default one if it has none): the
+    /// policy's backoff before the replacement, and once the replacements pass its intensity
+    /// limit, the limit is taken to be below what the program needs: the worker is stopped for
+    /// good, with [`Event::GaveUp`] naming [`GiveUpCause::MemoryLimit`].
+    ///
+    /// [`WorkerInfo::restarts`]: super::WorkerInfo::restarts
+    /// [`Event::GaveUp`]: crate::Event::GaveUp
+    /// [`GiveUpCause::MemoryLimit`]: crate::GiveUpCause::MemoryLimit
     #[must_use]
     pub fn max_memory(mut self, bytes: u64) -> Self {
         self.max_memory = Some(bytes);
+        self
+    }
+
+    /// The grace period the old process of a memory-limit replacement has to finish its work
+    /// once its replacement is ready, before the stop signal (default
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]; see [`Primary::shutdown_worker`](super::Primary::shutdown_worker)).
+    #[must_use]
+    pub fn memory_limit_grace(mut self, grace: Duration) -> Self {
+        self.memory_limit_grace = grace;
         self
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerId, WorkerSelector};
 
+use super::directory::Replacing;
 use super::{DEFAULT_SHUTDOWN_TIMEOUT, Primary, WorkerState, readiness};
 use crate::events::{Event, WorkerRef};
 
@@ -90,7 +91,8 @@ impl Primary {
                 continue;
             }
             let results =
-                futures::future::join_all(batch.iter().map(|w| self.replace_one(w, options.grace))).await;
+                futures::future::join_all(batch.iter().map(|w| self.replace_one(w, options.grace, false)))
+                    .await;
             for (old, result) in batch.iter().zip(results) {
                 match result {
                     Ok(new) => replaced.push((old.clone(), new)),
@@ -124,13 +126,19 @@ impl Primary {
             )
             .with_context("worker", &target));
         }
-        self.replace_one(&target, DEFAULT_SHUTDOWN_TIMEOUT).await
+        self.replace_one(&target, DEFAULT_SHUTDOWN_TIMEOUT, false).await
     }
 
     /// Replaces one worker (already marked `replacing`): the new process first, then the old
-    /// one. Clears the mark when it fails.
-    pub(super) async fn replace_one(&self, old: &WorkerRef, grace: Duration) -> Result<WorkerRef> {
-        let result = self.start_replacement(old).await;
+    /// one, with `grace` to finish its work. Clears the mark when it fails. `as_restart` counts
+    /// the replacement among the worker's restarts (the memory limit's).
+    pub(super) async fn replace_one(
+        &self,
+        old: &WorkerRef,
+        grace: Duration,
+        as_restart: bool,
+    ) -> Result<WorkerRef> {
+        let result = self.start_replacement(old, as_restart).await;
         let new = match result {
             Ok(new) => new,
             Err(err) => {
@@ -156,17 +164,28 @@ impl Primary {
     }
 
     /// Forks the replacement of `old` and waits until it is ready; stops it again if it is not.
-    async fn start_replacement(&self, old: &WorkerRef) -> Result<WorkerRef> {
+    async fn start_replacement(&self, old: &WorkerRef, as_restart: bool) -> Result<WorkerRef> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::new(ErrorKind::InvalidState, "the cluster is shutting down; reload refused"));
         }
-        let options = self.inner.slots().get(&old.id).map(|s| s.options.clone()).ok_or_else(|| {
-            Error::new(
-                ErrorKind::UnknownWorker,
-                format!("worker {:?} left the cluster before its reload", old.name),
-            )
-        })?;
-        let new = self.inner.fork_slot(&old.name, options, Some(old.id)).await?;
+        let options = match self.inner.slots().get(&old.id) {
+            None => {
+                return Err(Error::new(
+                    ErrorKind::UnknownWorker,
+                    format!("worker {:?} left the cluster before its replacement started", old.name),
+                ));
+            }
+            // Stopped, or crashed, while the replacement waited (a memory limit's backoff).
+            Some(slot) if slot.stop_requested || slot.state != WorkerState::Ready => {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!("worker {:?} is no longer ready, so it is not replaced", old.name),
+                ));
+            }
+            Some(slot) => slot.options.clone(),
+        };
+        let replacing = Replacing { old: old.id, as_restart };
+        let new = self.inner.fork_slot(&old.name, options, Some(replacing)).await?;
         if let Err(err) = self.wait_ready(new.id).await.and_then(|()| self.take_over(old, &new)) {
             let _ = self.shutdown_worker(new.id, Duration::ZERO).await;
             self.inner.slots().remove(&new.id);

@@ -38,30 +38,27 @@ pub(crate) enum RestartDecision {
     GiveUp,
 }
 
-/// The restart history of one worker (sans-IO: the caller passes the clock).
-#[derive(Debug)]
-pub(crate) struct RestartTracker {
-    policy: RestartPolicy,
+/// The recent restarts of one worker, whatever caused them (a crash, the memory limit), kept
+/// with its record and handed on to a replacement, so that neither a reload nor a replacement
+/// resets the intensity limit (sans-IO: the caller passes the clock).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RestartHistory {
     recent: VecDeque<Instant>,
 }
 
-impl RestartTracker {
-    pub(crate) fn new(policy: RestartPolicy) -> Self {
-        RestartTracker { policy, recent: VecDeque::new() }
-    }
-
-    /// Records a crash at `now` and decides.
-    pub(crate) fn on_crash(&mut self, now: Instant) -> RestartDecision {
-        while self.recent.front().is_some_and(|t| now.saturating_duration_since(*t) > self.policy.window) {
+impl RestartHistory {
+    /// Records the need for a restart at `now` and decides under `policy`.
+    pub(crate) fn on_restart_needed(&mut self, policy: &RestartPolicy, now: Instant) -> RestartDecision {
+        while self.recent.front().is_some_and(|t| now.saturating_duration_since(*t) > policy.window) {
             self.recent.pop_front();
         }
         let in_window = self.recent.len() as u32;
-        if in_window >= self.policy.max_restarts {
+        if in_window >= policy.max_restarts {
             return RestartDecision::GiveUp;
         }
         self.recent.push_back(now);
         let doubling = 2u32.saturating_pow(in_window.min(16));
-        let delay = self.policy.initial_backoff.saturating_mul(doubling).min(self.policy.max_backoff);
+        let delay = policy.initial_backoff.saturating_mul(doubling).min(policy.max_backoff);
         RestartDecision::RestartAfter(delay)
     }
 }
@@ -81,22 +78,48 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_then_gives_up() {
-        let mut tracker = RestartTracker::new(policy());
+        let mut history = RestartHistory::default();
         let t = Instant::now();
-        assert_eq!(tracker.on_crash(t), RestartDecision::RestartAfter(Duration::from_millis(100)));
-        assert_eq!(tracker.on_crash(t), RestartDecision::RestartAfter(Duration::from_millis(200)));
-        assert_eq!(tracker.on_crash(t), RestartDecision::RestartAfter(Duration::from_millis(300)));
-        assert_eq!(tracker.on_crash(t), RestartDecision::GiveUp);
+        let policy = policy();
+        assert_eq!(
+            history.on_restart_needed(&policy, t),
+            RestartDecision::RestartAfter(Duration::from_millis(100))
+        );
+        assert_eq!(
+            history.on_restart_needed(&policy, t),
+            RestartDecision::RestartAfter(Duration::from_millis(200))
+        );
+        assert_eq!(
+            history.on_restart_needed(&policy, t),
+            RestartDecision::RestartAfter(Duration::from_millis(300))
+        );
+        assert_eq!(history.on_restart_needed(&policy, t), RestartDecision::GiveUp);
     }
 
     #[test]
     fn crashes_outside_the_window_are_forgotten() {
-        let mut tracker = RestartTracker::new(policy());
+        let mut history = RestartHistory::default();
         let t = Instant::now();
+        let policy = policy();
         for _ in 0..3 {
-            assert!(matches!(tracker.on_crash(t), RestartDecision::RestartAfter(_)));
+            assert!(matches!(history.on_restart_needed(&policy, t), RestartDecision::RestartAfter(_)));
         }
         let later = t + Duration::from_secs(11);
-        assert_eq!(tracker.on_crash(later), RestartDecision::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(
+            history.on_restart_needed(&policy, later),
+            RestartDecision::RestartAfter(Duration::from_millis(100))
+        );
+    }
+
+    #[test]
+    fn a_copied_history_keeps_counting_for_the_replacement() {
+        let mut history = RestartHistory::default();
+        let t = Instant::now();
+        let policy = policy();
+        history.on_restart_needed(&policy, t);
+        history.on_restart_needed(&policy, t);
+        let mut handed_on = history.clone();
+        handed_on.on_restart_needed(&policy, t);
+        assert_eq!(handed_on.on_restart_needed(&policy, t), RestartDecision::GiveUp, "the limit counts on");
     }
 }

@@ -22,19 +22,17 @@ use tokio::task::JoinHandle;
 
 use super::inbound::PrimaryInbound;
 use super::options::{Heartbeat, WorkerOptions};
-use super::restart::{RestartDecision, RestartTracker};
+use super::restart::RestartDecision;
 use super::spawner;
 use super::{Control, PrimaryInner, WorkerState};
-use crate::events::{Event, ExitReason, WorkerRef};
+use crate::events::{Event, ExitReason, GiveUpCause, WorkerRef};
 use crate::link::{Link, LinkEnd, read_first, write_single};
-use crate::{ENV_MAX_FRAME_LEN, ENV_WORKER_NAME};
+use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_WORKER_NAME};
 
 /// Time to read what a worker wrote just before it exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 /// Largest frame an unauthenticated connection may send (a `Hello` is well below 1 KiB).
 const HANDSHAKE_MAX_FRAME_LEN: usize = 4096;
-/// Time a new connection has to present its `Hello`.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a worker whose connection ended has to exit by itself before it is killed: a worker
 /// without its connection can do nothing useful.
 const DISCONNECTED_GRACE: Duration = Duration::from_secs(2);
@@ -48,7 +46,6 @@ pub(super) async fn supervise(
     spawned: oneshot::Sender<Result<()>>,
 ) {
     let mut spawned = Some(spawned);
-    let mut tracker = options.restart.clone().map(RestartTracker::new);
     loop {
         let outcome = run_once(&inner, &worker, &options, &mut control, &mut spawned).await;
         let mut link_failed = false;
@@ -67,24 +64,24 @@ pub(super) async fn supervise(
                 None
             }
         };
-        let stop_requested = inner.slots().get(&worker.id).is_none_or(|s| s.stop_requested);
         // A worker whose connection broke ends its program cleanly, but it did not mean to go.
         let crashed = link_failed || reason.is_none_or(|r| !r.is_success());
-        let next = if stop_requested || inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-            WorkerState::Stopped
+        let next = if let Some(stopped) = expected_exit(&inner, &worker) {
+            stopped
         } else if !crashed {
             WorkerState::Exited
         } else {
-            match tracker.as_mut().map(|t| t.on_crash(Instant::now())) {
+            let decision = options.restart.as_ref().and_then(|policy| {
+                inner.update_slot(worker.id, |s| s.history.on_restart_needed(policy, Instant::now()))
+            });
+            match decision {
                 None => WorkerState::Exited,
                 Some(RestartDecision::GiveUp) => WorkerState::GaveUp,
                 Some(RestartDecision::RestartAfter(delay)) => {
                     record_exit(&inner, &worker, reason, WorkerState::Restarting);
                     tokio::time::sleep(delay).await;
-                    let stopped = inner.slots().get(&worker.id).is_none_or(|s| s.stop_requested)
-                        || inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst);
-                    if stopped {
-                        inner.update_slot(worker.id, |s| s.state = WorkerState::Stopped);
+                    if let Some(stopped) = expected_exit(&inner, &worker) {
+                        inner.update_slot(worker.id, |s| s.state = stopped);
                         return;
                     }
                     let restarts = inner.update_slot(worker.id, |s| {
@@ -100,10 +97,21 @@ pub(super) async fn supervise(
         record_exit(&inner, &worker, reason, next);
         if next == WorkerState::GaveUp {
             let restarts = inner.slots().get(&worker.id).map_or(0, |s| s.restarts);
-            inner.emit(Event::GaveUp { worker: worker.clone(), restarts });
+            inner.emit(Event::GaveUp { worker: worker.clone(), restarts, cause: GiveUpCause::Crashes });
         }
         return;
     }
+}
+
+/// The state a worker that was asked to stop (or whose cluster shuts down) ends in, or `None`
+/// when its exit was not expected.
+fn expected_exit(inner: &PrimaryInner, worker: &WorkerRef) -> Option<WorkerState> {
+    let asked = match inner.slots().get(&worker.id) {
+        None => Some(WorkerState::Stopped),
+        Some(slot) => slot.stop_requested.then_some(slot.stop_as),
+    };
+    let shutting_down = inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst);
+    asked.or(shutting_down.then_some(WorkerState::Stopped))
 }
 
 /// Records that the process ended, with the state supervision goes to, in one update so no
@@ -160,6 +168,9 @@ fn build_command(
     if let Some(token) = token {
         command.env(ENV_TOKEN, token);
     }
+    if inner.non_dumpable {
+        command.env(ENV_NON_DUMPABLE, "1");
+    }
     // And none if the primary process dies: the kernel kills the child, whatever it runs.
     clusterfy_core::os::die_with_parent(&mut command);
     Ok(command)
@@ -168,7 +179,8 @@ fn build_command(
 /// How one process of a worker ended.
 struct ProcessEnd {
     reason: ExitReason,
-    /// Its connection broke (an error, not the worker closing it) while the process still ran.
+    /// Its connection was ended by an error (a protocol violation, a read error), not by the
+    /// worker closing it cleanly.
     link_failed: bool,
 }
 
@@ -206,7 +218,12 @@ async fn run_once(
     })?;
     rendezvous.attach(&mut child)?;
     let pid = child.id();
+    // Connect: the process must pass the handshake within the ready timeout, counted from its
+    // spawn (a large program on a cold cache may take a while before it calls connect). Set
+    // before `fork` returns, so a `Primary::ready` called after it waits for this verdict.
+    let deadline = tokio::time::Instant::now() + inner.ready_timeout;
     let spawned_now = inner.update_slot(worker.id, |s| {
+        s.connect_by = Some(deadline);
         s.pid = pid;
         s.incarnation += 1;
         s.state = WorkerState::Starting;
@@ -238,22 +255,14 @@ async fn run_once(
         return Ok(wait_exit(&mut exit_rx).await.into());
     }
 
-    // Connect: the process must pass the handshake within the ready timeout.
-    let connecting =
-        tokio::time::timeout(inner.ready_timeout, connect(inner, worker, rendezvous.as_mut(), token));
+    let connecting = connect(inner, worker, rendezvous.as_mut(), token, deadline);
     tokio::pin!(connecting);
     let (link, mut reader) = loop {
         tokio::select! {
             connected = &mut connecting => match connected {
-                Ok(Ok(pair)) => break pair,
-                Ok(Err(err)) => {
-                    connect_failed(inner, worker, err);
-                    kill_now();
-                    return Ok(wait_exit(&mut exit_rx).await.into());
-                }
-                Err(_) => {
-                    let err = not_connected_in_time(inner.ready_timeout).with_context("worker", worker);
-                    connect_failed(inner, worker, err.into());
+                Ok(pair) => break pair,
+                Err(failure) => {
+                    connect_failed(inner, worker, failure);
                     kill_now();
                     return Ok(wait_exit(&mut exit_rx).await.into());
                 }
@@ -306,7 +315,9 @@ async fn run_once(
                 None
             }
         };
-        report_link_end(inner, worker, end);
+        // How the link ended decides whether this was a crash, whichever of the two the
+        // select above saw first.
+        link_failed = report_link_end(inner, worker, end);
     }
     // The process is gone: whatever was still in flight to it fails now.
     link.close();
@@ -366,7 +377,7 @@ fn explain_text_instead_of_hello(err: Error, received: &[u8]) -> Error {
 }
 
 /// The one description of a worker that did not connect in time, whichever deadline noticed it:
-/// the ready timeout here or in [`Primary::ready`](super::Primary::ready), or the handshake's.
+/// the ready timeout here or in [`Primary::ready`](super::Primary::ready).
 pub(super) fn not_connected_in_time(waited: Duration) -> Error {
     Error::new(
         ErrorKind::Timeout,
@@ -455,31 +466,35 @@ async fn reap(
     let _ = exit.send(reason);
 }
 
-/// Accepts connections until one passes the handshake; refused ones are reported and dropped.
+/// Accepts connections until one passes the handshake, by `deadline`; refused ones are reported
+/// and dropped.
 async fn connect(
     inner: &Arc<PrimaryInner>,
     worker: &WorkerRef,
     rendezvous: &mut dyn Rendezvous,
     token: Option<String>,
+    deadline: tokio::time::Instant,
 ) -> Result<(Arc<Link>, JoinHandle<LinkEnd>), ConnectFailure> {
     let mut handshake = PrimaryHandshake::new(worker.id, token);
     let mut refused = None;
     loop {
-        let mut connection = match (rendezvous.accept().await, refused) {
-            (Ok(connection), _) => connection,
+        let accepted = tokio::time::timeout_at(deadline, rendezvous.accept()).await;
+        let mut connection = match (accepted, refused) {
+            (Ok(Ok(connection)), _) => connection,
             // A channel with one try (inherited, stdio): its refusal is why, not the end of it.
-            (Err(_), Some(refusal)) => return Err(ConnectFailure::Published(refusal)),
-            (Err(err), None) => return Err(err.into()),
+            (_, Some(refusal)) => return Err(ConnectFailure::Published(refusal)),
+            (Ok(Err(err)), None) => return Err(err.into()),
+            (Err(_), None) => {
+                return Err(not_connected_in_time(inner.ready_timeout).with_context("worker", worker).into());
+            }
         };
         // Until it authenticates, a connection may only send a small Hello.
         let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
         let checked =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_first(&mut connection.reader, &mut decoder))
-                .await
-            {
+            match tokio::time::timeout_at(deadline, read_first(&mut connection.reader, &mut decoder)).await {
                 Ok(Ok(first)) => handshake.check_hello(first),
                 Ok(Err(err)) => Err(explain_text_instead_of_hello(err, decoder.buffer_mut())),
-                Err(_) => Err(not_connected_in_time(HANDSHAKE_TIMEOUT)),
+                Err(_) => Err(handshake_not_finished(inner.ready_timeout, decoder.buffered_len())),
             };
         if let Err(err) = checked {
             let err = err.with_context("worker", worker).with_context("connection", &connection.description);
@@ -512,6 +527,21 @@ async fn connect(
     }
 }
 
+/// A connection whose Hello did not arrive in time: one that sent nothing did not connect, one
+/// that sent part of it connected and then stalled.
+fn handshake_not_finished(waited: Duration, received: usize) -> Error {
+    if received == 0 {
+        return not_connected_in_time(waited);
+    }
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "the worker connected and began its handshake, but sent only {received} bytes of its Hello within \
+             {waited:?}, so it is killed; is it stuck, or does it speak another protocol on its channel?"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use clusterfy_core::codec::encode_frame;
@@ -537,6 +567,16 @@ mod tests {
             assert!(err.message().contains("must not print to stdout"), "{err}");
             assert!(err.message().contains("start"), "quotes the text: {err}");
         }
+    }
+
+    #[test]
+    fn a_hello_begun_and_not_finished_is_not_called_a_missing_connect() {
+        let silent = handshake_not_finished(Duration::from_secs(30), 0);
+        assert!(silent.message().contains("call Worker::builder().connect()"), "{silent}");
+        let stalled = handshake_not_finished(Duration::from_secs(30), 3);
+        assert_eq!(stalled.kind(), ErrorKind::Timeout);
+        assert!(stalled.message().contains("began its handshake"), "{stalled}");
+        assert!(!stalled.message().contains("call Worker::builder().connect()"), "{stalled}");
     }
 
     #[test]

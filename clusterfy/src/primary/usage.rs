@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use clusterfy_core::WorkerId;
 
+use super::restart::RestartDecision;
 use super::{Primary, PrimaryInner, WorkerState};
-use crate::events::{Event, WorkerRef};
+use crate::events::{Event, GiveUpCause, WorkerRef};
 
 /// Default time between two samples of every worker.
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -88,23 +89,57 @@ fn sample_once(inner: &PrimaryInner) -> Vec<(WorkerRef, u64, u64)> {
     over
 }
 
+/// Replaces a worker over its memory limit, as a restart under its restart policy (the default
+/// policy if it has none): after the policy's backoff, and, once the intensity limit is passed,
+/// not again: the limit is then below what the program needs, so the worker is stopped for good
+/// (`GaveUp`) instead of being replaced in a loop.
 fn replace_over_limit(inner: &Arc<PrimaryInner>, worker: WorkerRef, rss: u64, limit: u64) {
     tracing::warn!(worker = %worker, rss, limit, "worker passed its memory limit: replacing it");
     inner.emit(Event::MemoryLimit { worker: worker.clone(), rss, limit });
     let primary = Primary { inner: Arc::clone(inner) };
     tokio::spawn(async move {
         let inner = &primary.inner;
+        let Some((decision, grace)) = inner.update_slot(worker.id, |s| {
+            let policy = s.options.restart.clone().unwrap_or_default();
+            (s.history.on_restart_needed(&policy, Instant::now()), s.options.memory_limit_grace)
+        }) else {
+            return;
+        };
+        let delay = match decision {
+            RestartDecision::RestartAfter(delay) => delay,
+            RestartDecision::GiveUp => return give_up_over_limit(&primary, &worker, rss, limit, grace).await,
+        };
+        // The old process keeps serving meanwhile; a reload may run.
+        tokio::time::sleep(delay).await;
         let _one_at_a_time = inner.reloading.lock().await;
         if inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
             inner.update_slot(worker.id, |s| s.replacing = false);
             return;
         }
-        if let Err(err) = primary.replace_one(&worker, super::DEFAULT_SHUTDOWN_TIMEOUT).await {
-            tracing::error!(worker = %worker, error = %err, "replacing a worker over its memory limit failed");
-            let retry = Instant::now() + MEMORY_RETRY_AFTER;
-            inner.update_slot(worker.id, |s| s.no_memory_replacement_before = Some(retry));
+        match primary.replace_one(&worker, grace, true).await {
+            Ok(new) => crate::metrics::restart(&new.name),
+            Err(err) => {
+                tracing::error!(worker = %worker, error = %err, "replacing a worker over its memory limit failed");
+                let retry = Instant::now() + MEMORY_RETRY_AFTER;
+                inner.update_slot(worker.id, |s| s.no_memory_replacement_before = Some(retry));
+            }
         }
     });
+}
+
+/// Stops a worker whose replacements kept outgrowing its memory limit, for good.
+async fn give_up_over_limit(primary: &Primary, worker: &WorkerRef, rss: u64, limit: u64, grace: Duration) {
+    let inner = &primary.inner;
+    let restarts = inner.update_slot(worker.id, |s| {
+        s.stop_as = WorkerState::GaveUp;
+        s.restarts
+    });
+    tracing::error!(worker = %worker, rss, limit, "worker keeps outgrowing its memory limit: giving up on it");
+    let cause = GiveUpCause::MemoryLimit { rss, limit };
+    inner.emit(Event::GaveUp { worker: worker.clone(), restarts: restarts.unwrap_or(0), cause });
+    if let Err(err) = primary.shutdown_worker(worker.id, grace).await {
+        tracing::warn!(worker = %worker, error = %err, "stopping a worker over its memory limit failed");
+    }
 }
 
 struct ProcSample {

@@ -15,11 +15,12 @@ use clusterfy::{
 };
 use clusterfy_tests::{
     ACK_LINE_PREFIX, AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_GROW_BYTES,
-    ENV_HOOK_FILE, Echo, ExitGracefully, ExitWith, FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE,
-    GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE,
-    HUNG_UP_WITHOUT_NOTICE, Identity, IncrementMany, LISTENFD_ANSWER, NextChange, Note, PERSIST_WRITERS,
-    PIDS_LINE_PREFIX, PrimaryEcho, READY_LINE, ReadAt, RunKv, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI,
-    StartWatch, UNIX_ANSWER, WhoAmI, WorkUntilShutdown, WriteSequence,
+    ENV_HOOK_FILE, ENV_NON_DUMPABLE_PRIMARY, ENV_START_DELAY_MS, Echo, ExitGracefully, ExitWith,
+    FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST,
+    HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE, HUNG_UP_WITHOUT_NOTICE, Identity, IncrementMany,
+    LISTENFD_ANSWER, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX, PrimaryEcho, READY_LINE, ReadAt,
+    RunKv, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, UNIX_ANSWER, WhoAmI,
+    WorkUntilShutdown, WriteSequence,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,6 +115,14 @@ async fn run(scenario: Scenario) -> Result<()> {
             let listener = worker.listener("api")?;
             answer_each_connection(&worker, listener, UNIX_ANSWER).await?;
         }
+        Scenario::SlowStart => {
+            let delay: u64 = env_var(ENV_START_DELAY_MS)?
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::Config, ENV_START_DELAY_MS))?;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            serve_until_shutdown(connect(worker_builder()).await?).await;
+        }
+        Scenario::StallHello => stall_hello().await?,
     }
     Ok(())
 }
@@ -360,6 +369,21 @@ async fn impersonate() -> Result<()> {
     exit_when_hung_up(&mut reader, &mut decoder, ErrorKind::Unauthorized).await
 }
 
+/// The first bytes of a valid Hello frame, and then nothing.
+async fn stall_hello() -> Result<()> {
+    let Connection { writer: mut channel, reader: _keep_open, .. } = raw_channel().await?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: worker_id_from_env()?,
+        token: std::env::var(ENV_TOKEN).unwrap_or_default(),
+    };
+    let mut frame = Vec::new();
+    encode_frame(&Message::Hello(hello), DEFAULT_MAX_FRAME_LEN, &mut frame)?;
+    channel.write_all(&frame[..HEADER_LEN + 1]).await.map_err(|e| Error::io("writing part of a Hello", e))?;
+    channel.flush().await.map_err(|e| Error::io("writing part of a Hello", e))?;
+    std::future::pending().await
+}
+
 /// A valid handshake by hand, then malformed bytes in answer to the first request.
 async fn garbage() -> Result<()> {
     let mode = env_var(ENV_GARBAGE)?;
@@ -399,6 +423,7 @@ async fn garbage() -> Result<()> {
 /// A primary of two workers of this binary and one `sleep`, that prints their pids and waits.
 async fn primary() -> Result<()> {
     let primary = Primary::builder()
+        .non_dumpable(std::env::var_os(ENV_NON_DUMPABLE_PRIMARY).is_some())
         .ready_timeout(Duration::from_secs(20))
         .command(|_: Note, _| async { Ok(()) })
         .build()
