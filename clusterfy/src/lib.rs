@@ -12,6 +12,7 @@
 mod commands;
 pub mod control;
 mod events;
+mod hardening;
 mod link;
 mod listen;
 mod metrics;
@@ -26,7 +27,7 @@ pub use clusterfy_core::{
     from_value, to_value, value,
 };
 pub use commands::BroadcastReply;
-pub use events::{Event, EventStream, ExitReason, WorkerRef};
+pub use events::{Event, EventStream, ExitReason, GiveUpCause, WorkerRef};
 pub use listen::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr, Listener};
 pub use nix::sys::signal::Signal;
 pub use primary::{
@@ -57,6 +58,9 @@ pub mod transport {
 pub const ENV_WORKER_NAME: &str = "CLUSTERFY_WORKER_NAME";
 /// Environment variable with the largest frame the primary accepts.
 pub const ENV_MAX_FRAME_LEN: &str = "CLUSTERFY_MAX_FRAME_LEN";
+/// Environment variable set to `1` when the primary asks its workers to mark themselves
+/// non-dumpable ([`PrimaryBuilder::non_dumpable`]).
+pub const ENV_NON_DUMPABLE: &str = "CLUSTERFY_NON_DUMPABLE";
 
 /// Which side of the cluster this process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

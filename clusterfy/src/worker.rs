@@ -23,7 +23,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 
-use crate::ENV_MAX_FRAME_LEN;
 use crate::commands::{BroadcastReply, CommandRegistry, expect_target};
 use crate::events::{EVENT_BUFFER, EventStream, WorkerRef, subscribe};
 use crate::link::{Inbound, Link, LinkEnd, read_first, write_single};
@@ -31,6 +30,7 @@ use crate::listen::{
     ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, Listener, keep_listeners_from_children, take_listener,
 };
 use crate::storage::Storage;
+use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE};
 
 /// Default deadline of a worker's requests.
 pub const DEFAULT_WORKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,6 +181,10 @@ impl WorkerBuilder {
             return Err(err);
         }
         let env = self.env.take().unwrap_or_else(WorkerEnv::from_process);
+        if env.get(ENV_NON_DUMPABLE) == Some("1") {
+            // Before the channel is adopted: from here on no process of this user may take it.
+            crate::hardening::mark_non_dumpable()?;
+        }
         let listeners = WorkerEnv::from_pairs(
             [ENV_LISTEN_FDS, ENV_LISTEN_FDNAMES]
                 .into_iter()
