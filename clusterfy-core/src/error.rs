@@ -291,6 +291,7 @@ fn static_context_key(k: &str) -> &'static str {
         "peer" => "peer",
         "connection" => "connection",
         "fd" => "fd",
+        "operation" => "operation",
         _ => "remote",
     }
 }

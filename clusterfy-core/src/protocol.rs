@@ -251,6 +251,145 @@ pub enum StorageRequest {
         /// Dotted path.
         path: String,
     },
+    /// [`StorageRequest::Save`] of a value that is not a map, sent as the node it is stored as
+    /// (`0x01`, then the value's postcard encoding), so the primary checks it and stores it
+    /// without building the value. Answered with [`Reply::Done`].
+    SaveNode {
+        /// Dotted path.
+        path: String,
+        /// The encoded leaf node.
+        #[serde(with = "crate::value::bytes_repr")]
+        node: Vec<u8>,
+        /// Create missing parent maps instead of failing with `NotFound`.
+        create_parents: bool,
+    },
+    /// Add `by` to the integer at `path` (nothing there counts as 0), checked for overflow.
+    /// Answered with [`Reply::Value`] holding the new integer.
+    Increment {
+        /// Dotted path.
+        path: String,
+        /// The amount, negative to subtract.
+        by: i64,
+    },
+    /// Add `by` to the number at `path` (an integer becomes a float; nothing there counts as
+    /// 0.0). Answered with [`Reply::Value`] holding the new float.
+    IncrementFloat {
+        /// Dotted path.
+        path: String,
+        /// The amount.
+        by: f64,
+    },
+    /// Append `value` to the list at `path` (nothing there: a new list). Answered with
+    /// [`Reply::Value`] holding the list's new length.
+    Append {
+        /// Dotted path.
+        path: String,
+        /// The element.
+        value: Value,
+    },
+    /// Remove every element equal to `value` from the list at `path`. Answered with
+    /// [`Reply::Value`] holding how many were removed.
+    RemoveValue {
+        /// Dotted path.
+        path: String,
+        /// The element.
+        value: Value,
+    },
+    /// Save `value` at `path` only if nothing is there. Answered with [`Reply::Value`] holding
+    /// whether it was saved.
+    InsertIfAbsent {
+        /// Dotted path.
+        path: String,
+        /// The value.
+        value: Value,
+    },
+    /// Read the value or subtree at `path` and delete it, in one step. Answered with
+    /// [`Reply::Value`].
+    Take {
+        /// Dotted path.
+        path: String,
+    },
+    /// Apply the operation registered on the primary under `operation` to the value at `path`.
+    /// Answered with [`Reply::Command`] holding the operation's encoded reply.
+    Apply {
+        /// Dotted path.
+        path: String,
+        /// The operation's registered name.
+        operation: String,
+        /// The postcard encoding of the operation.
+        #[serde(with = "crate::value::bytes_repr")]
+        payload: Vec<u8>,
+    },
+    /// Worker -> primary: keep replica `replica` (an id the worker chose, unique on its
+    /// connection) of the branch at `path` current for the rest of the connection. The primary
+    /// sends the branch as [`Notice::ReplicaReset`], answers [`Reply::Done`], and then sends
+    /// [`Notice::ReplicaChanged`] for every committed change of the branch, in commit order.
+    Replicate {
+        /// Dotted path.
+        path: String,
+        /// The worker's id for the replica.
+        replica: u64,
+    },
+}
+
+impl StorageRequest {
+    /// The dotted path the request is about (every variant has one).
+    pub fn path_mut(&mut self) -> &mut String {
+        match self {
+            StorageRequest::Get { path }
+            | StorageRequest::Save { path, .. }
+            | StorageRequest::Delete { path }
+            | StorageRequest::CompareAndSwap { path, .. }
+            | StorageRequest::Watch { path }
+            | StorageRequest::SaveNode { path, .. }
+            | StorageRequest::Increment { path, .. }
+            | StorageRequest::IncrementFloat { path, .. }
+            | StorageRequest::Append { path, .. }
+            | StorageRequest::RemoveValue { path, .. }
+            | StorageRequest::InsertIfAbsent { path, .. }
+            | StorageRequest::Take { path }
+            | StorageRequest::Apply { path, .. }
+            | StorageRequest::Replicate { path, .. } => path,
+        }
+    }
+}
+
+/// One change of a replicated branch, in the storage's byte layout (`docs/protocol.md`,
+/// section 15): what a primary's write did to the keys of the branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeChange {
+    /// `key` now holds the encoded node `node`.
+    Put {
+        /// The key.
+        #[serde(with = "crate::value::bytes_repr")]
+        key: Vec<u8>,
+        /// The encoded node.
+        #[serde(with = "crate::value::bytes_repr")]
+        node: Vec<u8>,
+    },
+    /// `key` holds nothing any more.
+    Delete {
+        /// The key.
+        #[serde(with = "crate::value::bytes_repr")]
+        key: Vec<u8>,
+    },
+    /// Every key starting with `prefix` holds nothing any more.
+    DeletePrefix {
+        /// The prefix.
+        #[serde(with = "crate::value::bytes_repr")]
+        prefix: Vec<u8>,
+    },
+}
+
+/// A replicated branch as it stands at one commit: every node of it, in key order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSnapshot {
+    /// The replica's id on this connection (chosen by the worker).
+    pub replica: u64,
+    /// The storage's commit version the snapshot shows.
+    pub version: u64,
+    /// Every key of the branch and its encoded node.
+    pub nodes: Vec<NodeChange>,
 }
 
 /// A command on the wire; `payload` is the postcard encoding of the typed command.
@@ -317,5 +456,29 @@ pub enum Notice {
     StorageChanged {
         /// Dotted path of the write.
         path: String,
+    },
+    /// Primary -> worker: one commit's changes to a replicated branch, in order; sent before the
+    /// replies to the writes of that commit.
+    ReplicaChanged {
+        /// The replica.
+        replica: u64,
+        /// The commit version.
+        version: u64,
+        /// What the commit did to the branch's keys.
+        changes: Vec<NodeChange>,
+    },
+    /// Primary -> worker: the worker fell behind reading its connection, so changes of this
+    /// replica were dropped; a [`Notice::ReplicaReset`] follows once the worker catches up.
+    ReplicaLagged {
+        /// The replica.
+        replica: u64,
+    },
+    /// Primary -> worker: the branch as it stands now, replacing the replica's content: a new
+    /// replica's first state, or a lagging one's catching up (after [`Notice::ReplicaLagged`]).
+    ReplicaReset(ReplicaSnapshot),
+    /// Worker -> primary: replica `replica` is no longer held; send it nothing more.
+    ReplicaDropped {
+        /// The replica.
+        replica: u64,
     },
 }

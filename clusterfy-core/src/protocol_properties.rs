@@ -15,8 +15,9 @@ use serde::de::DeserializeOwned;
 use crate::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, decode_payload, encode_frame};
 use crate::error::{ErrorKind, WireError};
 use crate::protocol::{
-    BroadcastEntry, CommandRequest, Destination, Hello, Message, Notice, Origin, PROTOCOL_VERSION, Reply,
-    Request, ShutdownAck, StorageRequest, Welcome, WorkerId, WorkerSelector, WorkerStatus,
+    BroadcastEntry, CommandRequest, Destination, Hello, Message, NodeChange, Notice, Origin,
+    PROTOCOL_VERSION, ReplicaSnapshot, Reply, Request, ShutdownAck, StorageRequest, Welcome, WorkerId,
+    WorkerSelector, WorkerStatus,
 };
 use crate::value::{MAX_NESTING, Value, arb_value};
 
@@ -154,8 +155,38 @@ fn arb_storage_request() -> BoxedStrategy<StorageRequest> {
         (arb_text(), proptest::option::of(arb_value()), proptest::option::of(arb_value()))
             .prop_map(|(path, expected, new)| StorageRequest::CompareAndSwap { path, expected, new }),
         arb_text().prop_map(|path| StorageRequest::Watch { path }),
+        (arb_text(), arb_bytes(), any::<bool>())
+            .prop_map(|(path, node, create_parents)| StorageRequest::SaveNode { path, node, create_parents }),
+        (arb_text(), any::<i64>()).prop_map(|(path, by)| StorageRequest::Increment { path, by }),
+        (arb_text(), any::<f64>().prop_filter("NaN never equals itself", |f| !f.is_nan()))
+            .prop_map(|(path, by)| StorageRequest::IncrementFloat { path, by }),
+        (arb_text(), arb_value()).prop_map(|(path, value)| StorageRequest::Append { path, value }),
+        (arb_text(), arb_value()).prop_map(|(path, value)| StorageRequest::RemoveValue { path, value }),
+        (arb_text(), arb_value()).prop_map(|(path, value)| StorageRequest::InsertIfAbsent { path, value }),
+        arb_text().prop_map(|path| StorageRequest::Take { path }),
+        (arb_text(), arb_text(), arb_bytes()).prop_map(|(path, operation, payload)| StorageRequest::Apply {
+            path,
+            operation,
+            payload
+        }),
+        (arb_text(), any::<u64>()).prop_map(|(path, replica)| StorageRequest::Replicate { path, replica }),
     ]
     .boxed()
+}
+
+fn arb_node_change() -> BoxedStrategy<NodeChange> {
+    prop_oneof![
+        (arb_bytes(), arb_bytes()).prop_map(|(key, node)| NodeChange::Put { key, node }),
+        arb_bytes().prop_map(|key| NodeChange::Delete { key }),
+        arb_bytes().prop_map(|prefix| NodeChange::DeletePrefix { prefix }),
+    ]
+    .boxed()
+}
+
+prop_compose! {
+    fn arb_snapshot()(replica in any::<u64>(), version in any::<u64>(), nodes in vec(arb_node_change(), 0..4)) -> ReplicaSnapshot {
+        ReplicaSnapshot { replica, version, nodes }
+    }
 }
 
 fn arb_request() -> BoxedStrategy<Request> {
@@ -195,6 +226,11 @@ fn arb_notice() -> impl Strategy<Value = Notice> {
         Just(Notice::Ready),
         arb_wire_error().prop_map(Notice::Error),
         arb_text().prop_map(|path| Notice::StorageChanged { path }),
+        (any::<u64>(), any::<u64>(), vec(arb_node_change(), 0..4))
+            .prop_map(|(replica, version, changes)| Notice::ReplicaChanged { replica, version, changes }),
+        any::<u64>().prop_map(|replica| Notice::ReplicaLagged { replica }),
+        arb_snapshot().prop_map(Notice::ReplicaReset),
+        any::<u64>().prop_map(|replica| Notice::ReplicaDropped { replica }),
     ]
 }
 
@@ -661,7 +697,51 @@ fn docs_request_and_storage_request_variant_indices_are_the_declaration_order() 
                 StorageRequest::CompareAndSwap { path: String::new(), expected: None, new: None },
             ),
             ("Watch", StorageRequest::Watch { path: String::new() }),
+            (
+                "SaveNode",
+                StorageRequest::SaveNode { path: String::new(), node: Vec::new(), create_parents: false },
+            ),
+            ("Increment", StorageRequest::Increment { path: String::new(), by: 0 }),
+            ("IncrementFloat", StorageRequest::IncrementFloat { path: String::new(), by: 0.0 }),
+            ("Append", StorageRequest::Append { path: String::new(), value: Value::Null }),
+            ("RemoveValue", StorageRequest::RemoveValue { path: String::new(), value: Value::Null }),
+            ("InsertIfAbsent", StorageRequest::InsertIfAbsent { path: String::new(), value: Value::Null }),
+            ("Take", StorageRequest::Take { path: String::new() }),
+            (
+                "Apply",
+                StorageRequest::Apply { path: String::new(), operation: String::new(), payload: Vec::new() },
+            ),
+            ("Replicate", StorageRequest::Replicate { path: String::new(), replica: 0 }),
         ],
+    );
+    assert_variants::<NodeChange>(
+        "NodeChange",
+        &[
+            ("Put", NodeChange::Put { key: Vec::new(), node: Vec::new() }),
+            ("Delete", NodeChange::Delete { key: Vec::new() }),
+            ("DeletePrefix", NodeChange::DeletePrefix { prefix: Vec::new() }),
+        ],
+    );
+}
+
+/// docs/protocol.md, section 3, spells out these frames byte by byte.
+#[test]
+fn docs_atomic_operation_requests_have_the_documented_bytes() {
+    let payload =
+        |request: StorageRequest| encoded(&Message::Request { id: 7, body: Request::Storage(request) });
+    // Message::Request (2), id 7, Request::Storage (0), then the StorageRequest.
+    assert_eq!(
+        payload(StorageRequest::Increment { path: "hits".into(), by: -1 }),
+        [2, 7, 0, 6, 4, b'h', b'i', b't', b's', 1]
+    );
+    assert_eq!(
+        payload(StorageRequest::SaveNode { path: "a".into(), node: vec![1, 2, 6], create_parents: false }),
+        [2, 7, 0, 5, 1, b'a', 3, 1, 2, 6, 0]
+    );
+    assert_eq!(payload(StorageRequest::Take { path: "q".into() }), [2, 7, 0, 11, 1, b'q']);
+    assert_eq!(
+        payload(StorageRequest::Replicate { path: "c".into(), replica: 3 }),
+        [2, 7, 0, 13, 1, b'c', 3]
     );
 }
 
@@ -717,6 +797,13 @@ fn docs_reply_and_notice_variant_indices_are_the_declaration_order() {
                 }),
             ),
             ("StorageChanged", Notice::StorageChanged { path: String::new() }),
+            ("ReplicaChanged", Notice::ReplicaChanged { replica: 0, version: 0, changes: Vec::new() }),
+            ("ReplicaLagged", Notice::ReplicaLagged { replica: 0 }),
+            (
+                "ReplicaReset",
+                Notice::ReplicaReset(ReplicaSnapshot { replica: 0, version: 0, nodes: Vec::new() }),
+            ),
+            ("ReplicaDropped", Notice::ReplicaDropped { replica: 0 }),
         ],
     );
     let statuses: Vec<(&str, WorkerStatus)> = ALL_STATUSES.iter().map(|s| (s.as_str(), *s)).collect();

@@ -4,6 +4,7 @@
 //! Both the primary (one link per worker) and a worker (one link to the primary) use it; what
 //! differs is the [`Inbound`] that handles the peer's requests and notices.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,10 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// How often the sweeper looks for requests past their deadline while any are in flight: a
 /// request fails at most this much after its deadline.
 const SWEEP_EVERY: Duration = Duration::from_millis(20);
+/// Requests of the peer being handled at once on one link: past it, the link reads no more of
+/// the peer's frames until some are answered, so a peer that pipelines without reading its
+/// replies slows itself down instead of growing this process's memory (the others go on).
+pub(crate) const MAX_ANSWERING: usize = 1024;
 
 /// Handles what the peer sends besides replies.
 pub(crate) trait Inbound: Send + Sync + 'static {
@@ -30,7 +35,7 @@ pub(crate) trait Inbound: Send + Sync + 'static {
     /// blocking the reader: slow handlers run in tasks of their own).
     fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request);
     /// A one-way notice.
-    fn on_notice(&self, notice: Notice);
+    fn on_notice(&self, link: &Arc<Link>, notice: Notice);
 }
 
 /// Frames on their way to the writer task, encoded straight into one buffer that the writer
@@ -141,6 +146,26 @@ pub(crate) struct Link {
     /// primary's side, `Closed` on a worker's.
     closed_kind: ErrorKind,
     max_frame_len: usize,
+    /// The peer's requests dispatched and not yet answered.
+    answering: AtomicUsize,
+    /// Wakes the reader waiting for `answering` to drop below [`MAX_ANSWERING`].
+    answered: Notify,
+}
+
+/// Forgets a request whose caller stopped waiting (its future was dropped): its entry leaves the
+/// table at once instead of at its deadline.
+struct Asked<'l> {
+    link: &'l Link,
+    id: RequestId,
+    answered: bool,
+}
+
+impl Drop for Asked<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.link.pending().abandon(self.id);
+        }
+    }
 }
 
 /// Reads the first frame of a connection (the handshake), leaving any further bytes in `decoder`.
@@ -196,6 +221,8 @@ impl Link {
             sweep: Arc::new(Notify::new()),
             closed_kind,
             max_frame_len,
+            answering: AtomicUsize::new(0),
+            answered: Notify::new(),
         });
         tokio::spawn(write_loop(writer, Arc::downgrade(&link), Arc::clone(&link.outbox.wake_writer)));
         tokio::spawn(sweep_expired(Arc::downgrade(&link), Arc::clone(&link.sweep)));
@@ -223,12 +250,35 @@ impl Link {
             }
             id
         };
-        if let Err(err) = self.send(&Message::Request { id, body }).await {
-            self.pending().abandon(id);
-            return Err(err);
-        }
+        let mut asked = Asked { link: self, id, answered: false };
+        self.send(&Message::Request { id, body }).await?;
         // The waiter is dropped without an answer only when the link closed.
-        rx.await.unwrap_or_else(|_| Err(self.closed_error()))
+        let answer = rx.await.unwrap_or_else(|_| Err(self.closed_error()));
+        asked.answered = true;
+        answer
+    }
+
+    /// Counts one of the peer's requests as answered.
+    fn answered_one(&self) {
+        let before = self.answering.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if before == Ok(MAX_ANSWERING) {
+            self.answered.notify_one();
+        }
+    }
+
+    /// Waits until fewer than [`MAX_ANSWERING`] of the peer's requests are being handled, then
+    /// counts one more.
+    async fn room_to_answer(&self) {
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if self.answering.load(Ordering::Acquire) < MAX_ANSWERING {
+                self.answering.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+            answered.await;
+        }
     }
 
     /// Fails the requests past their deadline; true while requests are in flight.
@@ -248,6 +298,7 @@ impl Link {
 
     /// Answers the peer's request `id`. Fails only if the connection is gone.
     pub(crate) async fn reply(&self, id: RequestId, result: Result<Reply>) -> Result<()> {
+        self.answered_one();
         let result = result.map_err(|e| WireError::from(&e));
         match self.send(&Message::Reply { id, result }).await {
             // The answer itself cannot go out (too large): the asker still gets exactly one reply.
@@ -262,6 +313,7 @@ impl Link {
     /// bounds how many answers it waits for). A connection that is gone drops the answer: its
     /// supervisor reports the end.
     pub(crate) fn reply_soon(&self, id: RequestId, result: Result<Reply>) {
+        self.answered_one();
         let result = result.map_err(|e| WireError::from(&e));
         if let Err(SendError::Encode(err)) =
             self.outbox.push(&Message::Reply { id, result }, self.max_frame_len)
@@ -277,6 +329,37 @@ impl Link {
     /// Sends a one-way notice.
     pub(crate) async fn notify(&self, notice: Notice) -> Result<()> {
         self.send(&Message::Notice(notice)).await
+    }
+
+    /// Sends a one-way notice without waiting, past the outbox's high water: for notices that
+    /// must keep their place before a reply (a replica's change), whose volume the caller bounds.
+    /// A connection that is gone drops it.
+    pub(crate) fn notify_soon(&self, notice: Notice) {
+        if let Err(SendError::Encode(err)) = self.outbox.push(&Message::Notice(notice), self.max_frame_len) {
+            tracing::warn!(peer = %self.peer, error = %err, "a notice too large for a frame was dropped");
+        }
+    }
+
+    /// Bytes queued for the peer and not yet handed to the writer: how far the peer is behind.
+    pub(crate) fn queued_len(&self) -> usize {
+        self.outbox.lock().bytes.len()
+    }
+
+    /// Waits until fewer than `bytes` are queued for the peer, or the connection is gone.
+    pub(crate) async fn drained_below(&self, bytes: usize) {
+        loop {
+            let room = self.outbox.room.notified();
+            tokio::pin!(room);
+            {
+                let queued = self.outbox.lock();
+                if queued.gone || queued.bytes.len() < bytes {
+                    return;
+                }
+                // Registered before the lock is released, so the writer's wake-up is not missed.
+                room.as_mut().enable();
+            }
+            room.await;
+        }
     }
 
     async fn send(&self, message: &Message) -> Result<()> {
@@ -367,6 +450,9 @@ async fn read_loop(
     let end = loop {
         match decoder.decode::<Message>() {
             Ok(Some(message)) => {
+                if matches!(message, Message::Request { .. }) {
+                    link.room_to_answer().await;
+                }
                 dispatch(&link, &inbound, message);
                 continue;
             }
@@ -401,7 +487,7 @@ fn dispatch(link: &Arc<Link>, inbound: &Arc<dyn Inbound>, message: Message) {
     match message {
         Message::Reply { id, result } => link.complete(id, result),
         Message::Request { id, body } => Arc::clone(inbound).on_request(link, id, body),
-        Message::Notice(notice) => inbound.on_notice(notice),
+        Message::Notice(notice) => inbound.on_notice(link, notice),
         Message::Hello(_) | Message::Welcome(_) => {
             tracing::warn!(peer = %link.peer, "ignoring a second handshake frame");
         }

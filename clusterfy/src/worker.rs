@@ -29,7 +29,7 @@ use crate::link::{Inbound, Link, LinkEnd, read_first, write_single};
 use crate::listen::{
     ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, Listener, keep_listeners_from_children, take_listener,
 };
-use crate::storage::Storage;
+use crate::storage::{RemoteStorage, ReplicaRegistry, Storage};
 use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE};
 
 /// Default deadline of a worker's requests.
@@ -237,7 +237,12 @@ impl WorkerBuilder {
                 events,
                 shutdown,
                 handlers: watch::channel(0).0,
-                changes: broadcast::channel(EVENT_BUFFER).0,
+                storage: Arc::new(RemoteStorage {
+                    link: Arc::clone(&link),
+                    deadline: self.request_timeout,
+                    changes: broadcast::channel(EVENT_BUFFER).0,
+                    replicas: ReplicaRegistry::default(),
+                }),
                 request_timeout: self.request_timeout,
                 listeners,
                 announced_ready: std::sync::atomic::AtomicBool::new(false),
@@ -278,6 +283,7 @@ fn transport_named(name: &str) -> Result<Arc<dyn Transport>> {
 async fn shut_down_when_primary_is_gone(worker: Worker, reader: tokio::task::JoinHandle<LinkEnd>) {
     let end = reader.await;
     tracing::warn!(worker = %worker.inner.me, end = ?end, "connection to the primary ended; shutting down");
+    worker.inner.storage.replicas.close_all();
     worker.set_local_status(WorkerStatus::Stopping);
     worker.begin_shutdown(ShutdownReason::PrimaryGone);
 }
@@ -302,8 +308,8 @@ struct WorkerInner {
     shutdown: watch::Sender<ShutdownState>,
     /// Command handlers running now; [`Worker::exit`] waits for their replies.
     handlers: watch::Sender<usize>,
-    /// Storage changes the primary reports for this worker's watches.
-    changes: broadcast::Sender<clusterfy_core::Path>,
+    /// The storage side of the connection: watches and replicas.
+    storage: Arc<RemoteStorage>,
     request_timeout: Duration,
     /// `LISTEN_FDS` and `LISTEN_FDNAMES`: the shared listeners this process inherited.
     listeners: WorkerEnv,
@@ -435,7 +441,7 @@ impl Worker {
 
     /// Typed access to the shared storage on the primary.
     pub fn storage(&self) -> Storage {
-        Storage::remote(Arc::clone(&self.inner.link), self.inner.request_timeout, self.inner.changes.clone())
+        Storage::remote(Arc::clone(&self.inner.storage))
     }
 
     /// Saves `value` at the dotted `path` (the original's `saveToStorage`); see [`Storage::save`].
@@ -653,12 +659,18 @@ impl Inbound for WorkerInbound {
         }));
     }
 
-    fn on_notice(&self, notice: Notice) {
+    fn on_notice(&self, _: &Arc<Link>, notice: Notice) {
+        let storage = &self.worker.inner.storage;
+        let mut notice = Some(notice);
+        if storage.replicas.on_notice(&mut notice) {
+            return;
+        }
+        let Some(notice) = notice else { return };
         match notice {
             Notice::Error(err) => tracing::error!(error = %Error::from(err), "the primary reported an error"),
             Notice::StorageChanged { path } => match clusterfy_core::Path::parse(&path) {
                 // Nobody watching is fine.
-                Ok(path) => drop(self.worker.inner.changes.send(path)),
+                Ok(path) => drop(storage.changes.send(path)),
                 Err(err) => tracing::warn!(error = %err, "the primary reported a change at a malformed path"),
             },
             other => tracing::debug!(notice = ?other, "ignoring a notice meant for the primary"),

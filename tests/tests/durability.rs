@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use clusterfy::Path;
-use clusterfy::storage::{RedisMirror, SharedStorage, SledStorage, StorageBackend};
+use clusterfy::storage::{RedisMirror, SledStorage, StorageBackend};
 use clusterfy_test_support::redis_server::RedisServer;
 use clusterfy_tests::{ACK_LINE_PREFIX, Scenario};
 use common::{bounded, test_worker_path};
@@ -60,7 +60,14 @@ async fn crash_primary_while_workers_write(args: &[&str]) -> BTreeMap<String, Ve
 
 /// Checks that `backend` holds every acknowledged write.
 async fn assert_every_ack_is_stored(backend: Arc<dyn StorageBackend>, acked: &BTreeMap<String, Vec<u64>>) {
-    let storage = SharedStorage::new(backend);
+    // A new primary on the backend, as after a restart.
+    let primary = clusterfy::Primary::builder()
+        .storage(backend)
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("a primary");
+    let storage = primary.shared_storage();
     let mut checked = 0;
     for (worker, numbers) in acked {
         for n in numbers {

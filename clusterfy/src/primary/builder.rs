@@ -18,7 +18,7 @@ use crate::commands::CommandRegistry;
 use crate::control::SocketPlace;
 use crate::events::EVENT_BUFFER;
 use crate::listen::SharedListeners;
-use crate::storage::SharedStorage;
+use crate::storage::{Operation, Operations, SharedStorage};
 
 /// Default deadline of a request (storage operation or command).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +33,9 @@ pub struct PrimaryBuilder {
     storage: Option<Arc<dyn StorageBackend>>,
     initial: Option<Value>,
     commands: CommandRegistry<PrimaryContext>,
+    operations: Operations,
+    /// The first storage operation that could not be registered, reported by `build`.
+    operation_error: Option<Error>,
     request_timeout: Duration,
     ready_timeout: Duration,
     max_frame_len: usize,
@@ -53,6 +56,8 @@ impl PrimaryBuilder {
             storage: None,
             initial: None,
             commands: CommandRegistry::new(Target::Primary),
+            operations: Operations::default(),
+            operation_error: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
@@ -203,6 +208,18 @@ impl PrimaryBuilder {
         self
     }
 
+    /// Registers the storage operation `O`, so that workers and the primary can run it with
+    /// [`Storage::apply`](crate::storage::Storage::apply): the storage's writer runs it on the
+    /// current value, in one step, as it runs the built-in atomic operations. A reserved
+    /// (`cy_`), malformed or duplicate name makes [`PrimaryBuilder::build`] fail.
+    #[must_use]
+    pub fn storage_operation<O: Operation>(mut self) -> Self {
+        if let Err(err) = self.operations.register::<O>() {
+            self.operation_error.get_or_insert(err);
+        }
+        self
+    }
+
     /// Deadline of every request the primary sends or routes (default
     /// [`DEFAULT_REQUEST_TIMEOUT`]). Workers use their own setting.
     #[must_use]
@@ -228,7 +245,7 @@ impl PrimaryBuilder {
 
     /// Checks the configuration, prepares the storage and returns the primary.
     pub async fn build(mut self) -> Result<Primary> {
-        if let Some(err) = self.commands.take_error() {
+        if let Some(err) = self.commands.take_error().or(self.operation_error.take()) {
             return Err(err);
         }
         if !(MIN_MAX_FRAME_LEN..=u32::MAX as usize).contains(&self.max_frame_len) {
@@ -262,7 +279,7 @@ impl PrimaryBuilder {
             Some(s) => s,
             None => default_storage()?,
         };
-        let storage = Arc::new(SharedStorage::new(backend));
+        let storage = Arc::new(SharedStorage::open(backend, std::mem::take(&mut self.operations)).await?);
         if let Some(initial) = self.initial.take() {
             storage.initialize(initial).await?;
         }

@@ -11,16 +11,18 @@ use clusterfy_core::{Error, ErrorKind, Origin, Path, Result, WireError, WorkerId
 use super::{Primary, PrimaryContext, PrimaryInner, WorkerState};
 use crate::events::{Event, WorkerRef};
 use crate::link::{Inbound, Link};
-use crate::storage::{Op, Outcome, SharedStorage};
+use crate::storage::StorageSession;
 
 pub(super) struct PrimaryInbound {
     inner: Arc<PrimaryInner>,
     worker: WorkerRef,
+    storage: StorageSession,
 }
 
 impl PrimaryInbound {
     pub(super) fn new(inner: Arc<PrimaryInner>, worker: WorkerRef) -> Self {
-        PrimaryInbound { inner, worker }
+        let storage = StorageSession::new(Arc::clone(&inner.storage));
+        PrimaryInbound { inner, worker, storage }
     }
 
     fn origin(&self) -> Origin {
@@ -107,61 +109,11 @@ fn destination_name(route: &Route, name_of: impl FnOnce(WorkerId) -> Option<Stri
     }
 }
 
-/// Hands a worker's storage request to the storage's writer, which answers on `link` itself: no
-/// task per request. A malformed path is answered at once.
-pub(crate) fn serve_storage(
-    storage: &SharedStorage,
-    link: &Arc<Link>,
-    id: RequestId,
-    request: StorageRequest,
-) {
-    let op = match storage_op(request) {
-        Ok(op) => op,
-        Err(err) => return link.reply_soon(id, Err(err)),
-    };
-    let link = Arc::clone(link);
-    let operation = op.name();
-    storage.submit(
-        op,
-        Box::new(move |outcome| {
-            crate::metrics::storage_operation(operation, outcome.is_ok());
-            link.reply_soon(id, outcome.map(reply_of))
-        }),
-    );
-}
-
-fn storage_op(request: StorageRequest) -> Result<Op> {
-    Ok(match request {
-        StorageRequest::Get { path } => Op::Get(Path::parse_owned(path)?),
-        StorageRequest::Save { path, value, create_parents } => {
-            Op::Save { path: Path::parse_owned(path)?, value, create_parents }
-        }
-        StorageRequest::Delete { path } => Op::Delete(Path::parse_owned(path)?),
-        StorageRequest::CompareAndSwap { path, expected, new } => {
-            Op::CompareAndSwap { path: Path::parse_owned(path)?, expected, new }
-        }
-        StorageRequest::Watch { .. } => {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                "a watch belongs to the connection, not the storage",
-            ));
-        }
-    })
-}
-
-fn reply_of(outcome: Outcome) -> Reply {
-    match outcome {
-        Outcome::Done | Outcome::Removed(_) => Reply::Done,
-        Outcome::Value(value) => Reply::Value(value),
-        Outcome::Swapped(swapped) => Reply::Swapped(swapped),
-    }
-}
-
 impl Inbound for PrimaryInbound {
     fn on_request(self: Arc<Self>, link: &Arc<Link>, id: RequestId, body: Request) {
         match body {
             Request::Storage(StorageRequest::Watch { path }) => link.reply_soon(id, self.watch(&path)),
-            Request::Storage(request) => serve_storage(&self.inner.storage, link, id, request),
+            Request::Storage(request) => self.storage.serve(link, id, request),
             // Command handlers run concurrently, so a slow one never stalls the connection.
             body => {
                 let link = Arc::clone(link);
@@ -174,9 +126,10 @@ impl Inbound for PrimaryInbound {
         }
     }
 
-    fn on_notice(&self, notice: Notice) {
+    fn on_notice(&self, link: &Arc<Link>, notice: Notice) {
         let worker = self.worker.clone();
         match notice {
+            Notice::ReplicaDropped { replica } => self.storage.replica_dropped(link, replica),
             Notice::Status(status) => {
                 let accepted = self.inner.update_slot(worker.id, |s| {
                     let before = s.status;
@@ -214,8 +167,11 @@ impl Inbound for PrimaryInbound {
                 });
                 self.inner.emit(Event::Ready { worker });
             }
-            Notice::StorageChanged { .. } => {
-                tracing::debug!(worker = %worker, "ignoring a storage change notice, which only the primary sends");
+            Notice::StorageChanged { .. }
+            | Notice::ReplicaChanged { .. }
+            | Notice::ReplicaLagged { .. }
+            | Notice::ReplicaReset(_) => {
+                tracing::debug!(worker = %worker, "ignoring a storage notice, which only the primary sends");
             }
             Notice::Error(err) => {
                 self.inner.emit(Event::Error { worker: Some(worker), error: Arc::new(Error::from(err)) });

@@ -26,8 +26,6 @@ use clusterfy_core::{Command, Error, ErrorKind, Origin, Result, Target, WorkerId
 pub use builder::{DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, PrimaryBuilder};
 pub(crate) use directory::PrimaryInner;
 use directory::{Control, Slot};
-#[cfg(test)]
-pub(crate) use inbound::serve_storage;
 pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
 pub use reload::ReloadOptions;
 pub use restart::RestartPolicy;

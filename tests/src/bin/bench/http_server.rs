@@ -32,6 +32,8 @@ pub(crate) const HTTP_LISTENER: &str = "http";
 pub(crate) const HTTP_WORKER_PREFIX: &str = "http-";
 /// The path of the hit counter in the shared storage.
 pub(crate) const HITS_PATH: &str = "hits";
+/// A request for this URL path is answered without counting it (the `http_rps_plain` row).
+pub(crate) const PLAIN_PATH: &str = "/plain";
 /// The name the baseline answers with.
 pub(crate) const RAW_HTTP_NAME: &str = "raw";
 /// After a stop request, how long open connections may still send a request (answered with
@@ -43,7 +45,7 @@ const CLOSE: Duration = Duration::from_millis(500);
 /// Where the hit counter lives.
 #[derive(Clone)]
 enum Hits {
-    /// At [`HITS_PATH`] in the cluster's shared storage, bumped with `update`.
+    /// At [`HITS_PATH`] in the cluster's shared storage, bumped with `Storage::increment`.
     Shared(Worker),
     /// In this process.
     Local(Arc<AtomicU64>),
@@ -121,15 +123,13 @@ async fn answer(
     hits: Hits,
     name: Arc<str>,
     draining: Arc<AtomicBool>,
-    _request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let bumped = match &hits {
-        Hits::Shared(worker) => worker
-            .storage()
-            .update::<u64, _>(HITS_PATH, |n| Some(n.unwrap_or(0) + 1))
-            .await
-            .map(Option::unwrap_or_default),
-        Hits::Local(count) => Ok(count.fetch_add(1, Ordering::Relaxed) + 1),
+        // The plain handler's row: the same server without the counter.
+        _ if request.uri().path() == PLAIN_PATH => Ok(0),
+        Hits::Shared(worker) => worker.storage().increment(HITS_PATH, 1).await,
+        Hits::Local(count) => Ok(count.fetch_add(1, Ordering::Relaxed) as i64 + 1),
     };
     let body = match bumped {
         Ok(hits) => format!("hello from {name} (pid {}), hit #{hits}\n", std::process::id()),

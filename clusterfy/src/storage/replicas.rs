@@ -1,0 +1,211 @@
+//! The primary's side of the replicas workers keep of branches of the storage: who holds which
+//! branch, the snapshot that starts one, and each commit's changes of its branch, sent in commit
+//! order before the replies to that commit's writes (so a worker reads its own acknowledged
+//! writes through its replica). A worker that falls behind reading its connection is not sent
+//! more: it is told its replica lags, and gets the branch again once it has caught up, so the
+//! primary never queues more than a bound for it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use clusterfy_core::protocol::{NodeChange, Notice, ReplicaSnapshot};
+use clusterfy_core::{BatchOp, Path};
+
+use super::core::StorageCore;
+use super::layout::key_of;
+use super::state::Committed;
+use super::writer::{Job, Work};
+use crate::link::Link;
+
+/// Bytes queued for a worker above which its replicas get no more changes and resync later.
+pub(crate) const LAGGING_ABOVE: usize = 4 << 20;
+/// Bytes queued for a worker below which a lagging replica is sent its branch again.
+const RESYNC_BELOW: usize = 64 << 10;
+
+/// A replica to start, or one to bring current again.
+pub(crate) enum Subscribe {
+    Start { path: Path, replica: u64, link: Weak<Link> },
+    Resync(u64),
+}
+
+struct Subscription {
+    /// Unique among this storage's subscriptions.
+    id: u64,
+    /// The worker's id for the replica.
+    replica: u64,
+    /// The key of the branch's path: every key of the branch starts with it.
+    prefix: Vec<u8>,
+    link: Weak<Link>,
+    /// Told it lags; sent nothing until its resync.
+    lagging: bool,
+}
+
+/// Every replica of this storage's branches.
+#[derive(Default)]
+pub(crate) struct Replicas {
+    subscriptions: Mutex<Vec<Subscription>>,
+    next_id: AtomicU64,
+}
+
+/// A commit's changes, cut per replica: the subscription and what changed in its branch.
+pub(crate) type Cut = Vec<(u64, Vec<NodeChange>)>;
+
+impl Replicas {
+    fn lock(&self) -> MutexGuard<'_, Vec<Subscription>> {
+        // Every change is a single push, remove or flag: nothing is left half-done.
+        self.subscriptions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What `batch` does to each replicated branch (nothing, and no work, when none is
+    /// replicated).
+    pub(crate) fn changes_of(&self, batch: &[BatchOp]) -> Cut {
+        let subscriptions = self.lock();
+        subscriptions
+            .iter()
+            .filter(|s| !s.lagging)
+            .filter_map(|s| {
+                let changes = branch_changes(&s.prefix, batch);
+                (!changes.is_empty()).then_some((s.id, changes))
+            })
+            .collect()
+    }
+
+    /// Sends each replica its changes of commit `version`; a worker that lags gets told so
+    /// instead, and is resynced once it has room again.
+    pub(crate) fn publish(&self, core: &StorageCore, cut: Cut, version: u64) {
+        if cut.is_empty() {
+            return;
+        }
+        let mut subscriptions = self.lock();
+        for (id, changes) in cut {
+            let Some(subscription) = subscriptions.iter_mut().find(|s| s.id == id) else { continue };
+            let Some(link) = subscription.link.upgrade() else { continue };
+            let replica = subscription.replica;
+            if link.queued_len() > LAGGING_ABOVE {
+                subscription.lagging = true;
+                link.notify_soon(Notice::ReplicaLagged { replica });
+                resync_when_drained(core, subscription.link.clone(), id);
+            } else {
+                link.notify_soon(Notice::ReplicaChanged { replica, version, changes });
+            }
+        }
+        subscriptions.retain(|s| s.link.strong_count() > 0);
+    }
+
+    /// Forgets replica `replica` of `link`: its worker dropped it.
+    pub(crate) fn unsubscribe(&self, link: &Arc<Link>, replica: u64) {
+        self.lock().retain(|s| !(s.replica == replica && std::ptr::eq(s.link.as_ptr(), Arc::as_ptr(link))));
+    }
+
+    /// Starts a replica, or resyncs a lagging one: sends its branch as it stands now.
+    pub(crate) fn subscribe(&self, core: &StorageCore, what: Subscribe) {
+        let mut subscriptions = self.lock();
+        let (link, replica, prefix) = match what {
+            Subscribe::Start { path, replica, link } => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let prefix = key_of(&path);
+                subscriptions.push(Subscription {
+                    id,
+                    replica,
+                    prefix: prefix.clone(),
+                    link: link.clone(),
+                    lagging: false,
+                });
+                (link, replica, prefix)
+            }
+            Subscribe::Resync(id) => {
+                let Some(subscription) = subscriptions.iter_mut().find(|s| s.id == id) else { return };
+                subscription.lagging = false;
+                (subscription.link.clone(), subscription.replica, subscription.prefix.clone())
+            }
+        };
+        // The writer runs this between commits: the snapshot shows every commit before it, and
+        // every later commit's changes follow it.
+        let snapshot = ReplicaSnapshot {
+            replica,
+            version: core.version(),
+            nodes: branch_of(&core.committed(), &prefix),
+        };
+        if let Some(link) = link.upgrade() {
+            link.notify_soon(Notice::ReplicaReset(snapshot));
+        }
+        subscriptions.retain(|s| s.link.strong_count() > 0);
+    }
+}
+
+/// Every node of the branch whose keys start with `prefix`.
+fn branch_of(committed: &Committed, prefix: &[u8]) -> Vec<NodeChange> {
+    clusterfy_core::kv::scan_prefix(committed, prefix)
+        .map(|(key, node)| NodeChange::Put { key: key.clone(), node: node.clone() })
+        .collect()
+}
+
+/// What `batch` does to the keys starting with `prefix`.
+fn branch_changes(prefix: &[u8], batch: &[BatchOp]) -> Vec<NodeChange> {
+    let mut changes = Vec::new();
+    for op in batch {
+        match op {
+            BatchOp::Put { key, value } if key.starts_with(prefix) => {
+                changes.push(NodeChange::Put { key: key.clone(), node: value.clone() });
+            }
+            BatchOp::Delete { key } if key.starts_with(prefix) => {
+                changes.push(NodeChange::Delete { key: key.clone() })
+            }
+            BatchOp::DeletePrefix { prefix: deleted } if deleted.starts_with(prefix) => {
+                changes.push(NodeChange::DeletePrefix { prefix: deleted.clone() });
+            }
+            // A delete above the branch empties it.
+            BatchOp::DeletePrefix { prefix: deleted } if prefix.starts_with(deleted) => {
+                changes.push(NodeChange::DeletePrefix { prefix: prefix.to_vec() });
+            }
+            _ => {}
+        }
+    }
+    changes
+}
+
+/// Once `link` has little queued again, asks the writer to resync subscription `id` (in order
+/// with the commits).
+fn resync_when_drained(core: &StorageCore, link: Weak<Link>, id: u64) {
+    let writes = core.jobs();
+    tokio::spawn(async move {
+        match link.upgrade() {
+            Some(link) => link.drained_below(RESYNC_BELOW).await,
+            None => return,
+        }
+        if let Some(writes) = writes.upgrade() {
+            let _ = writes.send(Job { work: Work::Resync { subscription: id }, done: Box::new(drop) });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &[u8]) -> BatchOp {
+        BatchOp::Put { key: key.to_vec(), value: vec![1] }
+    }
+
+    #[test]
+    fn a_branch_sees_the_changes_below_it_and_a_delete_above_it_as_its_own() {
+        let batch = vec![
+            BatchOp::DeletePrefix { prefix: b"a\0".to_vec() },
+            put(b"a\0b\0"),
+            put(b"a\0bc\0"),
+            BatchOp::Delete { key: b"a\0b\0x\0".to_vec() },
+            put(b"z\0"),
+        ];
+        let changes = branch_changes(b"a\0b\0", &batch);
+        assert_eq!(
+            changes,
+            [
+                NodeChange::DeletePrefix { prefix: b"a\0b\0".to_vec() },
+                NodeChange::Put { key: b"a\0b\0".to_vec(), node: vec![1] },
+                NodeChange::Delete { key: b"a\0b\0x\0".to_vec() },
+            ]
+        );
+        assert!(branch_changes(b"q\0", &batch).is_empty());
+        assert_eq!(branch_changes(b"", &batch).len(), batch.len(), "the root's branch is everything");
+    }
+}

@@ -1,0 +1,75 @@
+//! The primary's side of one worker's storage requests: reads answered from memory at once,
+//! everything else through the writer, and the replicas the worker holds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clusterfy_core::protocol::{Reply, RequestId, StorageRequest};
+use clusterfy_core::{Path, Result};
+
+use super::SharedStorage;
+use super::ops::Outcome;
+use super::writer::{Work, operation_name};
+use crate::link::Link;
+
+/// The storage side of one worker's connection.
+pub(crate) struct StorageSession {
+    storage: Arc<SharedStorage>,
+    /// Writes of this worker not yet committed: while there are some, its reads go through the
+    /// writer behind them, so it reads its own writes.
+    uncommitted: Arc<AtomicUsize>,
+}
+
+impl StorageSession {
+    pub(crate) fn new(storage: Arc<SharedStorage>) -> Self {
+        StorageSession { storage, uncommitted: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Serves `request` (not a watch: that belongs to the connection), answering on `link`
+    /// itself: no task per request.
+    pub(crate) fn serve(&self, link: &Arc<Link>, id: RequestId, mut request: StorageRequest) {
+        let path = match Path::parse_owned(std::mem::take(request.path_mut())) {
+            Ok(path) => path,
+            Err(err) => return link.reply_soon(id, Err(err)),
+        };
+        let name = operation_name(&request);
+        match request {
+            StorageRequest::Get { .. } if self.uncommitted.load(Ordering::Acquire) == 0 => {
+                // Every write this worker made is committed: memory shows them all.
+                let read = self.storage.core().read(&path);
+                crate::metrics::storage_operation(name, read.is_ok());
+                link.reply_soon(id, read.map(Reply::Value));
+            }
+            StorageRequest::Replicate { replica, .. } => {
+                let answer = Arc::clone(link);
+                let work = Work::Replicate { path, replica, link: Arc::downgrade(link) };
+                self.storage.submit(
+                    work,
+                    Box::new(move |outcome| answer.reply_soon(id, outcome.map(Outcome::into_reply))),
+                );
+            }
+            request => {
+                let write = !matches!(request, StorageRequest::Get { .. });
+                if write {
+                    self.uncommitted.fetch_add(1, Ordering::AcqRel);
+                }
+                let answer = Arc::clone(link);
+                let uncommitted = Arc::clone(&self.uncommitted);
+                self.storage.submit(
+                    Work::Request { path, request },
+                    Box::new(move |outcome: Result<Outcome>| {
+                        if write {
+                            uncommitted.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        answer.reply_soon(id, outcome.map(Outcome::into_reply));
+                    }),
+                );
+            }
+        }
+    }
+
+    /// The worker dropped replica `replica`: send it nothing more.
+    pub(crate) fn replica_dropped(&self, link: &Arc<Link>, replica: u64) {
+        self.storage.core().replicas().unsubscribe(link, replica);
+    }
+}
