@@ -469,6 +469,126 @@ impl Command for IncrementMany {
     type Reply = i64;
 }
 
+/// Adds one to the integer at `path` `times` times with `Storage::increment`, `in_flight` at a
+/// time; answers with every value its increments made, in no particular order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IncrementHot {
+    /// Dotted path of the counter.
+    pub path: String,
+    /// How many increments.
+    pub times: u32,
+    /// How many are in flight at once.
+    pub in_flight: usize,
+}
+
+impl Command for IncrementHot {
+    const NAME: &'static str = "test.increment_hot";
+    const TARGET: Target = Target::Worker;
+    type Reply = Vec<i64>;
+}
+
+/// One atomic operation of the shared storage, run by a worker with its `Storage` handle.
+// Each variant's fields are the arguments of the `Storage` method it names.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AtomicOp {
+    /// `Storage::increment`.
+    Increment { path: String, by: i64 },
+    /// `Storage::increment_float`.
+    IncrementFloat { path: String, by: f64 },
+    /// `Storage::append`.
+    Append { path: String, value: Value },
+    /// `Storage::remove_value`.
+    RemoveValue { path: String, value: Value },
+    /// `Storage::insert_if_absent`.
+    InsertIfAbsent { path: String, value: Value },
+    /// `Storage::take`.
+    Take { path: String },
+    /// `Storage::apply` of [`TopScores`].
+    TopScores { path: String, n: i64, keep: usize },
+}
+
+/// Runs an [`AtomicOp`] on the worker; answers with what the operation returned, as a `Value`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunAtomic(pub AtomicOp);
+
+impl Command for RunAtomic {
+    const NAME: &'static str = "test.run_atomic";
+    const TARGET: Target = Target::Worker;
+    type Reply = Value;
+}
+
+/// A storage operation of the tests' own, registered on every test primary: keeps the `keep`
+/// largest numbers seen at its path, largest first, and answers whether `n` made it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopScores {
+    /// The new number.
+    pub n: i64,
+    /// How many to keep.
+    pub keep: usize,
+}
+
+impl clusterfy::storage::Operation for TopScores {
+    const NAME: &'static str = "test.top_scores";
+    type Value = Vec<i64>;
+    type Reply = bool;
+
+    fn apply(self, current: Option<Vec<i64>>) -> clusterfy::Result<(Option<Vec<i64>>, bool)> {
+        let mut scores = current.unwrap_or_default();
+        scores.push(self.n);
+        scores.sort_unstable_by(|a, b| b.cmp(a));
+        scores.truncate(self.keep);
+        let kept = scores.contains(&self.n);
+        Ok((Some(scores), kept))
+    }
+}
+
+/// Starts the worker's replica of the branch at `path`, kept until the worker ends (one at a
+/// time: a second replaces the first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartReplica {
+    /// The branch.
+    pub path: String,
+}
+
+impl Command for StartReplica {
+    const NAME: &'static str = "test.start_replica";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// Reads `path` from the worker's replica; with `until`, waits (for up to 10 s of changes) until
+/// it shows that value. Answers with what it shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaGet {
+    /// The dotted path.
+    pub path: String,
+    /// The value to wait for.
+    pub until: Option<Value>,
+}
+
+impl Command for ReplicaGet {
+    const NAME: &'static str = "test.replica_get";
+    const TARGET: Target = Target::Worker;
+    type Reply = Option<Value>;
+}
+
+/// Saves `value` at `path` through the worker's storage, then reads `path` from its replica at
+/// once (no waiting); answers with what the replica showed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaveThenReadReplica {
+    /// The dotted path.
+    pub path: String,
+    /// The value.
+    pub value: Value,
+}
+
+impl Command for SaveThenReadReplica {
+    const NAME: &'static str = "test.save_then_read_replica";
+    const TARGET: Target = Target::Worker;
+    type Reply = Option<Value>;
+}
+
 /// Never registered by `test-worker`: sending it must fail with an unknown-command error.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Unregistered;

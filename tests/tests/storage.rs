@@ -4,7 +4,8 @@ mod common;
 
 use clusterfy::{ErrorKind, Value, value};
 use clusterfy_tests::{
-    CompareAndSwapAt, IncrementMany, NextChange, ReadAt, SaveAt, StartWatch, WriteSequence,
+    AtomicOp, CompareAndSwapAt, IncrementHot, IncrementMany, NextChange, ReadAt, ReplicaGet, RunAtomic,
+    SaveAt, SaveThenReadReplica, StartReplica, StartWatch, WriteSequence,
 };
 use common::{bounded, shut_down_cleanly, start_cluster};
 use futures::StreamExt;
@@ -213,6 +214,101 @@ async fn saves_in_flight_together_all_land_in_order_and_a_bad_one_fails_alone() 
     shut_down_cleanly(&primary).await;
 }
 
+async fn eight_workers_incrementing_one_key_count_every_increment_once() {
+    let names = ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"];
+    let primary = start_cluster(&names).await;
+    // 10,000 each, as ten commands of 1,000 (each well within the request deadline on a disk).
+    let (commands, per_command) = (10, 1_000);
+    let per_worker = commands * per_command;
+    let runs = names.map(|name| {
+        let primary = &primary;
+        async move {
+            let mut values = Vec::new();
+            for _ in 0..commands {
+                let hot = IncrementHot { path: "hits".into(), times: per_command, in_flight: 32 };
+                values.extend(primary.run(name, hot).await.unwrap_or_else(|e| panic!("{name} failed: {e}")));
+            }
+            values
+        }
+    });
+    let results = bounded("80,000 increments", futures::future::join_all(runs)).await;
+    let mut seen: Vec<i64> = Vec::with_capacity(8 * per_worker as usize);
+    for (name, values) in names.iter().zip(results) {
+        assert_eq!(values.len(), per_worker as usize, "{name}");
+        seen.extend(values);
+    }
+    seen.sort_unstable();
+    let total = 8 * i64::from(per_worker);
+    assert_eq!(seen.len() as i64, total);
+    assert!(seen.iter().copied().eq(1..=total), "every caller got a value of its own, 1 to {total}");
+    let stored: Option<i64> = primary.storage().retrieve("hits").await.expect("read");
+    assert_eq!(stored, Some(total));
+    shut_down_cleanly(&primary).await;
+}
+
+async fn atomic_operations_of_workers_run_in_one_step_and_refuse_the_wrong_type() {
+    let primary = start_cluster(&["a", "b"]).await;
+    let run = |name: &'static str, op: AtomicOp| primary.run(name, RunAtomic(op));
+    let append = |name, value: Value| run(name, AtomicOp::Append { path: "online".into(), value });
+    assert_eq!(bounded("append", append("a", value!("alice"))).await.expect("append"), value!(1));
+    assert_eq!(bounded("append", append("b", value!("bob"))).await.expect("append"), value!(2));
+    let removed = run("b", AtomicOp::RemoveValue { path: "online".into(), value: value!("alice") });
+    assert_eq!(bounded("remove", removed).await.expect("remove"), value!(1));
+    let online: Option<Vec<String>> = primary.storage().retrieve("online").await.expect("read");
+    assert_eq!(online, Some(vec!["bob".to_owned()]));
+    let claim = |name| run(name, AtomicOp::InsertIfAbsent { path: "leader".into(), value: value!(name) });
+    let (first, second) = futures::future::join(claim("a"), claim("b")).await;
+    let claims = [first.expect("claim"), second.expect("claim")];
+    assert_eq!(claims.iter().filter(|c| **c == value!(true)).count(), 1, "one claim wins: {claims:?}");
+    let taken = bounded("take", run("a", AtomicOp::Take { path: "leader".into() })).await.expect("take");
+    assert!(taken == value!("a") || taken == value!("b"), "{taken:?}");
+    assert_eq!(primary.storage().retrieve_value("leader").await.expect("read"), None, "taken means gone");
+    for n in [3, 9, 1] {
+        run("a", AtomicOp::TopScores { path: "top".into(), n, keep: 2 })
+            .await
+            .expect("a registered operation");
+    }
+    let top: Option<Vec<i64>> = primary.storage().retrieve("top").await.expect("read");
+    assert_eq!(top, Some(vec![9, 3]));
+    let float = run("b", AtomicOp::IncrementFloat { path: "load".into(), by: 0.25 }).await.expect("float");
+    assert_eq!(float, value!(0.25));
+    // The wrong type: a clear error naming the path, the operation and what is there, and
+    // nothing changes.
+    let err = bounded("increment a list", run("a", AtomicOp::Increment { path: "online".into(), by: 1 }))
+        .await
+        .expect_err("a list is not a counter");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.message().contains("\"online\"") && err.message().contains("increment"), "{err}");
+    assert!(err.message().contains("holds a list"), "{err}");
+    let online: Option<Vec<String>> = primary.storage().retrieve("online").await.expect("read");
+    assert_eq!(online, Some(vec!["bob".to_owned()]), "unchanged");
+    shut_down_cleanly(&primary).await;
+}
+
+async fn a_replica_in_a_worker_shows_its_own_writes_at_once_and_another_workers_soon() {
+    let primary = start_cluster(&["holder", "writer"]).await;
+    primary.storage().save("config", &value!({"limit": 1})).await.expect("initial");
+    bounded("start", primary.run("holder", StartReplica { path: "config".into() })).await.expect("replica");
+    let read =
+        |path: &str, until: Option<Value>| primary.run("holder", ReplicaGet { path: path.into(), until });
+    assert_eq!(bounded("read", read("config.limit", None)).await.expect("read"), Some(value!(1)));
+    // Another worker's write arrives in the replica.
+    bounded("save", primary.run("writer", save("config.limit", value!(2)))).await.expect("save");
+    let shown = bounded("wait", read("config.limit", Some(value!(2)))).await.expect("shows the write");
+    assert_eq!(shown, Some(value!(2)));
+    // The holder's own write is there the moment it returns.
+    for n in 3..13 {
+        let own = SaveThenReadReplica { path: "config.limit".into(), value: value!(n) };
+        let shown = bounded("save and read", primary.run("holder", own)).await.expect("save");
+        assert_eq!(shown, Some(value!(n)), "read-your-writes through the replica");
+    }
+    // A subtree written whole, then deleted whole.
+    primary.storage().save("config", &value!({"a": {"b": true}})).await.expect("save");
+    let shown = bounded("wait", read("config", Some(value!({"a": {"b": true}})))).await.expect("subtree");
+    assert_eq!(shown, Some(value!({"a": {"b": true}})));
+    shut_down_cleanly(&primary).await;
+}
+
 /// Every scenario above, written once: each runs over both transports and on both durable backends.
 macro_rules! storage_scenarios {
     ($($runner:tt)*) => {
@@ -225,6 +321,9 @@ macro_rules! storage_scenarios {
     compare_and_swap_from_racing_workers_has_exactly_one_winner,
     concurrent_updates_from_several_workers_lose_no_increment,
     saves_in_flight_together_all_land_in_order_and_a_bad_one_fails_alone,
+    eight_workers_incrementing_one_key_count_every_increment_once,
+    atomic_operations_of_workers_run_in_one_step_and_refuse_the_wrong_type,
+    a_replica_in_a_worker_shows_its_own_writes_at_once_and_another_workers_soon,
 );
     };
 }

@@ -351,7 +351,9 @@ impl Primary {
     }
 
     /// Shuts every worker down in parallel (as [`Primary::shutdown_worker`] with `timeout`),
-    /// refuses new forks and removes the transport's files. Returns each worker's outcome.
+    /// refuses new forks, closes the storage once every write queued is committed (later writes
+    /// fail; reads still answer; dropping the primary then lets go of the backend at once) and
+    /// removes the transport's files. Returns each worker's outcome.
     pub async fn shutdown(&self, timeout: Duration) -> Result<Vec<(WorkerRef, ShutdownOutcome)>> {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         let workers: Vec<WorkerRef> = self.inner.slots().values().map(|s| s.worker.clone()).collect();
@@ -364,6 +366,7 @@ impl Primary {
         if let Some(control) = self.inner.control.get() {
             control.close();
         }
+        self.inner.storage.close().await;
         self.inner.transport.close()?;
         let mut result = Vec::with_capacity(outcomes.len());
         for (worker, outcome) in outcomes {

@@ -243,7 +243,8 @@ fn remove_value(view: &mut DraftView<'_>, path: &Path, element: &Value) -> Resul
 }
 
 fn insert_if_absent(view: &mut DraftView<'_>, path: &Path, value: Value) -> Result<bool> {
-    if view.exists(path) {
+    // The root is always there: a map, maybe empty.
+    if path.is_root() || view.exists(path) {
         return Ok(false);
     }
     save(view, path, value, false)?;

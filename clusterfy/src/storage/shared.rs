@@ -38,7 +38,7 @@ impl SharedStorage {
         let core = Arc::new(StorageCore::load(backend, operations).await?);
         let (writes, jobs) = mpsc::unbounded_channel();
         core.set_jobs(writes.downgrade());
-        tokio::spawn(writer::run(Arc::clone(&core), jobs));
+        tokio::spawn(writer::run(Arc::downgrade(&core), jobs));
         Ok(SharedStorage { core, writes })
     }
 
@@ -77,6 +77,15 @@ impl SharedStorage {
     /// Runs a request through the writer task; its reply.
     pub(crate) async fn request(&self, path: Path, request: StorageRequest) -> Result<Reply> {
         self.run(Work::Request { path, request }).await.map(Outcome::into_reply)
+    }
+
+    /// Stops the writer once everything queued so far is committed, and lets go of the
+    /// backend: afterwards writes fail with [`ErrorKind::Closed`], reads still answer, and once
+    /// the last handle is dropped nothing holds the backend (a sled directory can be opened
+    /// again at once). [`Primary::shutdown`](crate::Primary::shutdown) calls it.
+    pub(crate) async fn close(&self) {
+        // An error means the writer has stopped already.
+        let _ = self.run(Work::Close).await;
     }
 
     /// Saves `initial` as the whole storage if it holds nothing yet, and does nothing otherwise,

@@ -6,7 +6,7 @@
 //! at the tree level, and group commit for durable backends.
 
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
 use clusterfy_core::protocol::{Reply, StorageRequest};
 use clusterfy_core::{Error, Path, Result, Value, WireError};
@@ -33,6 +33,8 @@ pub(crate) enum Work {
     Replicate { path: Path, replica: u64, link: Weak<Link> },
     /// Send a lagging replica its branch again, now that its link has room.
     Resync { subscription: u64 },
+    /// Stop, after everything queued before: let go of the backend, then answer.
+    Close,
 }
 
 impl fmt::Debug for Work {
@@ -42,6 +44,7 @@ impl fmt::Debug for Work {
             Work::Initialize(_) => f.write_str("initialize"),
             Work::Replicate { path, replica, .. } => write!(f, "replicate {path} as #{replica}"),
             Work::Resync { subscription } => write!(f, "resync #{subscription}"),
+            Work::Close => f.write_str("close"),
         }
     }
 }
@@ -74,10 +77,12 @@ pub(crate) fn operation_name(request: &StorageRequest) -> &'static str {
     }
 }
 
-/// Takes jobs until every sender is gone.
-pub(super) async fn run(core: Arc<StorageCore>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+/// Takes jobs until every sender is gone. Holds the core only while it works on a round, so a
+/// dropped storage lets go of its backend at once (a sled directory can be opened again).
+pub(super) async fn run(core: Weak<StorageCore>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut taken = Vec::with_capacity(ROUND_JOBS);
     while jobs.recv_many(&mut taken, ROUND_JOBS).await > 0 {
+        let Some(core) = core.upgrade() else { return };
         crate::metrics::storage_queue_depth(taken.len());
         let (mut round, mut draft) = (Round::default(), Draft::default());
         {
@@ -87,7 +92,10 @@ pub(super) async fn run(core: Arc<StorageCore>, mut jobs: mpsc::UnboundedReceive
                 round.take(&core, &mut view, job);
             }
         }
-        round.finish(&core, draft).await;
+        if let Some(closed) = round.finish(&core, draft).await {
+            drop(core);
+            return closed(Ok(Outcome::Reply(Reply::Done)));
+        }
     }
 }
 
@@ -105,6 +113,8 @@ struct Round {
     staged: Vec<Staged>,
     /// Replicas to start or resync once the round is committed.
     subscribe: Vec<(Subscribe, Completion)>,
+    /// Asked to stop after this round: who waits for it.
+    close: Option<Completion>,
 }
 
 impl Round {
@@ -126,6 +136,7 @@ impl Round {
             Work::Resync { subscription } => {
                 return self.subscribe.push((Subscribe::Resync(subscription), done));
             }
+            Work::Close => return self.close = Some(done),
         };
         match result {
             Ok(outcome) => {
@@ -137,9 +148,10 @@ impl Round {
         }
     }
 
-    /// Commits the round's draft, and answers.
-    async fn finish(self, core: &StorageCore, draft: Draft) {
-        let Round { staged, subscribe } = self;
+    /// Commits the round's draft, and answers; returns who asked the writer to stop, if anyone
+    /// did.
+    async fn finish(self, core: &StorageCore, draft: Draft) -> Option<Completion> {
+        let Round { staged, subscribe, close } = self;
         let committed = if draft.is_empty() { Ok(()) } else { commit(core, draft).await };
         match committed {
             Ok(()) => {
@@ -156,6 +168,7 @@ impl Round {
             core.replicas().subscribe(core, subscribe);
             done(Ok(Outcome::Reply(Reply::Done)));
         }
+        close
     }
 }
 

@@ -10,17 +10,18 @@ use clusterfy::core::protocol::{Hello, Message, Notice, PROTOCOL_VERSION};
 use clusterfy::core::transport::{ByteReader, ByteWriter, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
 use clusterfy::transport::{Connection, Transport, WorkerEnv};
 use clusterfy::{
-    ENV_WORKER_NAME, Error, ErrorKind, Listener, Primary, Program, Result, ShutdownReason, Worker,
+    ENV_WORKER_NAME, Error, ErrorKind, Listener, Primary, Program, Result, ShutdownReason, Value, Worker,
     WorkerBuilder, WorkerId, WorkerOptions, WorkerStatus,
 };
 use clusterfy_tests::{
-    ACK_LINE_PREFIX, AskWhoAmI, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE, ENV_GROW_BYTES,
-    ENV_HOOK_FILE, ENV_NON_DUMPABLE_PRIMARY, ENV_START_DELAY_MS, Echo, ExitGracefully, ExitWith,
-    FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST,
-    HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE, HUNG_UP_WITHOUT_NOTICE, Identity, IncrementMany,
-    LISTENFD_ANSWER, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX, PrimaryEcho, READY_LINE, ReadAt,
-    RunKv, SaveAt, Scenario, SetStatus, Sleep, SlowWhoAmI, StartWatch, UNIX_ANSWER, WhoAmI,
-    WorkUntilShutdown, WriteSequence,
+    ACK_LINE_PREFIX, AskWhoAmI, AtomicOp, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE,
+    ENV_GROW_BYTES, ENV_HOOK_FILE, ENV_NON_DUMPABLE_PRIMARY, ENV_START_DELAY_MS, Echo, ExitGracefully,
+    ExitWith, FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST,
+    HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE, HUNG_UP_WITHOUT_NOTICE, Identity, IncrementHot,
+    IncrementMany, LISTENFD_ANSWER, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX, PrimaryEcho,
+    READY_LINE, ReadAt, ReplicaGet, RunAtomic, RunKv, SaveAt, SaveThenReadReplica, Scenario, SetStatus,
+    Sleep, SlowWhoAmI, StartReplica, StartWatch, TopScores, UNIX_ANSWER, WhoAmI, WorkUntilShutdown,
+    WriteSequence,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -148,6 +149,9 @@ async fn connect(builder: WorkerBuilder) -> Result<Worker> {
     builder.connect().await
 }
 
+/// The replica [`StartReplica`] started, for [`ReplicaGet`] and [`SaveThenReadReplica`].
+type HeldReplica = Arc<tokio::sync::Mutex<Option<clusterfy::storage::Replica>>>;
+
 /// The stream of the watch a [`StartWatch`] command opened.
 type Watch = Arc<tokio::sync::Mutex<Option<clusterfy::EventStream<clusterfy::Path>>>>;
 
@@ -156,6 +160,8 @@ type Watch = Arc<tokio::sync::Mutex<Option<clusterfy::EventStream<clusterfy::Pat
 fn worker_builder() -> WorkerBuilder {
     let watch: Watch = Arc::default();
     let next_watch = Arc::clone(&watch);
+    let start_replica: HeldReplica = Arc::default();
+    let (get_replica, read_replica) = (Arc::clone(&start_replica), Arc::clone(&start_replica));
     Worker::builder()
         .command(|kv: RunKv, ctx| async move {
             clusterfy_tests::remote_kv::run(&ctx.worker().storage(), &kv.root, kv.op).await
@@ -262,6 +268,57 @@ fn worker_builder() -> WorkerBuilder {
         .command(|cas: CompareAndSwapAt, ctx| async move {
             ctx.worker().storage().compare_and_swap(&cas.path, cas.expected.as_ref(), cas.new.as_ref()).await
         })
+        .command(|hot: IncrementHot, ctx| async move {
+            let storage = ctx.worker().storage();
+            let increments = futures::stream::iter(0..hot.times).map(|_| storage.increment(&hot.path, 1));
+            let seen: Vec<Result<i64>> = increments.buffer_unordered(hot.in_flight.max(1)).collect().await;
+            seen.into_iter().collect()
+        })
+        .command(|RunAtomic(op), ctx| async move { run_atomic(&ctx.worker().storage(), op).await })
+        .command(move |start: StartReplica, ctx| {
+            let replica = Arc::clone(&start_replica);
+            async move {
+                let started = ctx.worker().storage().replica(&start.path).await?;
+                *replica.lock().await = Some(started);
+                Ok(())
+            }
+        })
+        .command(move |get: ReplicaGet, _| {
+            let replica = Arc::clone(&get_replica);
+            async move {
+                let guard = replica.lock().await;
+                let replica = guard
+                    .as_ref()
+                    .ok_or_else(|| Error::new(ErrorKind::InvalidState, "no replica started"))?;
+                let Some(until) = get.until else { return replica.get_value(&get.path) };
+                let mut changes = replica.changed();
+                let wait = async {
+                    loop {
+                        let shown = replica.get_value(&get.path)?;
+                        if shown.as_ref() == Some(&until) {
+                            return Ok(shown);
+                        }
+                        if changes.next().await.is_none() {
+                            return Err(Error::new(ErrorKind::Closed, "the replica's changes ended"));
+                        }
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), wait).await.map_err(|_| {
+                    Error::new(ErrorKind::Timeout, "the replica did not show the value within 10 s")
+                })?
+            }
+        })
+        .command(move |save: SaveThenReadReplica, ctx| {
+            let replica = Arc::clone(&read_replica);
+            async move {
+                ctx.worker().storage().save(&save.path, &save.value).await?;
+                let guard = replica.lock().await;
+                guard
+                    .as_ref()
+                    .ok_or_else(|| Error::new(ErrorKind::InvalidState, "no replica started"))?
+                    .get_value(&save.path)
+            }
+        })
         .command(|inc: IncrementMany, ctx| async move {
             let storage = ctx.worker().storage();
             let mut last = 0;
@@ -283,6 +340,25 @@ fn worker_builder() -> WorkerBuilder {
                 }
             }
         })
+}
+
+/// Runs one atomic operation, its answer as a `Value`.
+async fn run_atomic(storage: &clusterfy::storage::Storage, op: AtomicOp) -> Result<Value> {
+    Ok(match op {
+        AtomicOp::Increment { path, by } => Value::Int(storage.increment(&path, by).await?),
+        AtomicOp::IncrementFloat { path, by } => Value::Float(storage.increment_float(&path, by).await?),
+        AtomicOp::Append { path, value } => Value::from(storage.append(&path, &value).await? as u64),
+        AtomicOp::RemoveValue { path, value } => {
+            Value::from(storage.remove_value(&path, &value).await? as u64)
+        }
+        AtomicOp::InsertIfAbsent { path, value } => {
+            Value::Bool(storage.insert_if_absent(&path, &value).await?)
+        }
+        AtomicOp::Take { path } => storage.take::<Value>(&path).await?.unwrap_or(Value::Null),
+        AtomicOp::TopScores { path, n, keep } => {
+            Value::Bool(storage.apply(&path, TopScores { n, keep }).await?)
+        }
+    })
 }
 
 /// Busy for good, and deaf to SIGTERM: only SIGKILL ends it.

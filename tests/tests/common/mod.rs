@@ -165,15 +165,17 @@ pub(crate) fn primary_builder() -> PrimaryBuilder {
         TransportKind::Uds => Primary::builder().transport(UdsTransport::new()),
         TransportKind::Stdio => Primary::builder().transport(StdioTransport::new()),
     };
-    builder.ready_timeout(Duration::from_secs(20)).request_timeout(Duration::from_secs(5)).command(
-        |echo: PrimaryEcho, ctx| async move {
+    builder
+        .ready_timeout(Duration::from_secs(20))
+        .request_timeout(Duration::from_secs(5))
+        .storage_operation::<clusterfy_tests::TopScores>()
+        .command(|echo: PrimaryEcho, ctx| async move {
             let from = match ctx.origin() {
                 Origin::Primary => "the primary".to_owned(),
                 Origin::Worker { name, .. } => name.clone(),
             };
             Ok(format!("{} from {from}", echo.text))
-        },
-    )
+        })
 }
 
 /// Adds a [`Note`] handler to `builder` that forwards every note's sender and text to the
