@@ -45,7 +45,93 @@ pub(crate) enum Workload {
     /// One worker's part of the storm: `save`s with [`STORM_IN_FLIGHT`] in flight, cycling over
     /// as many paths of this worker's own, `<DISTINCT_PARENT>.<worker name>-<slot>`.
     Storm,
+    /// `increment`s with [`IN_FLIGHT`] in flight, cycling over as many counters
+    /// `<DISTINCT_PARENT>.c<slot>` (distinct keys).
+    IncrementPipelined,
+    /// `increment`s of the one counter [`HOT_PATH`] with [`HOT_IN_FLIGHT`] in flight (run by two
+    /// workers at once).
+    IncrementHot,
+    /// Reads of [`STORAGE_PATH`] from a replica of [`DISTINCT_PARENT`], one after the other.
+    ReplicaRead,
+    /// The baseline of [`Workload::ReplicaRead`]: the same read of a plain `HashMap` (std's
+    /// hasher) of the same paths and values in this process, without the replica's lock and
+    /// bookkeeping.
+    RawMapRead,
+    /// `save`s to new paths below [`DISTINCT_PARENT`] with [`IN_FLIGHT`] in flight, until
+    /// [`StopWriting`] arrives: the load other workers' reads are measured under.
+    SaveDistinctUntilStopped,
 }
+
+/// The counter of [`Workload::IncrementHot`].
+pub(crate) const HOT_PATH: &str = "bench.hot";
+/// Increments each worker keeps in flight in [`Workload::IncrementHot`].
+pub(crate) const HOT_IN_FLIGHT: usize = 32;
+/// Where [`SaveSequence`] writes and [`WatchStaleness`] watches.
+const STALE_PATH: &str = "bench.stale";
+
+/// Ends a running [`Workload::SaveDistinctUntilStopped`] on this worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StopWriting;
+
+impl Command for StopWriting {
+    const NAME: &'static str = "bench_stop_writing";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// Starts a replica of [`STALE_PATH`] on this worker and records, for each of the next `count`
+/// values written there, when the replica first showed it; answers once it watches.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WatchStaleness {
+    pub(crate) count: u64,
+}
+
+impl Command for WatchStaleness {
+    const NAME: &'static str = "bench_watch_staleness";
+    const TARGET: Target = Target::Worker;
+    type Reply = ();
+}
+
+/// The times [`WatchStaleness`] recorded: `(value, monotonic nanoseconds)`, once all arrived.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StalenessSeen;
+
+impl Command for StalenessSeen {
+    const NAME: &'static str = "bench_staleness_seen";
+    const TARGET: Target = Target::Worker;
+    type Reply = Vec<(u64, u64)>;
+}
+
+/// Saves `1..=count` at [`STALE_PATH`] one after the other; answers `(value, monotonic
+/// nanoseconds of its acknowledgement)` for each.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SaveSequence {
+    pub(crate) count: u64,
+}
+
+impl Command for SaveSequence {
+    const NAME: &'static str = "bench_save_sequence";
+    const TARGET: Target = Target::Worker;
+    type Reply = Vec<(u64, u64)>;
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine.
+pub(crate) fn monotonic_nanos() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(now) => now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64,
+        Err(_) => 0,
+    }
+}
+
+/// Set by [`StopWriting`].
+static STOP_WRITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// When each value showed: `(value, monotonic nanoseconds)`.
+type Seen = Vec<(u64, u64)>;
+
+/// What [`WatchStaleness`] recorded, once it has all.
+static STALENESS: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Seen>>> =
+    std::sync::Mutex::new(None);
 
 /// Asks the measuring worker to run one measurement and answer with its figures.
 #[derive(Debug, Serialize, Deserialize)]
@@ -100,6 +186,27 @@ pub(crate) async fn run_worker() -> BenchResult<()> {
             run_measurement(ctx.worker(), &measure).await
         })
         .command(|echo: Echo, _| async move { Ok(echo.0) })
+        .command(|_: StopWriting, _| async move {
+            STOP_WRITING.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+        .command(|watch: WatchStaleness, ctx: WorkerContext| async move {
+            watch_staleness(ctx.worker(), watch.count).await
+        })
+        .command(|_: StalenessSeen, _| async move {
+            let seen = STALENESS.lock().map_err(|_| Error::new(ErrorKind::InvalidState, "poisoned"))?.take();
+            let seen =
+                seen.ok_or_else(|| Error::new(ErrorKind::InvalidState, "no staleness watch started"))?;
+            seen.await.map_err(|_| Error::new(ErrorKind::Closed, "the staleness watch ended early"))
+        })
+        .command(|sequence: SaveSequence, ctx: WorkerContext| async move {
+            let mut acked = Vec::with_capacity(sequence.count as usize);
+            for n in 1..=sequence.count {
+                ctx.worker().save(STALE_PATH, &n).await?;
+                acked.push((n, monotonic_nanos()));
+            }
+            Ok(acked)
+        })
         .connect()
         .await?;
     if worker.name().starts_with(HTTP_WORKER_PREFIX) {
@@ -164,6 +271,51 @@ async fn run_measurement(worker: &Worker, measure: &Measure) -> clusterfy::Resul
             })
             .await
         }
+        Workload::IncrementPipelined => {
+            let paths: Vec<String> =
+                (0..IN_FLIGHT).map(|slot| format!("{DISTINCT_PARENT}.c{slot}")).collect();
+            let mut next = 0;
+            let mut increment = || {
+                let path = &paths[next % IN_FLIGHT];
+                next += 1;
+                async move { worker.storage().increment(path, 1).await.map(drop) }
+            };
+            pipelined(IN_FLIGHT, warmup, &mut increment).await?;
+            let start = Instant::now();
+            pipelined(IN_FLIGHT, iterations, &mut increment).await?;
+            Ok(Figures::throughput(iterations, start.elapsed()))
+        }
+        Workload::IncrementHot => {
+            let increment = || async { worker.storage().increment(HOT_PATH, 1).await.map(drop) };
+            pipelined(HOT_IN_FLIGHT, warmup, increment).await?;
+            let start = Instant::now();
+            pipelined(HOT_IN_FLIGHT, iterations, increment).await?;
+            Ok(Figures::throughput(iterations, start.elapsed()))
+        }
+        Workload::ReplicaRead => {
+            let replica = worker.storage().replica(DISTINCT_PARENT).await?;
+            read_loop(warmup, || replica.get::<String>(STORAGE_PATH))?;
+            read_loop(iterations, || replica.get::<String>(STORAGE_PATH))
+        }
+        Workload::RawMapRead => {
+            // The same paths and values the replica holds, in a plain map of this process.
+            let mut map: std::collections::HashMap<String, clusterfy::Value> =
+                std::collections::HashMap::new();
+            flatten(DISTINCT_PARENT, worker.storage().retrieve_value(DISTINCT_PARENT).await?, &mut map);
+            let read = || map.get(STORAGE_PATH).cloned().map(clusterfy::from_value::<String>).transpose();
+            read_loop(warmup, read)?;
+            read_loop(iterations, read)
+        }
+        Workload::SaveDistinctUntilStopped => {
+            STOP_WRITING.store(false, Ordering::SeqCst);
+            let mut saved = 0u32;
+            let start = Instant::now();
+            while !STOP_WRITING.load(Ordering::SeqCst) {
+                pipelined(IN_FLIGHT, IN_FLIGHT as u32, || save_distinct(worker, value)).await?;
+                saved += IN_FLIGHT as u32;
+            }
+            Ok(Figures::throughput(saved, start.elapsed()))
+        }
         Workload::Storm => {
             let paths: Vec<String> = (0..STORM_IN_FLIGHT)
                 .map(|slot| format!("{DISTINCT_PARENT}.{}-{slot}", worker.name()))
@@ -180,6 +332,63 @@ async fn run_measurement(worker: &Worker, measure: &Measure) -> clusterfy::Resul
             Ok(Figures::throughput(iterations, start.elapsed()))
         }
     }
+}
+
+/// Starts the replica of [`STALE_PATH`] and a task that records when each of the next `count`
+/// values shows in it.
+async fn watch_staleness(worker: &Worker, count: u64) -> clusterfy::Result<()> {
+    let replica = worker.storage().replica(STALE_PATH).await?;
+    let mut changes = replica.changed();
+    let (done, seen) = tokio::sync::oneshot::channel();
+    *STALENESS.lock().map_err(|_| Error::new(ErrorKind::InvalidState, "poisoned"))? = Some(seen);
+    tokio::spawn(async move {
+        let mut times = Vec::with_capacity(count as usize);
+        let mut last = 0;
+        while last < count && changes.next().await.is_some() {
+            let now = monotonic_nanos();
+            if let Ok(Some(shown)) = replica.get::<u64>(STALE_PATH)
+                && shown > last
+            {
+                // Every value between was shown by an earlier event or this one.
+                times.extend((last + 1..=shown).map(|n| (n, now)));
+                last = shown;
+            }
+        }
+        let _ = done.send(times);
+    });
+    Ok(())
+}
+
+/// Every leaf of `value` (stored at `path`) by its dotted path.
+fn flatten(
+    path: &str,
+    value: Option<clusterfy::Value>,
+    into: &mut std::collections::HashMap<String, clusterfy::Value>,
+) {
+    match value {
+        Some(clusterfy::Value::Map(entries)) => {
+            for (key, value) in entries {
+                flatten(&format!("{path}.{key}"), Some(value), into);
+            }
+        }
+        Some(leaf) => drop(into.insert(path.to_owned(), leaf)),
+        None => {}
+    }
+}
+
+/// Reads [`STORAGE_PATH`] `iterations` times with `read`; fails unless it is the payload.
+fn read_loop(
+    iterations: u32,
+    mut read: impl FnMut() -> clusterfy::Result<Option<String>>,
+) -> clusterfy::Result<Figures> {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        let value = read()?;
+        if value.as_ref().map(String::len) != Some(PAYLOAD_LEN) {
+            return Err(Error::new(ErrorKind::InvalidState, format!("read {value:?}, not the payload")));
+        }
+    }
+    Ok(Figures::throughput(iterations, start.elapsed()))
 }
 
 /// Runs `op` `count` times with `in_flight` at once.

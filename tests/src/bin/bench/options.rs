@@ -186,6 +186,8 @@ pub(crate) struct Plan {
     pub(crate) http_load: Duration,
     /// The most requests one steady HTTP load sends.
     pub(crate) http_requests: u64,
+    /// Reads of a replica (and of the plain map of its baseline) in one measurement.
+    pub(crate) replica_reads: u32,
 }
 
 impl Plan {
@@ -205,6 +207,7 @@ impl Plan {
                 storm_saves: 200,
                 http_load: Duration::from_millis(500),
                 http_requests: 100_000,
+                replica_reads: 200_000,
             }
         } else {
             Plan {
@@ -220,6 +223,7 @@ impl Plan {
                 storm_saves: 2_000,
                 http_load: Duration::from_secs(3),
                 http_requests: 1_000_000,
+                replica_reads: 5_000_000,
             }
         }
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
 
-use crate::cluster::{STORM_IN_FLIGHT, STORM_WORKERS};
+use crate::cluster::{HOT_IN_FLIGHT, HOT_PATH, STORM_IN_FLIGHT, STORM_WORKERS};
+use crate::http_server::PLAIN_PATH;
 use crate::kept::{SLED_PIPELINED_BREAKDOWN, SLED_SEQ_BREAKDOWN};
 use crate::options::{Options, Plan};
 use crate::phase::http::{HTTP_CONNECTIONS, http_workers};
@@ -68,6 +69,8 @@ enum Goal {
     AtLeast(f64),
     /// A bound on the figure, whatever the baseline.
     ValueAtMost(f64),
+    /// A floor on the figure, whatever the baseline.
+    ValueAtLeast(f64),
 }
 
 impl Goal {
@@ -76,6 +79,7 @@ impl Goal {
             Goal::AtMost(max) => (ratio <= max, format!("<= {max}")),
             Goal::AtLeast(min) => (ratio >= min, format!(">= {min}")),
             Goal::ValueAtMost(max) => (value <= max, format!("figure <= {max}")),
+            Goal::ValueAtLeast(min) => (value >= min, format!("figure >= {min}")),
         };
         format!("{bound}: {}", if met { "met" } else { "MISSED" })
     }
@@ -152,6 +156,11 @@ const ROWS: &[Row] = {
         Row::new(Uds, "w2w_rtt_p50", "raw_rtt_p50", Micros),
         Row::new(Uds, "w2w_rtt_p99", "raw_rtt_p99", Micros),
         Row::new(Uds, "w2w_seq_ops", "raw_seq_ops", OpsPerSec),
+        Row::new(Uds, "increment_pipelined_ops", "save_pipelined_ops", OpsPerSec).goal(Goal::AtLeast(1.0)),
+        Row::new(Uds, "increment_hot_key_ops", "increment_pipelined_ops", OpsPerSec).goal(Goal::AtLeast(0.9)),
+        Row::new(Uds, "replica_read_ops", "raw_map_read_ops", OpsPerSec)
+            .goal(Goal::ValueAtLeast(10_000_000.0)),
+        Row::new(Uds, "replica_staleness_p99", "save_rtt_p50", Micros).goal(Goal::AtMost(2.0)),
         Row::new(Stdio, "stdio_save_rtt_p50", "raw_pipe_rtt_p50", Micros).goal(Goal::AtMost(2.0)),
         Row::new(Stdio, "stdio_save_rtt_p99", "raw_pipe_rtt_p99", Micros),
         Row::new(Stdio, "stdio_w2w_rtt_p50", "raw_pipe_rtt_p50", Micros).goal(Goal::AtMost(2.0)),
@@ -160,6 +169,9 @@ const ROWS: &[Row] = {
         Row::new(Sled, "sled_save_seq_ops", "raw_sled_insert_flush", OpsPerSec),
         Row::new(Sled, "sled_save_pipelined_ops", "raw_sled_insert_flush", OpsPerSec)
             .goal(Goal::AtLeast(3.0)),
+        Row::new(Sled, "sled_save_pipelined_vs_memory", "save_distinct_pipelined_ops", OpsPerSec)
+            .goal(Goal::AtLeast(0.5)),
+        Row::new(Sled, "sled_read_p50_under_writes", "sled_read_p50_idle", Micros).goal(Goal::AtMost(2.0)),
         Row::new(Redis, "redis_mirror_save_ops", "raw_redis_pipelined_set_ops", OpsPerSec)
             .goal(Goal::AtLeast(0.8)),
         Row::new(Redis, "redis_mirror_acked_ops", "raw_redis_pipelined_set_ops", OpsPerSec),
@@ -172,6 +184,7 @@ const ROWS: &[Row] = {
         Row::new(Storm, "storm_save_ops", "storm_single_worker_pipelined_ops", OpsPerSec)
             .goal(Goal::AtLeast(1.0)),
         Row::new(Storm, "primary_rss_after_storm", "primary_rss_before_storm", KiB),
+        Row::new(Http, "http_rps_counter", "http_rps_plain", ReqPerSec).goal(Goal::AtLeast(0.8)),
         Row::new(Http, "http_rps_n", "raw_http_rps", ReqPerSec),
         Row::new(Http, "http_rps_1", "raw_http_rps", ReqPerSec),
         Row::new(Http, "http_reload_served", "http_steady_served", Answered),
@@ -216,6 +229,22 @@ pub(crate) fn report(
     println!("  *_rtt_*: one request's round trip, sequential; *_seq_ops: sequential requests per second;");
     println!("  *_pipelined_ops: requests per second with {IN_FLIGHT} in flight");
     println!(
+        "  increment_pipelined_ops: Storage::increment with {IN_FLIGHT} in flight over {IN_FLIGHT} counters \
+         (distinct keys), against save_pipelined_ops; increment_hot_key_ops: {WORKER_A} and {WORKER_B} at once, \
+         {HOT_IN_FLIGHT} in flight each, all on the one counter {HOT_PATH}, timed at the primary"
+    );
+    println!(
+        "  replica_read_ops: Replica::get::<String> of {STORAGE_PATH} from {WORKER_A}'s replica of bench, one read \
+         after the other ({} per repetition); baseline raw_map_read_ops: the same read of a plain HashMap of the same \
+         paths and values in the worker; goal: at least 10M/s",
+        plan.replica_reads
+    );
+    println!(
+        "  replica_staleness_p99: {WORKER_A} saves 1..n at bench.stale one after the other; how long after each \
+         acknowledgement {WORKER_B}'s replica showed it (CLOCK_MONOTONIC of both processes; 0 if before), p99, \
+         against save_rtt_p50"
+    );
+    println!(
         "  save_distinct_pipelined_ops: pipelined saves each to a new path bench.k<n> ({} per repetition), the \
          reference for the sled and Redis rows below",
         plan.distinct_pipelined
@@ -230,6 +259,11 @@ pub(crate) fn report(
         "  sled_*: a third cluster on SledStorage (every acked save flushed to disk; concurrent flushes \
          grouped); sled_save_pipelined_ops saves to a distinct new path each time (bench.k<n>), timed to \
          the last ack"
+    );
+    println!(
+        "    sled_save_pipelined_vs_memory: the same figure against save_distinct_pipelined_ops (the same \
+         workload on memory): durability's cost under load; sled_read_p50_under_writes: {WORKER_A}'s sequential \
+         retrieve p50 while {WORKER_B} saves to new paths with {IN_FLIGHT} in flight, against sled_read_p50_idle"
     );
     println!(
         "    baseline raw_sled_insert_flush*: this process, own sled db on the same file system, \
@@ -279,8 +313,10 @@ pub(crate) fn report(
     );
     println!(
         "  http_rps_n, http_rps_1: HTTP/1.1 GETs answered per second by a cluster of n = {} workers (one per core, \
-         at least 2) and of 1 worker on a shared TCP listener on 127.0.0.1, each request bumping a hit counter in \
-         the shared storage (Storage::update); load: {HTTP_CONNECTIONS} keep-alive connections of hyper's pooled \
+         at least 2) and of 1 worker on a shared TCP listener on 127.0.0.1; http_rps_counter: each request bumps a \
+         hit counter in the shared storage (Storage::increment), against http_rps_plain: the same cluster answering \
+         {PLAIN_PATH} without counting; http_rps_n is http_rps_plain against raw_http_rps, http_rps_1 counts; load: \
+         {HTTP_CONNECTIONS} keep-alive connections of hyper's pooled \
          client on a thread of this process, {:.1} s (at most {} requests) after a warm-up of a tenth as much",
         http_workers(),
         plan.http_load.as_secs_f64(),

@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::BenchResult;
 use crate::cluster::{ClusterStorage, ClusterTransport, cluster_builder};
-use crate::http_server::{HITS_PATH, HTTP_LISTENER, HTTP_WORKER_PREFIX};
+use crate::http_server::{HITS_PATH, HTTP_LISTENER, HTTP_WORKER_PREFIX, PLAIN_PATH};
 use crate::options::{Flavor, MULTI_THREAD_FLAG, Options, Plan, RAW_HTTP_FLAG, build_runtime};
 use crate::sampling::Samples;
 
@@ -41,10 +41,13 @@ pub(crate) async fn run_http_phase(options: &Options, plan: &Plan, samples: &mut
         samples.add("raw_http_rps", report.per_second());
         let report = one.steady(&load, "http_rps_1", samples).await?;
         samples.add("http_rps_1", report.per_second());
-        let report = many.steady(&load, "http_rps_n", samples).await?;
-        samples.add("http_rps_n", report.per_second());
+        let report = many.steady(&load, "http_rps_counter", samples).await?;
+        samples.add("http_rps_counter", report.per_second());
         samples.add_millis("http_steady_p99", report.quantile(0.99));
         samples.add("http_steady_failed", failures(&report));
+        let plain = many.steady_plain(&load, "http_rps_plain", samples).await?;
+        samples.add("http_rps_plain", plain.per_second());
+        samples.add("http_rps_n", plain.per_second());
         let reload = many.reload_under_load(flavor).await?;
         note_failures(samples, "http_reload", repetition, &reload);
         let window = reload.elapsed.as_secs_f64();
@@ -186,6 +189,18 @@ impl HttpCluster {
     ) -> BenchResult<LoadReport> {
         let (report, answered) = load.run(&self.url, what, samples).await?;
         self.answered += answered;
+        Ok(report)
+    }
+
+    /// A steady load of requests its servers answer without counting them.
+    async fn steady_plain(
+        &mut self,
+        load: &Steady<'_>,
+        what: &str,
+        samples: &mut Samples,
+    ) -> BenchResult<LoadReport> {
+        let url = format!("{}{}", self.url, PLAIN_PATH.trim_start_matches('/'));
+        let (report, _) = load.run(&url, what, samples).await?;
         Ok(report)
     }
 

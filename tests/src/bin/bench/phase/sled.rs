@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use clusterfy::storage::SledStorage;
 
 use crate::BenchResult;
-use crate::cluster::{ClusterStorage, ClusterTransport, Workload, measure, start_cluster};
+use crate::cluster::{
+    ClusterStorage, ClusterTransport, StopWriting, Workload, measure, measure_on, start_cluster,
+};
 use crate::kept::{BackendStats, SLED_PIPELINED_BREAKDOWN, SLED_SEQ_BREAKDOWN};
 use crate::options::Plan;
 use crate::raw_storage::RawSled;
@@ -37,8 +39,28 @@ pub(crate) async fn run_sled_phase(plan: &Plan, samples: &mut Samples) -> BenchR
         let (before, start) = (stats.read(), Instant::now());
         let figures = measure(&primary, Workload::SaveDistinctPipelined, plan.durable_pipelined).await?;
         samples.add("sled_save_pipelined_ops", figures.ops_per_sec);
+        samples.add("sled_save_pipelined_vs_memory", figures.ops_per_sec);
         stats.add_since(before, start.elapsed(), &SLED_PIPELINED_BREAKDOWN, samples);
+        let figures = measure(&primary, Workload::RetrieveSequential, plan.durable_sequential).await?;
+        samples.add("sled_read_p50_idle", figures.latency.map_or(0.0, |l| l.p50_us));
+        samples.add("sled_read_p50_under_writes", read_p50_under_writes(&primary, plan).await?);
     }
     primary.shutdown(Duration::from_secs(5)).await?;
     Ok(())
+}
+
+/// [`crate::WORKER_A`]'s read p50 while [`crate::WORKER_B`] writes durable saves with 256 in flight.
+async fn read_p50_under_writes(primary: &clusterfy::Primary, plan: &Plan) -> BenchResult<f64> {
+    let writer = primary.clone();
+    let writing = tokio::spawn(async move {
+        measure_on(&writer, crate::WORKER_B, Workload::SaveDistinctUntilStopped, 0).await
+    });
+    let reads =
+        measure_on(primary, crate::WORKER_A, Workload::RetrieveSequential, plan.durable_sequential).await;
+    primary.run(crate::WORKER_B, StopWriting).await?;
+    let written = writing.await.map_err(|_| "the writing measurement panicked")??;
+    if written.ops_per_sec == 0.0 {
+        return Err("no durable save ran while the reads were measured".into());
+    }
+    Ok(reads?.latency.map_or(0.0, |l| l.p50_us))
 }
