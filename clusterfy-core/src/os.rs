@@ -38,6 +38,59 @@ pub fn adopt_inherited_socket(fd: RawFd, source: &str) -> Result<OwnedFd> {
     Ok(owned)
 }
 
+/// Takes the worker's channel that the primary passed as stdin (`source`=0): a close-on-exec
+/// duplicate numbered [`FIRST_INHERITED_FD`](crate::transport::FIRST_INHERITED_FD) or above, with
+/// stdin pointed at `/dev/null`, so the program's own reads and children never see the channel.
+pub fn adopt_channel_from_stdin(source: &str) -> Result<OwnedFd> {
+    let stdin = std::io::stdin();
+    let stdin = std::os::fd::AsFd::as_fd(&stdin);
+    let refuse = |why: &str| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "{source}=0 names stdin as this worker's channel, but {why}; it must be started by a Clusterfy primary"
+            ),
+        )
+    };
+    let is_socket =
+        fstat(stdin).map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK);
+    if !matches!(is_socket, Ok(true)) {
+        return Err(refuse("stdin is not a socket"));
+    }
+    if nix::sys::socket::getsockopt(&stdin, nix::sys::socket::sockopt::AcceptConn).unwrap_or(false) {
+        return Err(refuse("stdin is a listening socket"));
+    }
+    let mut adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
+    if adopted.contains(&0) {
+        return Err(Error::new(ErrorKind::InvalidState, "this worker's channel on stdin was already taken"));
+    }
+    let channel = duplicate_at_or_above(stdin, crate::transport::FIRST_INHERITED_FD)
+        .map_err(|e| Error::io("moving this worker's channel off stdin", e))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| Error::io("opening /dev/null", e))?;
+    nix::unistd::dup2_stdin(&null)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("pointing stdin at /dev/null: {e}")))?;
+    adopted.insert(0);
+    Ok(channel)
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that spawned it ends (the primary's
+/// spawner thread, which lives as long as the primary), for a worker spawned without
+/// [`die_with_parent`]. Fails with [`ErrorKind::Closed`] when `parent` is already gone.
+pub fn die_with_parent_now(parent: u32) -> Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("setting the parent-death signal: {e}")))?;
+        // The primary may have died before the call above; then this process was re-parented.
+        if nix::unistd::getppid().as_raw() as u32 != parent {
+            return Err(Error::new(ErrorKind::Closed, "the primary that started this worker is gone"));
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = parent;
+    Ok(())
+}
+
 /// Takes ownership of the inherited listening socket `fd`, passed as `name` under the
 /// socket-activation convention (`LISTEN_FDS`, `LISTEN_FDNAMES`), and marks it close-on-exec.
 /// Fails as [`adopt_inherited_socket`] does, and with [`ErrorKind::Config`] when the socket does

@@ -96,6 +96,11 @@ impl Path {
     }
 
     fn validate(dotted: &str) -> Result<()> {
+        if Self::plainly_valid(dotted) { Ok(()) } else { Self::validate_fully(dotted) }
+    }
+
+    /// Every rule, with a message that names what is wrong.
+    fn validate_fully(dotted: &str) -> Result<()> {
         if dotted.is_empty() {
             return Ok(());
         }
@@ -130,6 +135,25 @@ impl Path {
             )));
         }
         Ok(())
+    }
+
+    /// The common case in one pass over the bytes: printable ASCII other than space (so no NUL and
+    /// no whitespace to start or end a segment), no empty segment, none too long, not too deep.
+    /// Anything else takes the full check, which also says what is wrong.
+    fn plainly_valid(dotted: &str) -> bool {
+        let (mut depth, mut segment_len) = (1, 0);
+        for &byte in dotted.as_bytes() {
+            match byte {
+                b'.' if segment_len == 0 => return false,
+                b'.' => {
+                    depth += 1;
+                    segment_len = 0;
+                }
+                b'!'..=b'~' if segment_len < MAX_SEGMENT_LEN => segment_len += 1,
+                _ => return false,
+            }
+        }
+        segment_len > 0 && depth <= MAX_DEPTH
     }
 
     /// Whether `segment` may be one segment of a path (by [the limits](Path#limits)): for the
@@ -233,6 +257,26 @@ impl TryFrom<&Path> for Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn the_quick_check_accepts_only_what_the_full_check_accepts(dotted in "[a. \t\u{0}é~!]{0,12}") {
+            if Path::plainly_valid(&dotted) {
+                proptest::prop_assert!(Path::validate_fully(&dotted).is_ok(), "{:?}", dotted);
+            }
+        }
+    }
+
+    #[test]
+    fn the_quick_check_takes_the_common_paths() {
+        for plain in ["a", "bench.value", "config.limits.max-3", "x:y_z"] {
+            assert!(Path::plainly_valid(plain), "{plain}");
+        }
+        let long = "s".repeat(MAX_SEGMENT_LEN + 1);
+        for other in ["", ".a", "a..b", "a.", "with space", "é", long.as_str()] {
+            assert!(!Path::plainly_valid(other), "{other:?} goes to the full check");
+        }
+    }
 
     #[test]
     fn parses_dotted_paths_and_root() {

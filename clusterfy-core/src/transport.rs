@@ -115,12 +115,17 @@ pub struct SpawnInfo {
     /// transport maps what it passes at `first_free_fd` up to `first_free_fd + TRANSPORT_FDS`
     /// (exclusive), in one `fd_mappings` call.
     pub first_free_fd: i32,
+    /// The child's stdin is the transport's to use: the primary re-executes its own program
+    /// (which links Clusterfy and moves it away in `connect`) and passes no shared listeners. A
+    /// transport that hands its channel over as stdin needs no descriptor mapped in the child,
+    /// so the spawn takes `posix_spawn` (vfork) instead of fork.
+    pub stdin_free: bool,
 }
 
 impl SpawnInfo {
     /// A spawn with no shared listeners: descriptors from [`FIRST_INHERITED_FD`] on are free.
     pub fn new(worker_id: WorkerId, name: impl Into<String>) -> Self {
-        SpawnInfo { worker_id, name: name.into(), first_free_fd: FIRST_INHERITED_FD }
+        SpawnInfo { worker_id, name: name.into(), first_free_fd: FIRST_INHERITED_FD, stdin_free: false }
     }
 }
 

@@ -47,6 +47,14 @@ impl Transport for UdsTransport {
             Error::io("creating the socket pair of a worker's channel", e)
                 .with_context("worker_id", info.worker_id)
         })?;
+        if info.stdin_free {
+            // posix_spawn's own dup2 puts it on the child's fd 0; the parent's copy stays
+            // close-on-exec, so no other child can inherit it.
+            command.stdin(std::process::Stdio::from(OwnedFd::from(worker_end)));
+            command.env(ENV_UDS_FD, "0");
+            let stream = into_tokio(primary_end)?;
+            return Ok(Box::new(UdsRendezvous { stream: Some(stream), worker_id: info.worker_id }));
+        }
         let channel_fd: RawFd = info.first_free_fd;
         command
             .fd_mappings(vec![FdMapping { parent_fd: OwnedFd::from(worker_end), child_fd: channel_fd }])
@@ -69,7 +77,12 @@ impl Transport for UdsTransport {
         let fd: RawFd = raw.parse().map_err(|_| {
             Error::new(ErrorKind::Config, format!("{ENV_UDS_FD} must be a descriptor number, not {raw:?}"))
         })?;
-        let stream = into_tokio(StdUnixStream::from(os::adopt_inherited_socket(fd, ENV_UDS_FD)?))?;
+        let owned = if fd == 0 {
+            os::adopt_channel_from_stdin(ENV_UDS_FD)?
+        } else {
+            os::adopt_inherited_socket(fd, ENV_UDS_FD)?
+        };
+        let stream = into_tokio(StdUnixStream::from(owned))?;
         Ok(into_connection(stream, format!("inherited channel (descriptor {fd})")))
     }
 

@@ -58,6 +58,9 @@ pub mod transport {
 pub const ENV_WORKER_NAME: &str = "CLUSTERFY_WORKER_NAME";
 /// Environment variable with the largest frame the primary accepts.
 pub const ENV_MAX_FRAME_LEN: &str = "CLUSTERFY_MAX_FRAME_LEN";
+/// Environment variable with the primary's pid, set when the worker is to set its own
+/// parent-death signal (a re-executed primary program without shared listeners).
+pub const ENV_PARENT_PID: &str = "CLUSTERFY_PARENT_PID";
 /// Environment variable set to `1` when the primary asks its workers to mark themselves
 /// non-dumpable ([`PrimaryBuilder::non_dumpable`]).
 pub const ENV_NON_DUMPABLE: &str = "CLUSTERFY_NON_DUMPABLE";
@@ -73,10 +76,34 @@ pub enum Role {
 
 /// Whether this process is the primary or a worker (the original's
 /// `isCurrentProcessPrimary`), judged by the `CLUSTERFY_WORKER_ID` variable a primary sets.
+///
+/// In a worker that the primary started by re-executing its own program, the first call also
+/// arms the parent-death signal it was spawned without (to spawn it faster), so a worker that is told its role
+/// first thing in `main`, as the README's example is, dies with its primary from then on.
 pub fn role() -> Role {
     if std::env::var_os(clusterfy_core::transport::ENV_WORKER_ID).is_some() {
+        static ARMED: std::sync::Once = std::sync::Once::new();
+        ARMED.call_once(die_with_the_primary);
         Role::Worker
     } else {
         Role::Primary
+    }
+}
+
+/// For a worker spawned without a parent-death signal (the primary re-executed its own program
+/// and passed no shared listeners, so it could spawn it without running code between fork and
+/// exec): asks the kernel for SIGKILL when the primary dies, as every other worker gets before
+/// its program starts. If the primary is gone already, this process ends as that signal would
+/// have ended it.
+fn die_with_the_primary() {
+    let Some(parent) = std::env::var(ENV_PARENT_PID).ok().and_then(|pid| pid.parse::<u32>().ok()) else {
+        return;
+    };
+    match clusterfy_core::os::die_with_parent_now(parent) {
+        Ok(()) => {}
+        Err(err) if err.kind() == ErrorKind::Closed => {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        Err(err) => tracing::warn!(error = %err, "could not arm the parent-death signal"),
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use clusterfy_core::codec::{FrameDecoder, encode_frame};
+use clusterfy_core::codec::{FrameDecoder, encode_done_reply, encode_frame};
 use clusterfy_core::protocol::{Message, Notice, Reply, Request, RequestId};
 use clusterfy_core::session::RequestTable;
 use clusterfy_core::transport::{ByteReader, ByteWriter};
@@ -93,11 +93,17 @@ impl Outbox {
     /// Encodes `message` into the queue at once, past the high water: for answers that must not
     /// wait (or be lost) while the queue drains.
     fn push(&self, message: &Message, max_frame_len: usize) -> Result<(), SendError> {
+        self.push_with(|bytes| encode_frame(message, max_frame_len, bytes).map_err(SendError::Encode))
+    }
+
+    /// [`Outbox::push`] of what `encode` appends to the queue (it leaves the queue as it was if it
+    /// fails).
+    fn push_with(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), SendError>) -> Result<(), SendError> {
         let mut queued = self.lock();
         if queued.gone || queued.close {
             return Err(SendError::Gone);
         }
-        encode_frame(message, max_frame_len, &mut queued.bytes).map_err(SendError::Encode)?;
+        encode(&mut queued.bytes)?;
         drop(queued);
         self.wake_writer.notify_one();
         Ok(())
@@ -314,6 +320,14 @@ impl Link {
     /// supervisor reports the end.
     pub(crate) fn reply_soon(&self, id: RequestId, result: Result<Reply>) {
         self.answered_one();
+        if let Ok(Reply::Done) = result {
+            // Every acknowledged write: its few bytes by hand.
+            let _ = self.outbox.push_with(|bytes| {
+                encode_done_reply(id, bytes);
+                Ok(())
+            });
+            return;
+        }
         let result = result.map_err(|e| WireError::from(&e));
         if let Err(SendError::Encode(err)) =
             self.outbox.push(&Message::Reply { id, result }, self.max_frame_len)

@@ -5,7 +5,7 @@
 //! | name | kind | labels |
 //! |---|---|---|
 //! | `clusterfy_commands_total` | counter | `command`, `outcome` (`ok`, `error`) |
-//! | `clusterfy_storage_operations_total` | counter | `operation` (`get`, `save`, `delete`, `compare_and_swap`), `outcome` |
+//! | `clusterfy_storage_operations_total` | counter | `operation` (`get`, `save`, `delete`, `compare_and_swap`, `increment`, `append`, ..., in snake case), `outcome` |
 //! | `clusterfy_restarts_total` | counter | `worker` |
 //! | `clusterfy_storage_queue_depth` | gauge | none: storage jobs taken in the writer's last round |
 //! | `clusterfy_worker_memory_bytes` | gauge | `worker` |
@@ -24,13 +24,18 @@ pub(crate) fn command(name: &str, ok: bool) {
     let _ = (name, outcome(ok));
 }
 
-/// A worker's storage request was answered.
+/// A storage operation was answered.
 pub(crate) fn storage_operation(operation: &'static str, ok: bool) {
+    storage_operations(operation, ok, 1);
+}
+
+/// `count` storage operations were answered alike.
+pub(crate) fn storage_operations(operation: &'static str, ok: bool, count: u64) {
     #[cfg(feature = "metrics")]
     metrics::counter!("clusterfy_storage_operations_total", "operation" => operation, "outcome" => outcome(ok))
-        .increment(1);
+        .increment(count);
     #[cfg(not(feature = "metrics"))]
-    let _ = (operation, outcome(ok));
+    let _ = (operation, outcome(ok), count);
 }
 
 /// A crashed worker was started again.

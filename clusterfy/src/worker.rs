@@ -30,7 +30,7 @@ use crate::listen::{
     ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, Listener, keep_listeners_from_children, take_listener,
 };
 use crate::storage::{RemoteStorage, ReplicaRegistry, Storage};
-use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE};
+use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID};
 
 /// Default deadline of a worker's requests.
 pub const DEFAULT_WORKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,6 +181,15 @@ impl WorkerBuilder {
             return Err(err);
         }
         let env = self.env.take().unwrap_or_else(WorkerEnv::from_process);
+        if let Some(parent) = env.get(ENV_PARENT_PID) {
+            let parent = parent.parse::<u32>().map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("{ENV_PARENT_PID} must be a process id, not {parent:?}"),
+                )
+            })?;
+            clusterfy_core::os::die_with_parent_now(parent)?;
+        }
         if env.get(ENV_NON_DUMPABLE) == Some("1") {
             // Before the channel is adopted: from here on no process of this user may take it.
             crate::hardening::mark_non_dumpable()?;

@@ -99,6 +99,11 @@ pub enum Scenario {
     /// Sends the first bytes of its `Hello` on its channel, then stalls for good: a worker that
     /// connected and never finished its handshake.
     StallHello,
+    /// Started by hand, plays a primary that forks two workers by re-executing itself (no
+    /// `program`, no shared listeners: the fast spawn), prints [`PIDS_LINE_PREFIX`] and their
+    /// pids once they are ready, and waits; as such a worker (`role()` says so), connects and
+    /// then blocks its main thread for good, so that only its parent-death signal ends it.
+    SelfPrimary,
 }
 
 /// Set (to anything) to build the [`Scenario::Primary`] primary with `non_dumpable(true)`.
@@ -126,7 +131,7 @@ pub const ACK_LINE_PREFIX: &str = "ACK";
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::Normal,
         Scenario::IgnoreShutdown,
         Scenario::NeverConnect,
@@ -144,6 +149,7 @@ impl Scenario {
         Scenario::ConnectThenCrash,
         Scenario::SlowStart,
         Scenario::StallHello,
+        Scenario::SelfPrimary,
     ];
 
     /// The argument that selects it.
@@ -166,6 +172,7 @@ impl Scenario {
             Scenario::ConnectThenCrash => "connect-then-crash",
             Scenario::SlowStart => "slow-start",
             Scenario::StallHello => "stall-hello",
+            Scenario::SelfPrimary => "self-primary",
         }
     }
 

@@ -357,9 +357,19 @@ async fn a_worker_exiting_before_it_connects_is_reported_with_an_exit_event() {
     assert!(matches!(exit, Event::Exit { reason: ExitReason::Code(1), .. }), "{exit:?}");
 }
 
-/// Starts `test-worker primary`, returns the child and its two workers' pids.
+/// Starts `test-worker primary`, returns the child and its workers' pids (two test workers and
+/// the foreign one).
 async fn start_primary_process(hook_file: Option<&std::path::Path>) -> (tokio::process::Child, Vec<Pid>) {
-    let program = test_worker_program(Scenario::Primary);
+    start_primary_scenario(Scenario::Primary, hook_file, 3).await
+}
+
+/// Starts `test-worker <scenario>`, a primary that prints its `workers` pids.
+async fn start_primary_scenario(
+    scenario: Scenario,
+    hook_file: Option<&std::path::Path>,
+    workers: usize,
+) -> (tokio::process::Child, Vec<Pid>) {
+    let program = test_worker_program(scenario);
     let mut command = tokio::process::Command::new(&program.path);
     command.args(&program.args).stdout(std::process::Stdio::piped()).kill_on_drop(true);
     if let Some(path) = hook_file {
@@ -376,7 +386,7 @@ async fn start_primary_process(hook_file: Option<&std::path::Path>) -> (tokio::p
         .split_whitespace()
         .map(|p| Pid::from_raw(p.parse().expect("a pid")))
         .collect();
-    assert_eq!(pids.len(), 3, "two test workers and the foreign one: {line:?}");
+    assert_eq!(pids.len(), workers, "{line:?}");
     for pid in &pids {
         assert!(process_is_running(*pid), "worker {pid} runs before the primary dies");
     }
@@ -410,6 +420,28 @@ async fn sigkill_of_the_primary_leaves_no_process_and_no_file() {
     assert!(survivors.is_empty(), "workers still run 1 s after the primary died: {survivors:?} of {pids:?}");
     let left: Vec<_> = clusterfy_entries().into_iter().filter(|path| !before.contains(path)).collect();
     assert!(left.is_empty(), "the killed primary left files behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_primary_that_re_executes_itself_leaves_no_worker() {
+    // Its workers are spawned the fast way (no code between fork and exec) and arm their
+    // parent-death signal themselves, and take their channel off stdin.
+    let (mut child, pids) = start_primary_scenario(Scenario::SelfPrimary, None, 2).await;
+    for pid in &pids {
+        let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).expect("the worker's stdin");
+        assert_eq!(stdin, std::path::Path::new("/dev/null"), "the channel left stdin for /dev/null");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        assert!(status.contains(&format!("PPid:\t{}", child.id().expect("running"))), "{status}");
+    }
+    let primary_pid = Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"));
+    kill(primary_pid, Signal::SIGKILL).expect("SIGKILL the primary");
+    bounded("the primary's death", child.wait()).await.expect("wait");
+    let survivors = wait_until_gone(&pids, Duration::from_secs(1)).await;
+    for pid in &survivors {
+        // Not left behind to hold the test's output open.
+        let _ = kill(*pid, Signal::SIGKILL);
+    }
+    assert!(survivors.is_empty(), "workers still run 1 s after the primary died: {survivors:?} of {pids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

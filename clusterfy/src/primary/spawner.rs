@@ -40,12 +40,32 @@ fn start() -> std::io::Result<mpsc::Sender<Job>> {
     Ok(tx)
 }
 
+fn on_main_thread() -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        nix::unistd::gettid() == nix::unistd::getpid()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        false
+    }
+}
+
 /// Spawns `command` on the spawner thread and registers the child with the current runtime.
 /// The command is consumed: whatever it held for the child is closed in this process afterwards.
 pub(super) async fn spawn(command: Command) -> Result<std::io::Result<Child>> {
     let unavailable = |why: String| {
         Error::new(ErrorKind::Io, format!("the thread that spawns worker processes is unavailable: {why}"))
     };
+    if on_main_thread() {
+        // The main thread ends only with the process, so a child it forks keeps its
+        // parent-death signal for as long as the primary runs: no hop to the spawner thread
+        // (two cross-thread wake-ups per spawn) and no spawner thread at all.
+        let mut command = command;
+        let spawned = command.spawn();
+        drop(command);
+        return Ok(spawned);
+    }
     let sender = match SPAWNER.get_or_init(start) {
         Ok(sender) => sender,
         Err(err) => return Err(unavailable(err.to_string())),

@@ -27,7 +27,7 @@ use super::spawner;
 use super::{Control, PrimaryInner, WorkerState};
 use crate::events::{Event, ExitReason, GiveUpCause, WorkerRef};
 use crate::link::{Link, LinkEnd, read_first, write_single};
-use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_WORKER_NAME};
+use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_WORKER_NAME};
 
 /// Time to read what a worker wrote just before it exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
@@ -171,9 +171,23 @@ fn build_command(
     if inner.non_dumpable {
         command.env(ENV_NON_DUMPABLE, "1");
     }
-    // And none if the primary process dies: the kernel kills the child, whatever it runs.
-    clusterfy_core::os::die_with_parent(&mut command);
+    if plain_spawn(inner, options) {
+        // This program re-executed: it sets the parent-death signal itself, first thing in
+        // connect. No pre_exec closure, so std spawns with posix_spawn (vfork) and not fork,
+        // which copies the primary's page tables and makes it take copy-on-write faults.
+        command.env(ENV_PARENT_PID, std::process::id().to_string());
+    } else {
+        // And none if the primary process dies: the kernel kills the child, whatever it runs.
+        clusterfy_core::os::die_with_parent(&mut command);
+    }
     Ok(command)
+}
+
+/// The worker re-executes this program (which links Clusterfy) and gets no shared listeners:
+/// its spawn needs nothing run between fork and exec.
+fn plain_spawn(inner: &PrimaryInner, options: &WorkerOptions) -> bool {
+    options.program.is_none()
+        && inner.listeners.first_free_fd() == clusterfy_core::transport::FIRST_INHERITED_FD
 }
 
 /// How one process of a worker ended.
@@ -205,6 +219,7 @@ async fn run_once(
     let mut command = build_command(inner, worker, options, token.as_deref())?;
     let mut info = SpawnInfo::new(worker.id, worker.name.clone());
     info.first_free_fd = inner.listeners.first_free_fd();
+    info.stdin_free = plain_spawn(inner, options);
     let mut rendezvous = inner.transport.prepare(&info, &mut command).await?;
     // After the transport's mapping: see `SharedListeners::pass_to`.
     inner.listeners.pass_to(&mut command)?;

@@ -219,16 +219,9 @@ pub(crate) fn key_of(path: &Path) -> Vec<u8> {
     key
 }
 
-pub(crate) fn push_segment(key: &mut Vec<u8>, segment: &str) {
+fn push_segment(key: &mut Vec<u8>, segment: &str) {
     key.extend_from_slice(segment.as_bytes());
     key.push(0);
-}
-
-pub(crate) fn push_dotted(dotted: &mut String, segment: &str) {
-    if !dotted.is_empty() {
-        dotted.push('.');
-    }
-    dotted.push_str(segment);
 }
 
 /// Whether `segment` can be a segment of a stored key. Laxer than [`Path::is_valid_segment`],
@@ -297,11 +290,47 @@ pub(crate) fn check_leaf_node(node: &[u8]) -> std::result::Result<(), String> {
     if value.first() == Some(&VALUE_MAP_TAG) {
         return Err("a leaf node holds a map (maps are stored as map nodes)".to_owned());
     }
+    if plainly_a_scalar(value) {
+        return Ok(());
+    }
     match postcard::take_from_bytes::<ValueShape>(value) {
         Ok((_, [])) => Ok(()),
         Ok((_, rest)) => Err(format!("the node has {} unexpected trailing bytes", rest.len())),
         Err(err) => Err(format!("the node does not decode: {err}")),
     }
+}
+
+/// The common case without serde: a scalar value (null, bool, integer, float, string, bytes)
+/// whose variant index is one byte, checked byte by byte as postcard decodes it. `false` means
+/// "not plainly": the full check decides, and says what is wrong.
+fn plainly_a_scalar(value: &[u8]) -> bool {
+    let Some((&tag, rest)) = value.split_first() else { return false };
+    match tag {
+        0 => rest.is_empty(),
+        1 => matches!(rest, [0] | [1]),
+        2 | 3 => varint_u64(rest).is_some_and(|(_, used)| used == rest.len()),
+        4 => rest.len() == 8,
+        5 | 6 => match varint_u64(rest) {
+            Some((len, used)) if (rest.len() - used) as u64 == len => {
+                tag == 6 || std::str::from_utf8(&rest[used..]).is_ok()
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// A `u64` varint at the start of `bytes`, as postcard reads it: at most ten bytes, the tenth at
+/// most 1. The value and the bytes it took.
+fn varint_u64(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (at, &byte) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * at);
+        if byte & 0x80 == 0 {
+            return (at < 9 || byte <= 1).then_some((value, at + 1));
+        }
+    }
+    None
 }
 
 /// Accepts exactly the encodings [`Value`]'s own `Deserialize` accepts (the same variant
@@ -476,6 +505,24 @@ mod tests {
         fn the_check_of_a_leaf_node_accepts_exactly_what_decoding_accepts(bytes in prop::collection::vec(any::<u8>(), 0..24)) {
             let node = [&[LEAF_TAG][..], &bytes].concat();
             prop_assert_eq!(check_leaf_node(&node).is_ok(), decodes_as_a_leaf(&bytes), "{:?}", bytes);
+        }
+
+        #[test]
+        fn the_quick_scalar_check_accepts_only_what_decoding_accepts(
+            tag in 0u8..9,
+            len in 0u8..12,
+            body in prop::collection::vec(prop_oneof![any::<u8>(), Just(b'a'), Just(0x80), Just(1)], 0..12),
+        ) {
+            let bytes = [&[tag, len][..], &body].concat();
+            if plainly_a_scalar(&bytes) {
+                prop_assert!(decodes_as_a_leaf(&bytes), "{:?}", bytes);
+            }
+        }
+
+        #[test]
+        fn every_encoded_scalar_takes_the_quick_check(value in value().prop_filter("a scalar", |v| !matches!(v, Value::List(_) | Value::Map(_)))) {
+            let bytes = postcard::to_allocvec(&value).unwrap();
+            prop_assert!(plainly_a_scalar(&bytes), "{:?}", value);
         }
 
         #[test]

@@ -13,7 +13,7 @@ use clusterfy_core::{Error, ErrorKind, Path, Result, Value, to_value};
 use super::custom::Operations;
 use super::layout::{
     Encoder, LEAF_TAG, MAP_NODE, Node, NodePut, check_leaf_node, corrupt, decode_node, describe, encode_node,
-    is_map_node, key_of, push_dotted, push_segment,
+    is_map_node, key_of,
 };
 use super::state::DraftView;
 
@@ -104,8 +104,8 @@ fn save(view: &mut DraftView<'_>, path: &Path, value: Value, create_parents: boo
     let key = key_of(path);
     // Encode first: an unstorable value fails before anything changes.
     let nodes = Encoder::encode(path, key.clone(), value)?;
-    let parents = parents_to_create(view, path, create_parents)?;
-    replace(view, path, key, parents, nodes);
+    let parents = parents_to_create(view, path, &key, create_parents)?;
+    replace(view, path, &key, parents, nodes);
     Ok(())
 }
 
@@ -126,19 +126,25 @@ fn save_node(view: &mut DraftView<'_>, path: &Path, node: Vec<u8>, create_parent
         .with_context("path", path));
     }
     let key = key_of(path);
-    let parents = parents_to_create(view, path, create_parents)?;
-    replace(view, path, key.clone(), parents, vec![(key, node)]);
+    for (parent, map) in parents_to_create(view, path, &key, create_parents)? {
+        view.put(parent, map);
+    }
+    // A leaf over a leaf, or over nothing, in place; a map there goes with everything below it.
+    if view.node(&key).is_some_and(is_map_node) {
+        view.delete_subtree(&key);
+    }
+    view.put(key, node);
     Ok(())
 }
 
 /// Puts `nodes` at `path` in place of what is there: a leaf over a leaf (or nothing) is one put;
 /// a map there is removed with everything below it first.
-fn replace(view: &mut DraftView<'_>, path: &Path, key: Vec<u8>, parents: Vec<NodePut>, nodes: Vec<NodePut>) {
+fn replace(view: &mut DraftView<'_>, path: &Path, key: &[u8], parents: Vec<NodePut>, nodes: Vec<NodePut>) {
     for (parent, node) in parents {
         view.put(parent, node);
     }
-    if path.is_root() || view.node(&key).is_some_and(is_map_node) || nodes.len() > 1 {
-        view.delete_subtree(&key);
+    if path.is_root() || view.node(key).is_some_and(is_map_node) || nodes.len() > 1 {
+        view.delete_subtree(key);
     }
     for (key, node) in nodes {
         view.put(key, node);
@@ -311,7 +317,7 @@ fn current_leaf(view: &DraftView<'_>, path: &Path, operation: &str, wants: &str)
 fn put_leaf(view: &mut DraftView<'_>, path: &Path, value: Value, operation: &str) -> Result<()> {
     let key = key_of(path);
     if view.node(&key).is_none() {
-        let parents = parents_to_create(view, path, false)
+        let parents = parents_to_create(view, path, &key, false)
             .map_err(|e| e.with_context("operation", operation.to_owned()))?;
         for (parent, node) in parents {
             view.put(parent, node);
@@ -334,44 +340,29 @@ fn wrong_type(path: &Path, operation: &str, found: &Value, wanted: &str) -> Erro
     .with_context("operation", operation.to_owned())
 }
 
-/// Checks the ancestors of `path`, outermost first, and returns the puts that create the
-/// missing ones (none unless `create_parents`). Fails if one is missing and may not be
-/// created, or exists but is not a map. Reads only the draft's view of the ancestors' nodes.
-fn parents_to_create(view: &DraftView<'_>, path: &Path, create_parents: bool) -> Result<Vec<NodePut>> {
+/// Checks the ancestors of `path` (whose key is `key`), outermost first, and returns the puts
+/// that create the missing ones (none unless `create_parents`). Fails if one is missing and may
+/// not be created, or exists but is not a map. The ancestors' keys are the prefixes of `key` that
+/// end at one of its NULs but the last, so this reads the draft's view of them and allocates
+/// nothing when they are all there.
+fn parents_to_create(
+    view: &DraftView<'_>,
+    path: &Path,
+    key: &[u8],
+    create_parents: bool,
+) -> Result<Vec<NodePut>> {
     let mut puts = Vec::new();
-    let Some(parent) = path.parent() else {
-        return Ok(puts);
-    };
-    let mut key = Vec::new();
-    let mut dotted = String::new();
-    for segment in parent.segments() {
-        push_segment(&mut key, segment);
-        push_dotted(&mut dotted, segment);
+    let last = key.len().saturating_sub(1);
+    for end in (0..last).filter(|&at| key[at] == 0) {
+        let ancestor = &key[..=end];
         // Below a missing map nothing else can exist, so no more lookups are needed.
         if puts.is_empty() {
-            match view.node(&key) {
+            match view.node(ancestor) {
                 Some(node) if is_map_node(node) => continue,
-                Some(node) => {
-                    let held = match decode_node(node) {
-                        Ok(Node::Leaf(value)) => value.kind_phrase(),
-                        Ok(Node::Map) => "a map",
-                        Err(why) => return Err(corrupt(path, &key, why)),
-                    };
-                    return Err(Error::new(
-                        ErrorKind::InvalidInput,
-                        format!(
-                            "cannot save {}: {} holds {held}, not a map; only maps have children, so \
-                             delete or replace {} first",
-                            describe(path.as_str()),
-                            describe(&dotted),
-                            describe(&dotted),
-                        ),
-                    )
-                    .with_context("path", path)
-                    .with_context("prefix", &dotted));
-                }
+                Some(node) => return Err(not_a_map(path, ancestor, node)),
                 None if create_parents => {}
                 None => {
+                    let dotted = dotted_of(ancestor);
                     return Err(Error::new(
                         ErrorKind::NotFound,
                         format!(
@@ -386,9 +377,35 @@ fn parents_to_create(view: &DraftView<'_>, path: &Path, create_parents: bool) ->
                 }
             }
         }
-        puts.push((key.clone(), MAP_NODE.to_vec()));
+        puts.push((ancestor.to_vec(), MAP_NODE.to_vec()));
     }
     Ok(puts)
+}
+
+/// An ancestor of `path` that holds a leaf, where a save needs a map.
+fn not_a_map(path: &Path, ancestor: &[u8], node: &[u8]) -> Error {
+    let held = match decode_node(node) {
+        Ok(Node::Leaf(value)) => value.kind_phrase(),
+        Ok(Node::Map) => "a map",
+        Err(why) => return corrupt(path, ancestor, why),
+    };
+    let dotted = dotted_of(ancestor);
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "cannot save {}: {} holds {held}, not a map; only maps have children, so delete or replace {} first",
+            describe(path.as_str()),
+            describe(&dotted),
+            describe(&dotted),
+        ),
+    )
+    .with_context("path", path)
+    .with_context("prefix", &dotted)
+}
+
+/// The dotted path of a key (for messages): `a\0b\0` is `a.b`.
+fn dotted_of(key: &[u8]) -> String {
+    String::from_utf8_lossy(key.strip_suffix(&[0]).unwrap_or(key)).replace('\0', ".")
 }
 
 /// The node a leaf value is stored as: what [`StorageRequest::SaveNode`] carries.

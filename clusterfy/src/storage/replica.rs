@@ -3,21 +3,9 @@
 //! On a worker, the primary sends the branch once, then every committed change of it, in commit
 //! order, on the worker's connection; reads are reads of this process's memory. On the primary,
 //! a replica reads the storage's own memory.
-//!
-//! # What a reader sees
-//!
-//! - **Its own writes.** A write through this worker's [`Storage`](super::Storage) returns only
-//!   once every replica of this worker that holds its path shows it (the change travels ahead of
-//!   the write's acknowledgement).
-//! - **Never an older state.** Changes apply in commit order; the version only grows.
-//! - **A bounded lag.** A worker that falls behind reading its connection is sent nothing more for
-//!   its replicas, which keep showing the state before the lag ([`ReplicaEvent::Lagged`]); once
-//!   the worker has read what was queued, the primary sends each such branch again
-//!   ([`ReplicaEvent::Resynced`]). The primary's memory never grows for a slow reader.
-//! - **The end.** A replica lives as long as the worker's connection; after it ends
-//!   ([`ReplicaEvent::Closed`]) it keeps showing the last state it had.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
 
@@ -77,12 +65,81 @@ enum Held {
     Leaf(Value),
 }
 
+/// A replica's nodes by dotted path: a hash map for the reads of one path (the common case, and
+/// the one to make fast), and the same paths in order for the reads and deletes of a subtree.
+#[derive(Default)]
+struct Nodes {
+    by_path: HashMap<String, Held, BuildHasherDefault<FxHasher>>,
+    in_order: BTreeSet<String>,
+}
+
+impl Nodes {
+    fn get(&self, dotted: &str) -> Option<&Held> {
+        self.by_path.get(dotted)
+    }
+
+    fn insert(&mut self, dotted: String, held: Held) {
+        if self.by_path.insert(dotted.clone(), held).is_none() {
+            self.in_order.insert(dotted);
+        }
+    }
+
+    fn remove(&mut self, dotted: &str) {
+        self.by_path.remove(dotted);
+        self.in_order.remove(dotted);
+    }
+
+    fn clear(&mut self) {
+        self.by_path.clear();
+        self.in_order.clear();
+    }
+
+    /// The paths at `dotted` and below it, in order. The path itself and its descendants (those
+    /// starting with `dotted.`) are not always neighbours: `a.c-e` sorts between `a.c` and
+    /// `a.c.d`.
+    fn subtree<'n>(&'n self, dotted: &'n str) -> Box<dyn Iterator<Item = (&'n String, &'n Held)> + 'n> {
+        let held = |path: &'n String| self.by_path.get(path).map(|held| (path, held));
+        if dotted.is_empty() {
+            return Box::new(self.in_order.iter().filter_map(held));
+        }
+        let below = format!("{dotted}.");
+        let descendants = self
+            .in_order
+            .range::<str, _>((std::ops::Bound::Included(below.as_str()), std::ops::Bound::Unbounded))
+            .take_while(move |path| path.starts_with(&below));
+        Box::new(self.in_order.get(dotted).into_iter().chain(descendants).filter_map(held))
+    }
+}
+
+/// FxHash (rustc's): a multiply and a rotate per word, for short keys this process chose itself;
+/// SipHash's defence against crafted collisions costs more than the rest of a replica read.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
+        }
+        for &byte in words.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(SEED);
+        }
+    }
+}
+
 /// A worker's replica of one branch.
 pub(crate) struct ReplicaState {
     /// The branch.
     path: Path,
     /// Every node of the branch, by dotted path.
-    nodes: RwLock<BTreeMap<String, Held>>,
+    nodes: RwLock<Nodes>,
     version: AtomicU64,
     standing: watch::Sender<Standing>,
     events: broadcast::Sender<ReplicaEvent>,
@@ -92,14 +149,14 @@ impl ReplicaState {
     fn new(path: Path) -> Self {
         ReplicaState {
             path,
-            nodes: RwLock::new(BTreeMap::new()),
+            nodes: RwLock::new(Nodes::default()),
             version: AtomicU64::new(0),
             standing: watch::Sender::new(Standing::Loading),
             events: broadcast::Sender::new(EVENT_BUFFER),
         }
     }
 
-    fn nodes(&self) -> RwLockReadGuard<'_, BTreeMap<String, Held>> {
+    fn nodes(&self) -> RwLockReadGuard<'_, Nodes> {
         // Changes are applied whole under the write lock and cannot fail half-way.
         self.nodes.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -140,7 +197,7 @@ impl ReplicaState {
 }
 
 /// Applies one commit's node changes (or a snapshot's puts) to a replica's nodes.
-fn apply_changes(nodes: &mut BTreeMap<String, Held>, changes: Vec<NodeChange>) {
+fn apply_changes(nodes: &mut Nodes, changes: Vec<NodeChange>) {
     for change in changes {
         match change {
             NodeChange::Put { key, node } => {
@@ -162,7 +219,7 @@ fn apply_changes(nodes: &mut BTreeMap<String, Held>, changes: Vec<NodeChange>) {
             NodeChange::DeletePrefix { prefix } => match dotted_of(&prefix) {
                 Some(dotted) if dotted.is_empty() => nodes.clear(),
                 Some(dotted) => {
-                    let doomed: Vec<String> = subtree(nodes, &dotted).map(|(k, _)| k.clone()).collect();
+                    let doomed: Vec<String> = nodes.subtree(&dotted).map(|(k, _)| k.clone()).collect();
                     for key in doomed {
                         nodes.remove(&key);
                     }
@@ -183,26 +240,10 @@ fn dotted_of(key: &[u8]) -> Option<String> {
     Some(text.replace('\0', "."))
 }
 
-/// The nodes at `dotted` and below it, in order. The node itself and its descendants (the keys
-/// starting with `dotted.`) are not always neighbours: `a.c-e` sorts between `a.c` and `a.c.d`.
-fn subtree<'n>(
-    nodes: &'n BTreeMap<String, Held>,
-    dotted: &'n str,
-) -> Box<dyn Iterator<Item = (&'n String, &'n Held)> + 'n> {
-    if dotted.is_empty() {
-        return Box::new(nodes.iter());
-    }
-    let below = format!("{dotted}.");
-    let descendants = nodes
-        .range::<str, _>((std::ops::Bound::Included(below.as_str()), std::ops::Bound::Unbounded))
-        .take_while(move |(key, _)| key.starts_with(&below));
-    Box::new(nodes.get_key_value(dotted).into_iter().chain(descendants))
-}
-
 /// Rebuilds the value at `dotted` from its nodes, or `None` when nothing is there.
-fn assemble(nodes: &BTreeMap<String, Held>, dotted: &str) -> Option<Value> {
+fn assemble(nodes: &Nodes, dotted: &str) -> Option<Value> {
     let mut top: Option<Value> = dotted.is_empty().then(|| Value::Map(BTreeMap::new()));
-    for (key, held) in subtree(nodes, dotted) {
+    for (key, held) in nodes.subtree(dotted) {
         let value = match held {
             Held::Map => Value::Map(BTreeMap::new()),
             Held::Leaf(value) => value.clone(),
@@ -310,7 +351,20 @@ impl ReplicaRegistry {
 }
 
 /// A live local copy of one branch of the shared storage ([`Storage::replica`]): typed reads of
-/// local memory, without a round trip. See the [module docs](self) for what a reader sees.
+/// local memory, without a round trip.
+///
+/// # What a reader sees
+///
+/// - **Its own writes.** A write through this worker's [`Storage`](super::Storage) returns only
+///   once every replica of this worker that holds its path shows it (the change travels ahead of
+///   the write's acknowledgement).
+/// - **Never an older state.** Changes apply in commit order; the version only grows.
+/// - **A bounded lag.** A worker that falls behind reading its connection is sent nothing more for
+///   its replicas, which keep showing the state before the lag ([`ReplicaEvent::Lagged`]); once
+///   the worker has read what was queued, the primary sends each such branch again
+///   ([`ReplicaEvent::Resynced`]). The primary's memory never grows for a slow reader.
+/// - **The end.** A replica lives as long as the worker's connection; after it ends
+///   ([`ReplicaEvent::Closed`]) it keeps showing the last state it had.
 ///
 /// [`Storage::replica`]: super::Storage::replica
 pub struct Replica {

@@ -14,7 +14,7 @@ use clusterfy_core::{BatchOp, Path};
 use super::core::StorageCore;
 use super::layout::key_of;
 use super::state::Committed;
-use super::writer::{Job, Work};
+use super::writer::{Completion, Job, Work};
 use crate::link::Link;
 
 /// Bytes queued for a worker above which its replicas get no more changes and resync later.
@@ -174,7 +174,7 @@ fn resync_when_drained(core: &StorageCore, link: Weak<Link>, id: u64) {
             None => return,
         }
         if let Some(writes) = writes.upgrade() {
-            let _ = writes.send(Job { work: Work::Resync { subscription: id }, done: Box::new(drop) });
+            let _ = writes.send(Job { work: Work::Resync { subscription: id }, done: Completion::Nobody });
         }
     });
 }

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use clusterfy_core::Path;
 use clusterfy_core::protocol::{Reply, RequestId, StorageRequest};
-use clusterfy_core::{Path, Result};
 
 use super::SharedStorage;
-use super::ops::Outcome;
-use super::writer::{Work, operation_name};
+use super::writer::{Completion, Work, operation_name};
 use crate::link::Link;
 
 /// The storage side of one worker's connection.
@@ -41,29 +40,20 @@ impl StorageSession {
                 link.reply_soon(id, read.map(Reply::Value));
             }
             StorageRequest::Replicate { replica, .. } => {
-                let answer = Arc::clone(link);
                 let work = Work::Replicate { path, replica, link: Arc::downgrade(link) };
-                self.storage.submit(
-                    work,
-                    Box::new(move |outcome| answer.reply_soon(id, outcome.map(Outcome::into_reply))),
-                );
+                self.storage.submit(work, Completion::Reply { link: Arc::clone(link), id, pending: None });
             }
             request => {
-                let write = !matches!(request, StorageRequest::Get { .. });
-                if write {
-                    self.uncommitted.fetch_add(1, Ordering::AcqRel);
-                }
-                let answer = Arc::clone(link);
-                let uncommitted = Arc::clone(&self.uncommitted);
-                self.storage.submit(
-                    Work::Request { path, request },
-                    Box::new(move |outcome: Result<Outcome>| {
-                        if write {
-                            uncommitted.fetch_sub(1, Ordering::AcqRel);
-                        }
-                        answer.reply_soon(id, outcome.map(Outcome::into_reply));
-                    }),
-                );
+                // A read here follows this worker's own writes still in the writer.
+                let pending = match request {
+                    StorageRequest::Get { .. } => None,
+                    _ => {
+                        self.uncommitted.fetch_add(1, Ordering::AcqRel);
+                        Some(Arc::clone(&self.uncommitted))
+                    }
+                };
+                let done = Completion::Reply { link: Arc::clone(link), id, pending };
+                self.storage.submit(Work::Request { path, request }, done);
             }
         }
     }

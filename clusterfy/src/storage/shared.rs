@@ -63,14 +63,14 @@ impl SharedStorage {
         if let Err(mpsc::error::SendError(job)) = self.writes.send(Job { work, done }) {
             // The task only ends when this value is dropped, so this cannot happen while `self`
             // lives; answer anyway rather than leave the caller waiting.
-            (job.done)(Err(Error::new(ErrorKind::Closed, "the storage's writer task has stopped")));
+            job.done.complete(Err(Error::new(ErrorKind::Closed, "the storage's writer task has stopped")));
         }
     }
 
     /// Runs `work` through the writer task and waits for its outcome.
     pub(crate) async fn run(&self, work: Work) -> Result<Outcome> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(work, Box::new(move |outcome| drop(tx.send(outcome))));
+        self.submit(work, Completion::Local(tx));
         rx.await.map_err(|_| Error::new(ErrorKind::Closed, "the storage's writer task dropped a write"))?
     }
 

@@ -6,11 +6,12 @@
 //! at the tree level, and group commit for durable backends.
 
 use std::fmt;
-use std::sync::Weak;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
-use clusterfy_core::protocol::{Reply, StorageRequest};
+use clusterfy_core::protocol::{Reply, RequestId, StorageRequest};
 use clusterfy_core::{Error, Path, Result, Value, WireError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::core::StorageCore;
 use super::ops::{self, Outcome};
@@ -49,8 +50,33 @@ impl fmt::Debug for Work {
     }
 }
 
-/// Hears the outcome of one job, once: a channel to a local caller, or a reply to a worker.
-pub(crate) type Completion = Box<dyn FnOnce(Result<Outcome>) + Send>;
+/// Who hears the outcome of one job, once: a worker's request, answered on its link, or a local
+/// caller waiting on a channel. An enum rather than a boxed closure: no allocation per job.
+pub(crate) enum Completion {
+    /// Answer request `id` of the peer on `link`; `pending` counts that peer's writes not yet
+    /// answered, and loses this one when it is.
+    Reply { link: Arc<Link>, id: RequestId, pending: Option<Arc<AtomicUsize>> },
+    /// A caller in this process.
+    Local(oneshot::Sender<Result<Outcome>>),
+    /// Nobody waits (the storage's own work).
+    Nobody,
+}
+
+impl Completion {
+    pub(crate) fn complete(self, outcome: Result<Outcome>) {
+        match self {
+            Completion::Reply { link, id, pending } => {
+                if let Some(pending) = pending {
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                }
+                link.reply_soon(id, outcome.map(Outcome::into_reply));
+            }
+            // A caller that stopped waiting misses nothing it could act on.
+            Completion::Local(waiting) => drop(waiting.send(outcome)),
+            Completion::Nobody => {}
+        }
+    }
+}
 
 /// One job for the writer.
 pub(crate) struct Job {
@@ -94,7 +120,7 @@ pub(super) async fn run(core: Weak<StorageCore>, mut jobs: mpsc::UnboundedReceiv
         }
         if let Some(closed) = round.finish(&core, draft).await {
             drop(core);
-            return closed(Ok(Outcome::Reply(Reply::Done)));
+            return closed.complete(Ok(Outcome::Reply(Reply::Done)));
         }
     }
 }
@@ -115,16 +141,26 @@ struct Round {
     subscribe: Vec<(Subscribe, Completion)>,
     /// Asked to stop after this round: who waits for it.
     close: Option<Completion>,
+    /// Operations of the round by name and outcome, reported once per round (a metric per
+    /// operation would cost more than the operation).
+    counted: Vec<(&'static str, bool, u64)>,
 }
 
 impl Round {
+    fn count(&mut self, name: &'static str, ok: bool) {
+        match self.counted.iter_mut().find(|(n, o, _)| *n == name && *o == ok) {
+            Some((_, _, count)) => *count += 1,
+            None => self.counted.push((name, ok, 1)),
+        }
+    }
+
     fn take(&mut self, core: &StorageCore, view: &mut DraftView<'_>, Job { work, done }: Job) {
         let before = view.changes();
         let (result, path) = match work {
             Work::Request { path, request } => {
                 let name = operation_name(&request);
                 let result = ops::apply(view, &path, request, core.operations());
-                crate::metrics::storage_operation(name, result.is_ok());
+                self.count(name, result.is_ok());
                 (result, Some(path))
             }
             Work::Initialize(initial) => {
@@ -144,14 +180,17 @@ impl Round {
                 self.staged.push(Staged { announce, outcome, done });
             }
             // Nothing of it reached the draft: it fails alone.
-            Err(err) => done(Err(err)),
+            Err(err) => done.complete(Err(err)),
         }
     }
 
     /// Commits the round's draft, and answers; returns who asked the writer to stop, if anyone
     /// did.
     async fn finish(self, core: &StorageCore, draft: Draft) -> Option<Completion> {
-        let Round { staged, subscribe, close } = self;
+        let Round { staged, subscribe, close, counted } = self;
+        for (name, ok, count) in counted {
+            crate::metrics::storage_operations(name, ok, count);
+        }
         let committed = if draft.is_empty() { Ok(()) } else { commit(core, draft).await };
         match committed {
             Ok(()) => {
@@ -159,14 +198,14 @@ impl Round {
                     if let Some(path) = announce {
                         core.announce(path);
                     }
-                    done(Ok(outcome));
+                    done.complete(Ok(outcome));
                 }
             }
             Err(err) => fail_all(staged, &err),
         }
         for (subscribe, done) in subscribe {
             core.replicas().subscribe(core, subscribe);
-            done(Ok(Outcome::Reply(Reply::Done)));
+            done.complete(Ok(Outcome::Reply(Reply::Done)));
         }
         close
     }
@@ -193,6 +232,6 @@ async fn commit(core: &StorageCore, draft: Draft) -> Result<()> {
 fn fail_all(staged: Vec<Staged>, err: &Error) {
     for staged in staged {
         // The same failure for each: kind, message and context (the source as text).
-        (staged.done)(Err(Error::from(WireError::from(err))));
+        staged.done.complete(Err(Error::from(WireError::from(err))));
     }
 }

@@ -124,6 +124,14 @@ async fn run(scenario: Scenario) -> Result<()> {
             serve_until_shutdown(connect(worker_builder()).await?).await;
         }
         Scenario::StallHello => stall_hello().await?,
+        Scenario::SelfPrimary => match clusterfy::role() {
+            clusterfy::Role::Worker => {
+                let _worker = connect(worker_builder()).await?;
+                // Deaf to its connection's end: only the parent-death signal can end it.
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+            clusterfy::Role::Primary => self_primary().await?,
+        },
     }
     Ok(())
 }
@@ -518,6 +526,19 @@ async fn primary() -> Result<()> {
     primary.ready().await?;
     // A program that knows nothing of Clusterfy: only the kernel can end it with its primary.
     primary.fork(FOREIGN_WORKER, WorkerOptions::default().program(Program::new("sleep", ["1000"]))).await?;
+    let pids: Vec<String> = primary.workers().iter().filter_map(|w| w.pid).map(|p| p.to_string()).collect();
+    println!("{PIDS_LINE_PREFIX} {}", pids.join(" "));
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// A primary whose workers re-execute this program, as the README's example does.
+async fn self_primary() -> Result<()> {
+    let primary = Primary::builder().ready_timeout(Duration::from_secs(20)).build().await?;
+    for name in ["self-a", "self-b"] {
+        primary.fork(name, WorkerOptions::default()).await?;
+    }
+    primary.ready().await?;
     let pids: Vec<String> = primary.workers().iter().filter_map(|w| w.pid).map(|p| p.to_string()).collect();
     println!("{PIDS_LINE_PREFIX} {}", pids.join(" "));
     std::future::pending::<()>().await;
