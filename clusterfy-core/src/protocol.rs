@@ -388,8 +388,11 @@ pub struct ReplicaSnapshot {
     pub replica: u64,
     /// The storage's commit version the snapshot shows.
     pub version: u64,
-    /// Every key of the branch and its encoded node.
+    /// Keys of the branch and their encoded nodes: all of them, or one part (see `more`).
     pub nodes: Vec<NodeChange>,
+    /// More parts of this snapshot follow (a branch larger than a frame travels in parts); the
+    /// replica shows the snapshot once its last part (`more: false`) arrived.
+    pub more: bool,
 }
 
 /// A command on the wire; `payload` is the postcard encoding of the typed command.
@@ -464,8 +467,11 @@ pub enum Notice {
         replica: u64,
         /// The commit version.
         version: u64,
-        /// What the commit did to the branch's keys.
+        /// What the commit did to the branch's keys: all of it, or one part (see `more`).
         changes: Vec<NodeChange>,
+        /// More parts of this commit's changes follow; the replica shows the commit once its
+        /// last part (`more: false`) arrived.
+        more: bool,
     },
     /// Primary -> worker: the worker fell behind reading its connection, so changes of this
     /// replica were dropped; a [`Notice::ReplicaReset`] follows once the worker catches up.
@@ -480,5 +486,13 @@ pub enum Notice {
     ReplicaDropped {
         /// The replica.
         replica: u64,
+    },
+    /// Primary -> worker: replica `replica` can no longer be kept current (one node of its
+    /// branch is larger than a frame); it gets nothing more.
+    ReplicaFailed {
+        /// The replica.
+        replica: u64,
+        /// Why.
+        error: WireError,
     },
 }

@@ -184,8 +184,13 @@ fn arb_node_change() -> BoxedStrategy<NodeChange> {
 }
 
 prop_compose! {
-    fn arb_snapshot()(replica in any::<u64>(), version in any::<u64>(), nodes in vec(arb_node_change(), 0..4)) -> ReplicaSnapshot {
-        ReplicaSnapshot { replica, version, nodes }
+    fn arb_snapshot()(
+        replica in any::<u64>(),
+        version in any::<u64>(),
+        nodes in vec(arb_node_change(), 0..4),
+        more in any::<bool>(),
+    ) -> ReplicaSnapshot {
+        ReplicaSnapshot { replica, version, nodes, more }
     }
 }
 
@@ -226,11 +231,14 @@ fn arb_notice() -> impl Strategy<Value = Notice> {
         Just(Notice::Ready),
         arb_wire_error().prop_map(Notice::Error),
         arb_text().prop_map(|path| Notice::StorageChanged { path }),
-        (any::<u64>(), any::<u64>(), vec(arb_node_change(), 0..4))
-            .prop_map(|(replica, version, changes)| Notice::ReplicaChanged { replica, version, changes }),
+        (any::<u64>(), any::<u64>(), vec(arb_node_change(), 0..4), any::<bool>()).prop_map(
+            |(replica, version, changes, more)| Notice::ReplicaChanged { replica, version, changes, more }
+        ),
         any::<u64>().prop_map(|replica| Notice::ReplicaLagged { replica }),
         arb_snapshot().prop_map(Notice::ReplicaReset),
         any::<u64>().prop_map(|replica| Notice::ReplicaDropped { replica }),
+        (any::<u64>(), arb_wire_error())
+            .prop_map(|(replica, error)| Notice::ReplicaFailed { replica, error }),
     ]
 }
 
@@ -797,13 +805,32 @@ fn docs_reply_and_notice_variant_indices_are_the_declaration_order() {
                 }),
             ),
             ("StorageChanged", Notice::StorageChanged { path: String::new() }),
-            ("ReplicaChanged", Notice::ReplicaChanged { replica: 0, version: 0, changes: Vec::new() }),
+            (
+                "ReplicaChanged",
+                Notice::ReplicaChanged { replica: 0, version: 0, changes: Vec::new(), more: false },
+            ),
             ("ReplicaLagged", Notice::ReplicaLagged { replica: 0 }),
             (
                 "ReplicaReset",
-                Notice::ReplicaReset(ReplicaSnapshot { replica: 0, version: 0, nodes: Vec::new() }),
+                Notice::ReplicaReset(ReplicaSnapshot {
+                    replica: 0,
+                    version: 0,
+                    nodes: Vec::new(),
+                    more: false,
+                }),
             ),
             ("ReplicaDropped", Notice::ReplicaDropped { replica: 0 }),
+            (
+                "ReplicaFailed",
+                Notice::ReplicaFailed {
+                    replica: 0,
+                    error: WireError {
+                        kind: ErrorKind::Protocol,
+                        message: String::new(),
+                        context: Vec::new(),
+                    },
+                },
+            ),
         ],
     );
     let statuses: Vec<(&str, WorkerStatus)> = ALL_STATUSES.iter().map(|s| (s.as_str(), *s)).collect();

@@ -354,6 +354,16 @@ impl Link {
         }
     }
 
+    /// Who is at the other end, for logs.
+    pub(crate) fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// The largest frame this link sends or reads.
+    pub(crate) fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
     /// Bytes queued for the peer and not yet handed to the writer: how far the peer is behind.
     pub(crate) fn queued_len(&self) -> usize {
         self.outbox.lock().bytes.len()

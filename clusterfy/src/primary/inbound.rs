@@ -170,7 +170,8 @@ impl Inbound for PrimaryInbound {
             Notice::StorageChanged { .. }
             | Notice::ReplicaChanged { .. }
             | Notice::ReplicaLagged { .. }
-            | Notice::ReplicaReset(_) => {
+            | Notice::ReplicaReset(_)
+            | Notice::ReplicaFailed { .. } => {
                 tracing::debug!(worker = %worker, "ignoring a storage notice, which only the primary sends");
             }
             Notice::Error(err) => {

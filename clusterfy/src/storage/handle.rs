@@ -330,7 +330,8 @@ impl Storage {
                     StorageRequest::Replicate { path: path.as_str().to_owned(), replica: replica.id() };
                 let answered = remote.link.request(Request::Storage(request), remote.deadline).await;
                 done(answered.map_err(|err| at_path(err, &path))?)?;
-                Ok(replica)
+                // Its snapshot came before the answer: one that could not be sent failed it.
+                replica.failure().map_or(Ok(replica), Err)
             }
         }
     }

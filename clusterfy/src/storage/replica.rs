@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, Weak};
 
 use clusterfy_core::protocol::{NodeChange, Notice, ReplicaSnapshot};
-use clusterfy_core::{Error, ErrorKind, Path, Result, Value, from_value};
+use clusterfy_core::{Error, ErrorKind, Path, Result, Value, WireError, from_value};
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 
@@ -41,6 +41,12 @@ pub enum ReplicaEvent {
     },
     /// The connection to the primary ended: the replica keeps its last state.
     Closed,
+    /// The primary can no longer keep the replica current (one node of its branch is larger than
+    /// a frame); reads of it fail from now on, saying why.
+    Failed {
+        /// Why, as the primary said it.
+        reason: String,
+    },
     /// This subscriber fell behind and missed this many events.
     Missed {
         /// How many.
@@ -56,6 +62,7 @@ enum Standing {
     Current,
     Lagging,
     Closed,
+    Failed,
 }
 
 /// One stored node, decoded once when it arrived.
@@ -143,6 +150,10 @@ pub(crate) struct ReplicaState {
     version: AtomicU64,
     standing: watch::Sender<Standing>,
     events: broadcast::Sender<ReplicaEvent>,
+    /// The first parts of a message that came in parts, until its last part.
+    parts: Mutex<Vec<NodeChange>>,
+    /// Why the primary stopped keeping it current.
+    failure: OnceLock<WireError>,
 }
 
 impl ReplicaState {
@@ -153,7 +164,31 @@ impl ReplicaState {
             version: AtomicU64::new(0),
             standing: watch::Sender::new(Standing::Loading),
             events: broadcast::Sender::new(EVENT_BUFFER),
+            parts: Mutex::new(Vec::new()),
+            failure: OnceLock::new(),
         }
+    }
+
+    /// Keeps one part of a message that came in parts; once its last part (`more: false`)
+    /// arrived, the whole of it. The parts of one message arrive together, in order: the
+    /// primary queues them at once.
+    fn whole(&self, mut part: Vec<NodeChange>, more: bool) -> Option<Vec<NodeChange>> {
+        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        if more {
+            parts.append(&mut part);
+            return None;
+        }
+        if parts.is_empty() {
+            return Some(part);
+        }
+        parts.append(&mut part);
+        Some(std::mem::take(&mut *parts))
+    }
+
+    fn fail(&self, error: WireError) {
+        let reason = error.message.clone();
+        let _ = self.failure.set(error);
+        self.set(Standing::Failed, ReplicaEvent::Failed { reason });
     }
 
     fn nodes(&self) -> RwLockReadGuard<'_, Nodes> {
@@ -162,11 +197,12 @@ impl ReplicaState {
     }
 
     fn reset(&self, snapshot: ReplicaSnapshot) {
+        let Some(whole) = self.whole(snapshot.nodes, snapshot.more) else { return };
         let resync = *self.standing.borrow() == Standing::Lagging;
         {
             let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
             nodes.clear();
-            apply_changes(&mut nodes, snapshot.nodes);
+            apply_changes(&mut nodes, whole);
         }
         self.version.fetch_max(snapshot.version, Ordering::AcqRel);
         self.standing.send_replace(Standing::Current);
@@ -175,7 +211,8 @@ impl ReplicaState {
         }
     }
 
-    fn apply(&self, version: u64, changes: Vec<NodeChange>) {
+    fn apply(&self, version: u64, changes: Vec<NodeChange>, more: bool) {
+        let Some(changes) = self.whole(changes, more) else { return };
         // Never backwards: a change the replica's state already covers is not applied again.
         if version < self.version.load(Ordering::Acquire) {
             return;
@@ -308,9 +345,14 @@ impl ReplicaRegistry {
                     state.reset(snapshot);
                 }
             }
-            Some(Notice::ReplicaChanged { replica, version, changes }) => {
+            Some(Notice::ReplicaChanged { replica, version, changes, more }) => {
                 if let Some(state) = self.find(replica) {
-                    state.apply(version, changes);
+                    state.apply(version, changes, more);
+                }
+            }
+            Some(Notice::ReplicaFailed { replica, error }) => {
+                if let Some(state) = self.find(replica) {
+                    state.fail(error);
                 }
             }
             Some(Notice::ReplicaLagged { replica }) => {
@@ -363,6 +405,9 @@ impl ReplicaRegistry {
 ///   its replicas, which keep showing the state before the lag ([`ReplicaEvent::Lagged`]); once
 ///   the worker has read what was queued, the primary sends each such branch again
 ///   ([`ReplicaEvent::Resynced`]). The primary's memory never grows for a slow reader.
+/// - **Whole commits.** A snapshot or a commit larger than a frame arrives in parts and shows
+///   once complete. A node larger than a frame (saved on the primary itself) cannot be sent:
+///   the replica fails ([`ReplicaEvent::Failed`]) and its reads say why.
 /// - **The end.** A replica lives as long as the worker's connection; after it ends
 ///   ([`ReplicaEvent::Closed`]) it keeps showing the last state it had.
 ///
@@ -414,6 +459,16 @@ impl Replica {
         }
     }
 
+    /// Why the primary stopped keeping it current, if it did.
+    pub(crate) fn failure(&self) -> Option<Error> {
+        match &self.kind {
+            Kind::Local { .. } => None,
+            Kind::Remote { state, .. } => {
+                state.failure.get().map(|f| Error::from(f.clone()).with_context("path", state.path.as_str()))
+            }
+        }
+    }
+
     /// The branch this replica holds.
     pub fn path(&self) -> &Path {
         match &self.kind {
@@ -456,6 +511,9 @@ impl Replica {
                 core.read(&path)
             }
             Kind::Remote { state, .. } => {
+                if let Some(failure) = self.failure() {
+                    return Err(failure);
+                }
                 let nodes = state.nodes();
                 // The common case first: a leaf, found by its dotted path without parsing it.
                 match nodes.get(path) {
@@ -518,7 +576,7 @@ mod tests {
 
     fn state_with(changes: Vec<NodeChange>) -> ReplicaState {
         let state = ReplicaState::new(Path::parse("a").expect("path"));
-        state.reset(ReplicaSnapshot { replica: 0, version: 1, nodes: changes });
+        state.reset(ReplicaSnapshot { replica: 0, version: 1, nodes: changes, more: false });
         state
     }
 
@@ -540,11 +598,11 @@ mod tests {
         let Value::Map(a) = a else { panic!("a map") };
         assert_eq!(a.len(), 3, "{a:?}");
         drop(nodes);
-        state.apply(2, vec![NodeChange::DeletePrefix { prefix: b"a\0c\0".to_vec() }]);
+        state.apply(2, vec![NodeChange::DeletePrefix { prefix: b"a\0c\0".to_vec() }], false);
         assert_eq!(assemble(&state.nodes(), "a.c"), None);
         assert_eq!(assemble(&state.nodes(), "a.c-e"), Some(Value::Null), "a neighbour stays");
         // A change older than the state is not applied again.
-        state.apply(1, vec![put(b"a\0b\0", &Node::Leaf(Value::Int(0)))]);
+        state.apply(1, vec![put(b"a\0b\0", &Node::Leaf(Value::Int(0)))], false);
         assert_eq!(assemble(&state.nodes(), "a.b"), Some(Value::Int(1)));
     }
 }

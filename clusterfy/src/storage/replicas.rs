@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use clusterfy_core::protocol::{NodeChange, Notice, ReplicaSnapshot};
-use clusterfy_core::{BatchOp, Path};
+use clusterfy_core::{BatchOp, Error, ErrorKind, Path, WireError};
 
 use super::core::StorageCore;
 use super::layout::key_of;
@@ -21,6 +21,9 @@ use crate::link::Link;
 pub(crate) const LAGGING_ABOVE: usize = 4 << 20;
 /// Bytes queued for a worker below which a lagging replica is sent its branch again.
 const RESYNC_BELOW: usize = 64 << 10;
+/// Room a frame leaves for one node change beside the notice's other fields (tags, ids, the
+/// version, the lengths): a change within this of the frame limit is sent alone.
+const NOTICE_OVERHEAD: usize = 64;
 
 /// A replica to start, or one to bring current again.
 pub(crate) enum Subscribe {
@@ -77,6 +80,7 @@ impl Replicas {
             return;
         }
         let mut subscriptions = self.lock();
+        let mut failed = Vec::new();
         for (id, changes) in cut {
             let Some(subscription) = subscriptions.iter_mut().find(|s| s.id == id) else { continue };
             let Some(link) = subscription.link.upgrade() else { continue };
@@ -86,10 +90,13 @@ impl Replicas {
                 link.notify_soon(Notice::ReplicaLagged { replica });
                 resync_when_drained(core, subscription.link.clone(), id);
             } else {
-                link.notify_soon(Notice::ReplicaChanged { replica, version, changes });
+                let part = |changes, more| Notice::ReplicaChanged { replica, version, changes, more };
+                if !send_in_parts(&link, replica, changes, part) {
+                    failed.push(id);
+                }
             }
         }
-        subscriptions.retain(|s| s.link.strong_count() > 0);
+        subscriptions.retain(|s| s.link.strong_count() > 0 && !failed.contains(&s.id));
     }
 
     /// Forgets replica `replica` of `link`: its worker dropped it.
@@ -100,7 +107,7 @@ impl Replicas {
     /// Starts a replica, or resyncs a lagging one: sends its branch as it stands now.
     pub(crate) fn subscribe(&self, core: &StorageCore, what: Subscribe) {
         let mut subscriptions = self.lock();
-        let (link, replica, prefix) = match what {
+        let (id, link, replica, prefix) = match what {
             Subscribe::Start { path, replica, link } => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let prefix = key_of(&path);
@@ -111,25 +118,77 @@ impl Replicas {
                     link: link.clone(),
                     lagging: false,
                 });
-                (link, replica, prefix)
+                (id, link, replica, prefix)
             }
             Subscribe::Resync(id) => {
                 let Some(subscription) = subscriptions.iter_mut().find(|s| s.id == id) else { return };
                 subscription.lagging = false;
-                (subscription.link.clone(), subscription.replica, subscription.prefix.clone())
+                (id, subscription.link.clone(), subscription.replica, subscription.prefix.clone())
             }
         };
         // The writer runs this between commits: the snapshot shows every commit before it, and
         // every later commit's changes follow it.
-        let snapshot = ReplicaSnapshot {
-            replica,
-            version: core.version(),
-            nodes: branch_of(&core.committed(), &prefix),
-        };
-        if let Some(link) = link.upgrade() {
-            link.notify_soon(Notice::ReplicaReset(snapshot));
+        let (version, nodes) = (core.version(), branch_of(&core.committed(), &prefix));
+        let sent = link.upgrade().is_some_and(|link| {
+            let part = |nodes, more| Notice::ReplicaReset(ReplicaSnapshot { replica, version, nodes, more });
+            send_in_parts(&link, replica, nodes, part)
+        });
+        subscriptions.retain(|s| s.link.strong_count() > 0 && (sent || s.id != id));
+    }
+}
+
+/// Sends `changes` to replica `replica` as one message in parts that each fit a frame of `link`
+/// (`part` makes the notice of one part, and says whether more follow); the worker shows the
+/// message once its last part arrived. A single change too large for any frame (a value saved
+/// on the primary itself, not over a link) cannot reach the replica: it is told it failed, and
+/// `false` says to forget it.
+fn send_in_parts(
+    link: &Link,
+    replica: u64,
+    changes: Vec<NodeChange>,
+    part: impl Fn(Vec<NodeChange>, bool) -> Notice,
+) -> bool {
+    let max_frame_len = link.max_frame_len();
+    if let Some(too_large) = changes.iter().find(|c| change_len(c) + NOTICE_OVERHEAD > max_frame_len) {
+        let error = Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "replica stopped: a node of its branch takes {} bytes, more than a frame holds ({max_frame_len});                  read that branch with Storage::retrieve, or raise max_frame_len on both sides",
+                change_len(too_large)
+            ),
+        )
+        .with_context("replica", replica);
+        tracing::warn!(peer = link.peer(), error = %error, "a replica cannot be kept current");
+        link.notify_soon(Notice::ReplicaFailed { replica, error: WireError::from(&error) });
+        return false;
+    }
+    // Half a frame per part: a part's own size is estimated, so it keeps well clear of the limit.
+    let budget = max_frame_len / 2;
+    let mut changes = changes.into_iter().peekable();
+    loop {
+        let mut taken = Vec::new();
+        let mut len = 0;
+        while let Some(next) = changes.peek() {
+            if !taken.is_empty() && len + change_len(next) > budget {
+                break;
+            }
+            len += change_len(next);
+            taken.extend(changes.next());
         }
-        subscriptions.retain(|s| s.link.strong_count() > 0);
+        let more = changes.peek().is_some();
+        link.notify_soon(part(taken, more));
+        if !more {
+            return true;
+        }
+    }
+}
+
+/// About the bytes `change` takes in a notice: its key and node, and their lengths.
+fn change_len(change: &NodeChange) -> usize {
+    match change {
+        NodeChange::Put { key, node } => key.len() + node.len() + 20,
+        NodeChange::Delete { key } => key.len() + 10,
+        NodeChange::DeletePrefix { prefix } => prefix.len() + 10,
     }
 }
 

@@ -595,22 +595,41 @@ impl Inbound for WorkerSide {
     }
 }
 
-/// One end of an in-memory connection as a running link whose peer's requests `inbound` serves.
+/// One end of an in-memory connection as a running link.
 fn link_over(end: tokio::io::DuplexStream, peer: &str, closed_kind: ErrorKind) -> (Arc<Link>, LinkReader) {
+    link_with_frames(end, peer, closed_kind, DEFAULT_MAX_FRAME_LEN)
+}
+
+/// [`link_over`] with frames of at most `max_frame_len` bytes.
+fn link_with_frames(
+    end: tokio::io::DuplexStream,
+    peer: &str,
+    closed_kind: ErrorKind,
+    max_frame_len: usize,
+) -> (Arc<Link>, LinkReader) {
     let (read, write) = tokio::io::split(end);
-    let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-    Link::new(peer.into(), Box::new(read), Box::new(write), decoder, DEFAULT_MAX_FRAME_LEN, closed_kind)
+    let decoder = FrameDecoder::new(max_frame_len);
+    Link::new(peer.into(), Box::new(read), Box::new(write), decoder, max_frame_len, closed_kind)
 }
 
 /// The primary's `Storage` and a worker's `Storage` over an in-memory connection, both on the
 /// same shared storage.
 async fn local_and_remote(backend: impl StorageBackend) -> (Storage, Storage) {
+    local_and_remote_with_frames(backend, DEFAULT_MAX_FRAME_LEN).await
+}
+
+/// [`local_and_remote`] over a connection of frames of at most `max_frame_len` bytes.
+async fn local_and_remote_with_frames(
+    backend: impl StorageBackend,
+    max_frame_len: usize,
+) -> (Storage, Storage) {
     let shared = Arc::new(open(Arc::new(backend)).await);
     let (primary_end, worker_end) = tokio::io::duplex(1 << 16);
-    let (_, reader) = link_over(primary_end, "worker \"w\" (#1)", ErrorKind::WorkerExited);
+    let (_, reader) =
+        link_with_frames(primary_end, "worker \"w\" (#1)", ErrorKind::WorkerExited, max_frame_len);
     // The reader task keeps the primary's end alive.
     reader.spawn(Arc::new(ServeStorage(StorageSession::new(Arc::clone(&shared)))));
-    let (worker_link, reader) = link_over(worker_end, "the primary", ErrorKind::Closed);
+    let (worker_link, reader) = link_with_frames(worker_end, "the primary", ErrorKind::Closed, max_frame_len);
     let remote = Arc::new(RemoteStorage {
         link: worker_link,
         deadline: Duration::from_secs(10),
@@ -980,4 +999,44 @@ async fn a_worker_that_stops_reading_gets_no_more_changes_then_its_branch_again(
     // And its own writes show at once again.
     worker.save("big.k0", "mine").await.unwrap();
     assert_eq!(replica.get::<String>("big.k0").unwrap().as_deref(), Some("mine"));
+}
+
+#[tokio::test]
+async fn a_branch_and_a_commit_larger_than_a_frame_reach_the_replica_in_parts_and_show_whole() {
+    let (local, remote) = local_and_remote_with_frames(TestBackend::default(), 4096).await;
+    let entry = "v".repeat(200);
+    let branch: BTreeMap<String, Value> =
+        (0..100).map(|n| (format!("k{n}"), Value::from(entry.as_str()))).collect();
+    local.save("big", &Value::Map(branch.clone())).await.unwrap();
+    let replica = remote.replica("big").await.unwrap();
+    assert_eq!(replica.get_value("big").unwrap(), Some(Value::Map(branch)), "the snapshot came whole");
+    // One commit of 100 new entries, about 25 KiB: parts again, shown at once when complete.
+    let mut changed = replica.changed();
+    let mut again: BTreeMap<String, Value> = (0..100).map(|n| (format!("n{n}"), Value::Int(n))).collect();
+    again.insert("pad".into(), Value::from("p".repeat(2000).as_str()));
+    local.save("big", &Value::Map(again.clone())).await.unwrap();
+    let event = futures::StreamExt::next(&mut changed).await.unwrap();
+    assert!(matches!(event, super::ReplicaEvent::Changed { .. }), "one event for the commit: {event:?}");
+    assert_eq!(replica.get_value("big").unwrap(), Some(Value::Map(again)));
+    assert!(replica.is_current());
+}
+
+#[tokio::test]
+async fn a_node_larger_than_a_frame_fails_the_replica_with_a_reason_instead_of_leaving_it_stale() {
+    let (local, remote) = local_and_remote_with_frames(TestBackend::default(), 4096).await;
+    local.save("big", &value!({"small": 1})).await.unwrap();
+    let replica = remote.replica("big").await.unwrap();
+    let mut changed = replica.changed();
+    // Saved on the primary itself: no frame bounded it.
+    local.save("big.huge", &"h".repeat(8192)).await.unwrap();
+    let event = futures::StreamExt::next(&mut changed).await.unwrap();
+    let super::ReplicaEvent::Failed { reason } = event else { panic!("{event:?}") };
+    assert!(reason.contains("more than a frame holds"), "{reason}");
+    let err = replica.get::<i64>("big.small").unwrap_err();
+    assert!(err.message().contains("Storage::retrieve"), "says what to do instead: {err}");
+    assert!(!replica.is_current());
+    let refused = remote.replica("big").await.unwrap_err();
+    assert!(refused.message().contains("more than a frame holds"), "{refused}");
+    // The worker's other reads are unaffected.
+    assert_eq!(remote.retrieve::<i64>("big.small").await.unwrap(), Some(1));
 }

@@ -301,7 +301,10 @@ async fn run_measurement(worker: &Worker, measure: &Measure) -> clusterfy::Resul
             // The same paths and values the replica holds, in a plain map of this process.
             let mut map: std::collections::HashMap<String, clusterfy::Value> =
                 std::collections::HashMap::new();
-            flatten(DISTINCT_PARENT, worker.storage().retrieve_value(DISTINCT_PARENT).await?, &mut map);
+            // Copied from a replica: the branch may be larger than one frame (a retrieve of it).
+            let replica = worker.storage().replica(DISTINCT_PARENT).await?;
+            flatten(DISTINCT_PARENT, replica.get_value(DISTINCT_PARENT)?, &mut map);
+            drop(replica);
             let read = || map.get(STORAGE_PATH).cloned().map(clusterfy::from_value::<String>).transpose();
             read_loop(warmup, read)?;
             read_loop(iterations, read)
