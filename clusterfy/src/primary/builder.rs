@@ -1,9 +1,7 @@
 //! [`PrimaryBuilder`]: the options of a primary, checked and turned into a running [`Primary`].
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +10,7 @@ use clusterfy_core::{Command, Error, ErrorKind, Result, StorageBackend, Target, 
 use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, watch};
 
+use super::directory::Directory;
 use super::usage::{self, DEFAULT_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
 use super::{DEFAULT_KILL_TIMEOUT, Primary, PrimaryContext, PrimaryInner, signals, watchers};
 use crate::commands::CommandRegistry;
@@ -292,9 +291,7 @@ impl PrimaryBuilder {
                 commands: self.commands,
                 events,
                 changed,
-                slots: Mutex::new(BTreeMap::new()),
-                next_id: AtomicU64::new(1),
-                shutting_down: AtomicBool::new(false),
+                directory: Mutex::new(Directory::new(1)),
                 request_timeout: self.request_timeout,
                 ready_timeout: self.ready_timeout,
                 max_frame_len: self.max_frame_len,

@@ -31,8 +31,8 @@ impl PrimaryInner {
         let calls = ids.into_iter().map(|id| {
             let command = command.clone();
             async move {
-                let worker = self.slots().get(&id).map(|s| s.worker.clone());
-                let worker = worker.unwrap_or(WorkerRef { id, name: String::new() });
+                let name = self.name_of(id).unwrap_or_default();
+                let worker = WorkerRef { id, name };
                 let result = self.command_to_worker(id, command).await;
                 (worker, result)
             }

@@ -8,7 +8,8 @@ use clusterfy_core::protocol::{
 use clusterfy_core::session::Route;
 use clusterfy_core::{Error, ErrorKind, Origin, Path, Result, WireError, WorkerId};
 
-use super::{Primary, PrimaryContext, PrimaryInner, WorkerState};
+use super::slot::Input;
+use super::{Primary, PrimaryContext, PrimaryInner};
 use crate::events::{Event, WorkerRef};
 use crate::link::{Inbound, Link};
 use crate::storage::StorageSession;
@@ -47,12 +48,7 @@ impl PrimaryInbound {
     fn watch(&self, path: &str) -> Result<Reply> {
         let path = Path::parse(path)?;
         self.inner.watch_dispatch.call_once(|| super::watchers::dispatch_changes(&self.inner));
-        self.inner.update_slot(self.worker.id, |s| {
-            // Watching a path twice is one watch: a worker that re-watches must not grow the list.
-            if !s.watches.contains(&path) {
-                s.watches.push(path);
-            }
-        });
+        self.inner.apply(self.worker.id, Input::Watched(path));
         Ok(Reply::Done)
     }
 
@@ -61,8 +57,7 @@ impl PrimaryInbound {
         command.origin = self.origin();
         let route = self.inner.route(&command.destination)?;
         self.inner.emit_with(|| {
-            let to =
-                destination_name(&route, |id| self.inner.slots().get(&id).map(|s| s.worker.name.clone()));
+            let to = destination_name(&route, |id| self.inner.name_of(id));
             Event::Command { from: command.origin.clone(), name: command.name.clone(), to }
         });
         match route {
@@ -130,43 +125,8 @@ impl Inbound for PrimaryInbound {
         let worker = self.worker.clone();
         match notice {
             Notice::ReplicaDropped { replica } => self.storage.replica_dropped(link, replica),
-            Notice::Status(status) => {
-                let accepted = self.inner.update_slot(worker.id, |s| {
-                    let before = s.status;
-                    let ok = before.can_become(status);
-                    if ok {
-                        s.status = status;
-                    }
-                    (ok, before)
-                });
-                match accepted {
-                    Some((true, before)) if before != status => {
-                        self.inner.emit(Event::Status { worker, status })
-                    }
-                    Some((true, _)) => {}
-                    Some((false, current)) => {
-                        let err = Error::new(
-                            ErrorKind::Protocol,
-                            format!(
-                                "worker reported an illegal status change {current} -> {status}; ignored"
-                            ),
-                        )
-                        .with_context("worker", &worker);
-                        self.inner.emit(Event::Error { worker: Some(worker), error: Arc::new(err) });
-                    }
-                    None => {}
-                }
-            }
-            Notice::Ready => {
-                self.inner.update_slot(worker.id, |s| {
-                    s.state = WorkerState::Ready;
-                    s.ever_ready = true;
-                    if s.status.can_become(clusterfy_core::WorkerStatus::Idle) {
-                        s.status = clusterfy_core::WorkerStatus::Idle;
-                    }
-                });
-                self.inner.emit(Event::Ready { worker });
-            }
+            Notice::Status(status) => drop(self.inner.apply(worker.id, Input::StatusReported(status))),
+            Notice::Ready => drop(self.inner.apply(worker.id, Input::ReadyReported)),
             Notice::StorageChanged { .. }
             | Notice::ReplicaChanged { .. }
             | Notice::ReplicaLagged { .. }

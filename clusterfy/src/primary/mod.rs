@@ -1,13 +1,18 @@
 //! The primary: forks workers, supervises them, routes their commands and owns the storage.
 
 mod builder;
+mod connect;
 mod directory;
 mod dispatch;
 mod inbound;
+mod inner;
+#[cfg(test)]
+mod machine_tests;
 mod options;
 mod reload;
 mod restart;
 mod signals;
+mod slot;
 mod spawner;
 mod stats;
 mod supervisor;
@@ -15,7 +20,6 @@ mod usage;
 mod watchers;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clusterfy_core::codec::{from_payload, to_payload};
@@ -24,8 +28,8 @@ use clusterfy_core::session::Route;
 use clusterfy_core::{Command, Error, ErrorKind, Origin, Result, Target, WorkerId, WorkerSelector};
 
 pub use builder::{DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, PrimaryBuilder};
-pub(crate) use directory::PrimaryInner;
-use directory::{Control, Slot};
+use inner::Control;
+pub(crate) use inner::PrimaryInner;
 pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
 pub use reload::ReloadOptions;
 pub use restart::RestartPolicy;
@@ -83,47 +87,6 @@ pub enum ShutdownOutcome {
     NotRunning,
 }
 
-/// Whether a worker is done getting ready: `Ok(true)` when ready (or ended after it was),
-/// `Ok(false)` while it may still get there, and the reason when it never will.
-fn readiness(slot: &Slot) -> Result<bool> {
-    match slot.state {
-        WorkerState::Ready | WorkerState::Stopped => Ok(true),
-        WorkerState::Exited | WorkerState::GaveUp if slot.ever_ready => Ok(true),
-        WorkerState::Exited | WorkerState::GaveUp
-            if let Some(failure) =
-                slot.connect_failure.as_ref().filter(|f| f.kind() == ErrorKind::Timeout) =>
-        {
-            Err(Error::new(ErrorKind::Timeout, failure.message().to_owned())
-                .with_context("worker", &slot.worker))
-        }
-        // It could not connect (a refused handshake, text where its Hello belongs): that is the
-        // cause, which its stderr may not show. A connection that merely ended is the exit itself.
-        WorkerState::Exited | WorkerState::GaveUp
-            if let Some(failure) =
-                slot.connect_failure.as_ref().filter(|f| f.kind() != ErrorKind::Closed) =>
-        {
-            let how = slot.last_exit.map_or_else(|| "spawn failure".to_owned(), |e| e.to_string());
-            Err(Error::new(
-                failure.kind(),
-                format!(
-                    "worker exited ({how}) before it was ready, after it failed to connect: {}",
-                    failure.message()
-                ),
-            )
-            .with_context("worker", &slot.worker))
-        }
-        WorkerState::Exited | WorkerState::GaveUp => {
-            let how = slot.last_exit.map_or_else(|| "spawn failure".to_owned(), |e| e.to_string());
-            Err(Error::new(
-                ErrorKind::WorkerExited,
-                format!("worker exited ({how}) before it was ready; see its stderr"),
-            )
-            .with_context("worker", &slot.worker))
-        }
-        WorkerState::Starting | WorkerState::Connected | WorkerState::Restarting => Ok(false),
-    }
-}
-
 impl Primary {
     /// Starts configuring a primary.
     pub fn builder() -> PrimaryBuilder {
@@ -149,18 +112,16 @@ impl Primary {
         loop {
             let now = tokio::time::Instant::now();
             let (pending, verdict_due) = {
-                let slots = self.inner.slots();
+                let directory = self.inner.directory();
                 let mut pending = Vec::new();
                 // A worker still connecting past its supervisor's deadline is about to be
                 // judged there (did not connect, or a handshake begun and not finished): that
                 // verdict, not this call's own deadline, says why it is not ready.
                 let mut verdict_due = false;
-                for slot in slots.values() {
-                    if !readiness(slot)? {
-                        pending.push(slot.worker.clone());
-                        verdict_due |= slot.state == WorkerState::Starting
-                            && slot.connect_failure.is_none()
-                            && slot.connect_by.is_some_and(|by| by <= now);
+                for slot in directory.slots() {
+                    if !slot.readiness()? {
+                        pending.push(slot.worker().clone());
+                        verdict_due |= slot.connect_verdict_due(now);
                     }
                 }
                 (pending, verdict_due)
@@ -178,12 +139,12 @@ impl Primary {
                 let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
             } else {
                 let names: Vec<&str> = pending.iter().map(|w| w.name.as_str()).collect();
-                let found = self.inner.slots().get(&first.id).and_then(|s| s.connect_failure.clone());
+                let found = self.inner.directory().get(first.id).and_then(|s| s.connect_failure().cloned());
                 let err = match found {
                     Some(failure) if failure.kind() == ErrorKind::Timeout => {
                         Error::new(ErrorKind::Timeout, failure.message().to_owned())
                     }
-                    _ => supervisor::not_connected_in_time(self.inner.ready_timeout),
+                    _ => connect::not_connected_in_time(self.inner.ready_timeout),
                 };
                 return Err(err.with_context("worker", first).with_context("not_ready", names.join(", ")));
             }
@@ -198,7 +159,7 @@ impl Primary {
 
     /// The workers, in id order (the original's `workers`).
     pub fn workers(&self) -> Vec<WorkerInfo> {
-        self.inner.slots().values().map(WorkerInfo::of).collect()
+        self.inner.directory().slots().map(WorkerInfo::of).collect()
     }
 
     /// Typed access to the shared storage (the original's `storage`).
@@ -282,17 +243,11 @@ impl Primary {
     ) -> Result<ShutdownOutcome> {
         let target = self.inner.find(&worker.into())?;
         let deadline = tokio::time::Instant::now() + timeout;
-        let (incarnation, link, control) = {
-            let mut slots = self.inner.slots();
-            let Some(slot) = slots.get_mut(&target.id) else {
-                return Ok(ShutdownOutcome::NotRunning);
-            };
-            slot.stop_requested = true;
-            if slot.state.is_final() || slot.state == WorkerState::Restarting {
-                // A worker waiting to be revived stays down: its supervisor sees stop_requested.
-                return Ok(ShutdownOutcome::NotRunning);
-            }
-            (slot.incarnation, slot.link.clone(), slot.control.clone())
+        // A worker waiting to be revived stays down: its slot knows it was asked to stop.
+        let Some(slot::StopTarget { incarnation, link, control }) =
+            self.inner.change(|d| d.ask_stop(target.id))
+        else {
+            return Ok(ShutdownOutcome::NotRunning);
         };
         if let Some(link) = link {
             // The answer only tells whether the worker exits now or later; either way the exit
@@ -333,13 +288,12 @@ impl Primary {
         let mut changed = self.inner.changed.subscribe();
         loop {
             {
-                let slots = self.inner.slots();
-                match slots.get(&id) {
+                let directory = self.inner.directory();
+                match directory.get(id) {
                     None => return ExitReason::Code(-1),
                     Some(slot) => {
-                        let exited = slot.state.is_final() || slot.state == WorkerState::Restarting;
-                        if slot.incarnation > incarnation || exited {
-                            return slot.last_exit.unwrap_or(ExitReason::Code(-1));
+                        if slot.process_ended(incarnation) {
+                            return slot.last_exit().unwrap_or(ExitReason::Code(-1));
                         }
                     }
                 }
@@ -355,8 +309,7 @@ impl Primary {
     /// fail; reads still answer; dropping the primary then lets go of the backend at once) and
     /// removes the transport's files. Returns each worker's outcome.
     pub async fn shutdown(&self, timeout: Duration) -> Result<Vec<(WorkerRef, ShutdownOutcome)>> {
-        self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let workers: Vec<WorkerRef> = self.inner.slots().values().map(|s| s.worker.clone()).collect();
+        let workers = self.inner.change(|d| d.begin_shutdown());
         let outcomes = futures::future::join_all(workers.into_iter().map(|w| async move {
             let outcome = self.shutdown_worker(w.id, timeout).await;
             (w, outcome)

@@ -2,15 +2,13 @@
 //! never serves with fewer workers than it has, and a replacement that fails to start stops
 //! the rollout while the old workers keep serving.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerId, WorkerSelector};
+use clusterfy_core::{Error, ErrorKind, Result, WorkerId, WorkerSelector};
 
-use super::directory::Replacing;
-use super::{DEFAULT_SHUTDOWN_TIMEOUT, Primary, WorkerState, readiness};
-use crate::events::{Event, WorkerRef};
+use super::slot::Replacing;
+use super::{DEFAULT_SHUTDOWN_TIMEOUT, Primary, WorkerState};
+use crate::events::WorkerRef;
 
 /// How [`Primary::reload`] replaces the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,34 +63,25 @@ impl Primary {
     /// when it calls [`Worker::ready`](crate::Worker::ready), after it took its listener, say.
     /// If a new worker fails to get ready (it exits, or the ready timeout passes), the rollout
     /// stops: that new process is stopped, the old worker and every one not yet replaced keep
-    /// serving, [`Event::ReloadFailed`] is published and the error is returned. Returns the
+    /// serving, [`Event::ReloadFailed`](crate::Event::ReloadFailed) is published and the error is returned. Returns the
     /// `(old, new)` pairs replaced, in id order. One reload runs at a time; a second call waits.
     pub async fn reload(&self, options: ReloadOptions) -> Result<Vec<(WorkerRef, WorkerRef)>> {
         let _one_at_a_time = self.inner.reloading.lock().await;
-        let targets: Vec<WorkerRef> = {
-            let mut slots = self.inner.slots();
-            let mut targets = Vec::new();
-            for slot in slots.values_mut() {
-                if slot.state == WorkerState::Ready && slot.answers_to_name() && !slot.replacing {
-                    slot.replacing = true;
-                    targets.push(slot.worker.clone());
-                }
-            }
-            targets
-        };
+        let targets = self.inner.change(|d| d.ask_reload());
         let mut replaced = Vec::with_capacity(targets.len());
         let mut failure = None;
         for batch in targets.chunks(options.at_once) {
             if failure.is_some() {
                 // Not started: these keep serving as they are.
                 for worker in batch {
-                    self.inner.update_slot(worker.id, |s| s.replacing = false);
+                    self.inner.change(|d| d.replacement_ended(worker, None, None));
                 }
                 continue;
             }
-            let results =
-                futures::future::join_all(batch.iter().map(|w| self.replace_one(w, options.grace, false)))
-                    .await;
+            let results = futures::future::join_all(
+                batch.iter().map(|w| self.replace_one(w, options.grace, false, None)),
+            )
+            .await;
             for (old, result) in batch.iter().zip(results) {
                 match result {
                     Ok(new) => replaced.push((old.clone(), new)),
@@ -114,82 +103,84 @@ impl Primary {
     /// being replaced already.
     pub async fn restart_worker(&self, worker: impl Into<WorkerSelector>) -> Result<WorkerRef> {
         let target = self.inner.find(&worker.into())?;
-        let marked = self.inner.update_slot(target.id, |s| {
-            let free = s.state == WorkerState::Ready && s.answers_to_name() && !s.replacing;
-            s.replacing |= free;
-            free
-        });
-        if marked != Some(true) {
+        if !self.inner.change(|d| d.ask_replace(target.id)) {
             return Err(Error::new(
                 ErrorKind::InvalidState,
                 "the worker is not ready, or a replacement of it is under way; try again when it is ready",
             )
             .with_context("worker", &target));
         }
-        self.replace_one(&target, DEFAULT_SHUTDOWN_TIMEOUT, false).await
+        self.replace_one(&target, DEFAULT_SHUTDOWN_TIMEOUT, false, None).await
     }
 
-    /// Replaces one worker (already marked `replacing`): the new process first, then the old
-    /// one, with `grace` to finish its work. Clears the mark when it fails. `as_restart` counts
-    /// the replacement among the worker's restarts (the memory limit's).
+    /// Replaces one worker (already marked as being replaced): the new process first, then the
+    /// old one, with `grace` to finish its work. Clears the mark when it fails, and then tries no
+    /// memory-limit replacement again for `retry_after`. `as_restart` counts the replacement
+    /// among the worker's restarts (the memory limit's).
     pub(super) async fn replace_one(
         &self,
         old: &WorkerRef,
         grace: Duration,
         as_restart: bool,
+        retry_after: Option<Duration>,
     ) -> Result<WorkerRef> {
-        let result = self.start_replacement(old, as_restart).await;
-        let new = match result {
+        let new = match self.start_replacement(old, as_restart).await {
             Ok(new) => new,
             Err(err) => {
-                self.inner.update_slot(old.id, |s| s.replacing = false);
                 let err = err.with_context("worker", old);
-                self.inner.emit(Event::ReloadFailed {
-                    worker: old.clone(),
-                    error: Arc::new(Error::from(WireError::from(&err))),
-                });
+                let retry = retry_after.map(|after| Instant::now() + after);
+                let actions = self.inner.change(|d| d.replacement_ended(old, Some(&err), retry));
+                self.inner.publish(actions);
                 return Err(err);
             }
         };
-        self.inner.changed.send_replace(());
-        self.inner.emit(Event::Replaced { old: old.clone(), new: new.clone() });
         match self.shutdown_worker(old.id, grace).await {
             Ok(outcome) => tracing::debug!(worker = %old, ?outcome, "replaced worker stopped"),
             Err(err) => tracing::warn!(worker = %old, error = %err, "stopping a replaced worker failed"),
         }
         // Its name lives on in the replacement; the old record would only show it twice.
-        self.inner.slots().remove(&old.id);
-        self.inner.changed.send_replace(());
+        if !self.inner.change(|d| d.remove(old.id)) {
+            tracing::warn!(worker = %old, "a replaced worker's process outlived its stop; its record stays");
+        }
         Ok(new)
     }
 
     /// Forks the replacement of `old` and waits until it is ready; stops it again if it is not.
     async fn start_replacement(&self, old: &WorkerRef, as_restart: bool) -> Result<WorkerRef> {
-        if self.inner.shutting_down.load(Ordering::SeqCst) {
-            return Err(Error::new(ErrorKind::InvalidState, "the cluster is shutting down; reload refused"));
-        }
-        let options = match self.inner.slots().get(&old.id) {
-            None => {
-                return Err(Error::new(
-                    ErrorKind::UnknownWorker,
-                    format!("worker {:?} left the cluster before its replacement started", old.name),
-                ));
-            }
-            // Stopped, or crashed, while the replacement waited (a memory limit's backoff).
-            Some(slot) if slot.stop_requested || slot.state != WorkerState::Ready => {
+        let options = {
+            let directory = self.inner.directory();
+            if directory.shutting_down() {
                 return Err(Error::new(
                     ErrorKind::InvalidState,
-                    format!("worker {:?} is no longer ready, so it is not replaced", old.name),
+                    "the cluster is shutting down; reload refused",
                 ));
             }
-            Some(slot) => slot.options.clone(),
+            match directory.get(old.id) {
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::UnknownWorker,
+                        format!("worker {:?} left the cluster before its replacement started", old.name),
+                    ));
+                }
+                // Stopped, or crashed, while the replacement waited (a memory limit's backoff).
+                Some(slot) if slot.stop_requested() || slot.state() != WorkerState::Ready => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidState,
+                        format!("worker {:?} is no longer ready, so it is not replaced", old.name),
+                    ));
+                }
+                Some(slot) => slot.options().clone(),
+            }
         };
         let replacing = Replacing { old: old.id, as_restart };
         let new = self.inner.fork_slot(&old.name, options, Some(replacing)).await?;
-        if let Err(err) = self.wait_ready(new.id).await.and_then(|()| self.take_over(old, &new)) {
+        let taken_over = match self.wait_ready(new.id).await {
+            Ok(()) => self.inner.change(|d| d.take_over(old, &new)),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = taken_over.map(|actions| self.inner.publish(actions)) {
             let _ = self.shutdown_worker(new.id, Duration::ZERO).await;
-            self.inner.slots().remove(&new.id);
-            self.inner.changed.send_replace(());
+            self.inner.change(|d| d.remove(new.id));
             return Err(Error::new(
                 err.kind(),
                 format!(
@@ -201,36 +192,12 @@ impl Primary {
         Ok(new)
     }
 
-    /// Moves the name from `old` to `new`, in one step with the check that `new` is still ready
-    /// (it may have crashed since it said so).
-    fn take_over(&self, old: &WorkerRef, new: &WorkerRef) -> Result<()> {
-        {
-            let mut slots = self.inner.slots();
-            let still_ready =
-                slots.get(&new.id).is_some_and(|s| s.state == WorkerState::Ready && !s.stop_requested);
-            if !still_ready {
-                return Err(Error::new(
-                    ErrorKind::WorkerExited,
-                    "the new worker stopped right after it was ready",
-                ));
-            }
-            if let Some(slot) = slots.get_mut(&new.id) {
-                slot.replaces = None;
-            }
-            if let Some(slot) = slots.get_mut(&old.id) {
-                slot.replaced_by = Some(new.id);
-            }
-        }
-        self.inner.changed.send_replace(());
-        Ok(())
-    }
-
     /// Waits until worker `id` is ready, within the ready timeout; fails if it exits first.
     async fn wait_ready(&self, id: WorkerId) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.inner.ready_timeout;
         let mut changed = self.inner.changed.subscribe();
         loop {
-            let state = self.inner.slots().get(&id).map(|slot| (slot.state, readiness(slot)));
+            let state = self.inner.directory().get(id).map(|slot| (slot.state(), slot.readiness()));
             match state {
                 None => return Err(Error::new(ErrorKind::WorkerExited, "the new worker left the directory")),
                 Some((WorkerState::Ready, _)) => return Ok(()),

@@ -7,7 +7,8 @@ use clusterfy_core::{WorkerId, WorkerStatus};
 
 use crate::control::workers_table;
 
-use super::Slot;
+use super::inner::Live;
+use super::slot::Slot;
 use crate::events::ExitReason;
 
 /// Where a worker is in its supervision cycle (its process, not its self-reported status).
@@ -76,19 +77,20 @@ pub struct WorkerInfo {
 }
 
 impl WorkerInfo {
-    pub(crate) fn of(slot: &Slot) -> Self {
-        let running = slot.pid.is_some();
+    pub(crate) fn of(slot: &Slot<Live>) -> Self {
+        let running = slot.pid().is_some();
+        let usage = slot.usage().filter(|_| running);
         WorkerInfo {
-            id: slot.worker.id,
-            name: slot.worker.name.clone(),
-            pid: slot.pid,
-            status: slot.status,
-            state: slot.state,
-            restarts: slot.restarts,
-            uptime: if running { slot.started.elapsed() } else { Duration::ZERO },
-            last_exit: slot.last_exit,
-            cpu_percent: slot.usage.filter(|_| running).and_then(|u| u.cpu_percent),
-            memory: slot.usage.filter(|_| running).map(|u| u.rss),
+            id: slot.worker().id,
+            name: slot.worker().name.clone(),
+            pid: slot.pid(),
+            status: slot.status(),
+            state: slot.state(),
+            restarts: slot.restarts(),
+            uptime: if running { slot.started().elapsed() } else { Duration::ZERO },
+            last_exit: slot.last_exit(),
+            cpu_percent: usage.and_then(|u| u.cpu_percent),
+            memory: usage.map(|u| u.rss),
         }
     }
 

@@ -1,41 +1,35 @@
-//! The task that owns one worker: spawns its process, completes the connection, watches it, and
-//! revives it after a crash as its restart policy says.
+//! The task that owns one worker: the driver of its [`Slot`](super::slot::Slot). It spawns the
+//! worker's processes, accepts their connections, pings them, reaps them and keeps their timers;
+//! what each of those means for the worker (a crash or not, a revival, a kill) is the slot's to
+//! decide: this task tells it what happened and does what it answers.
 
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clusterfy_core::codec::{FrameDecoder, HEADER_LEN};
 use clusterfy_core::command::PING_COMMAND;
-use clusterfy_core::protocol::{
-    CommandRequest, Destination, Message, Notice, PROTOCOL_VERSION, Request, Welcome,
-};
-use clusterfy_core::session::PrimaryHandshake;
-use clusterfy_core::transport::{
-    Authentication, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, Rendezvous, SpawnInfo,
-};
-use clusterfy_core::{Error, ErrorKind, Origin, Result, WireError, WorkerStatus};
+use clusterfy_core::protocol::{CommandRequest, Destination, Request};
+use clusterfy_core::transport::{Authentication, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID, SpawnInfo};
+use clusterfy_core::{Error, ErrorKind, Origin, Result};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use nix::sys::signal::Signal;
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
+use super::connect::{ConnectFailure, connect};
 use super::inbound::PrimaryInbound;
 use super::options::{Heartbeat, WorkerOptions};
-use super::restart::RestartDecision;
+use super::slot::{Action, Input, Timer};
 use super::spawner;
-use super::{Control, PrimaryInner, WorkerState};
-use crate::events::{Event, ExitReason, GiveUpCause, WorkerRef};
-use crate::link::{Link, LinkEnd, read_first, write_single};
+use super::{Control, PrimaryInner};
+use crate::events::{ExitReason, WorkerRef};
+use crate::link::{Link, LinkEnd};
 use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_WORKER_NAME};
 
 /// Time to read what a worker wrote just before it exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
-/// Largest frame an unauthenticated connection may send (a `Hello` is well below 1 KiB).
-const HANDSHAKE_MAX_FRAME_LEN: usize = 4096;
-/// Time a worker whose connection ended has to exit by itself before it is killed: a worker
-/// without its connection can do nothing useful.
-const DISCONNECTED_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs worker `worker` until it exits for good. `spawned` learns whether the first spawn worked.
 pub(super) async fn supervise(
@@ -47,87 +41,202 @@ pub(super) async fn supervise(
 ) {
     let mut spawned = Some(spawned);
     loop {
-        let outcome = run_once(&inner, &worker, &options, &mut control, &mut spawned).await;
-        let mut link_failed = false;
-        let reason = match outcome {
-            Ok(end) => {
-                link_failed = end.link_failed;
-                Some(end.reason)
-            }
-            Err(err) => {
-                if let Some(tx) = spawned.take() {
-                    // The first spawn failed: fork() reports it and removes the slot.
-                    let _ = tx.send(Err(err));
-                    return;
+        let mut actions = match run_process(&inner, &worker, &options, &mut control, &mut spawned).await {
+            Ok(ended) => ended,
+            Err(err) => match spawned.take() {
+                // The first spawn failed: fork() reports it and removes the slot.
+                Some(tx) => {
+                    inner.apply(worker.id, Input::NeverSpawned);
+                    return drop(tx.send(Err(err)));
                 }
-                inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::new(err) });
-                None
-            }
+                None => inner.apply(worker.id, Input::SpawnFailed(err)),
+            },
         };
-        // A worker whose connection broke ends its program cleanly, but it did not mean to go.
-        let crashed = link_failed || reason.is_none_or(|r| !r.is_success());
-        let next = if let Some(stopped) = expected_exit(&inner, &worker) {
-            stopped
-        } else if !crashed {
-            WorkerState::Exited
-        } else {
-            let decision = options.restart.as_ref().and_then(|policy| {
-                inner.update_slot(worker.id, |s| s.history.on_restart_needed(policy, Instant::now()))
-            });
-            match decision {
-                None => WorkerState::Exited,
-                Some(RestartDecision::GiveUp) => WorkerState::GaveUp,
-                Some(RestartDecision::RestartAfter(delay)) => {
-                    record_exit(&inner, &worker, reason, WorkerState::Restarting);
+        // Between two processes: the slot finishes, or revives after its backoff.
+        loop {
+            match next_step(actions) {
+                Between::Revive(delay) => {
                     tokio::time::sleep(delay).await;
-                    if let Some(stopped) = expected_exit(&inner, &worker) {
-                        inner.update_slot(worker.id, |s| s.state = stopped);
-                        return;
-                    }
-                    let restarts = inner.update_slot(worker.id, |s| {
-                        s.restarts += 1;
-                        s.restarts
-                    });
-                    crate::metrics::restart(&worker.name);
-                    inner.emit(Event::Revived { worker: worker.clone(), restarts: restarts.unwrap_or(0) });
-                    continue;
+                    actions = inner.apply(worker.id, Input::TimerFired(Timer::Revive));
                 }
+                Between::Respawn => {
+                    crate::metrics::restart(&worker.name);
+                    break;
+                }
+                Between::Finish => return,
             }
-        };
-        record_exit(&inner, &worker, reason, next);
-        if next == WorkerState::GaveUp {
-            let restarts = inner.slots().get(&worker.id).map_or(0, |s| s.restarts);
-            inner.emit(Event::GaveUp { worker: worker.clone(), restarts, cause: GiveUpCause::Crashes });
         }
-        return;
     }
 }
 
-/// The state a worker that was asked to stop (or whose cluster shuts down) ends in, or `None`
-/// when its exit was not expected.
-fn expected_exit(inner: &PrimaryInner, worker: &WorkerRef) -> Option<WorkerState> {
-    let asked = match inner.slots().get(&worker.id) {
-        None => Some(WorkerState::Stopped),
-        Some(slot) => slot.stop_requested.then_some(slot.stop_as),
-    };
-    let shutting_down = inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst);
-    asked.or(shutting_down.then_some(WorkerState::Stopped))
+/// What the slot said to do once a process ended.
+enum Between {
+    Revive(Duration),
+    Respawn,
+    Finish,
 }
 
-/// Records that the process ended, with the state supervision goes to, in one update so no
-/// waiter sees an in-between state.
-fn record_exit(inner: &PrimaryInner, worker: &WorkerRef, reason: Option<ExitReason>, state: WorkerState) {
-    inner.update_slot(worker.id, |s| {
-        s.state = state;
-        s.pid = None;
-        s.link = None;
-        if reason.is_some() {
-            s.last_exit = reason;
+fn next_step(actions: Vec<Action>) -> Between {
+    for action in actions {
+        match action {
+            Action::Arm(Timer::Revive, delay) => return Between::Revive(delay),
+            Action::Respawn => return Between::Respawn,
+            Action::Finish => return Between::Finish,
+            other => tracing::debug!(?other, "no process to act on"),
         }
+    }
+    // The slot always says one of the three once a process ended; ending is the safe reading.
+    Between::Finish
+}
+
+/// The timers a slot armed for its current process.
+type Timers = FuturesUnordered<Pin<Box<dyn Future<Output = Timer> + Send>>>;
+
+/// Does what the slot said for the current process: signals go through the reaper (see [`reap`]),
+/// timers are armed here.
+fn perform(actions: Vec<Action>, signal: &mpsc::UnboundedSender<Signal>, timers: &mut Timers) {
+    for action in actions {
+        match action {
+            // A send fails only once the process was reaped: then there is nothing to signal.
+            Action::Signal(sig) => drop(signal.send(sig)),
+            Action::Arm(timer, after) => timers.push(Box::pin(async move {
+                tokio::time::sleep(after).await;
+                timer
+            })),
+            other => tracing::debug!(?other, "not an action for a running process"),
+        }
+    }
+}
+
+/// Spawns one process of the worker and drives it until it exits: its connection, its pings,
+/// its timers, the signals asked for it. Returns what the slot says once it ended.
+async fn run_process(
+    inner: &Arc<PrimaryInner>,
+    worker: &WorkerRef,
+    options: &WorkerOptions,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    spawned: &mut Option<oneshot::Sender<Result<()>>>,
+) -> Result<Vec<Action>> {
+    let token = match inner.transport.authentication() {
+        Authentication::Token => Some(new_token()),
+        _ => None,
+    };
+    let mut command = build_command(inner, worker, options, token.as_deref())?;
+    let mut info = SpawnInfo::new(worker.id, worker.name.clone());
+    info.first_free_fd = inner.listeners.first_free_fd();
+    info.stdin_free = plain_spawn(inner, options);
+    let mut rendezvous = inner.transport.prepare(&info, &mut command).await?;
+    // After the transport's mapping: see `SharedListeners::pass_to`.
+    inner.listeners.pass_to(&mut command)?;
+    let program = command.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = spawner::spawn(command).await?.map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("could not start worker program {program:?}: {e}; check the path and its permissions"),
+        )
+        .with_source(e)
+    })?;
+    rendezvous.attach(&mut child)?;
+    // The process must pass the handshake within the ready timeout, counted from its spawn (a
+    // large program on a cold cache may take a while before it calls connect). Recorded before
+    // `fork` returns, so a `Primary::ready` called after it waits for this verdict; published
+    // after.
+    let connect_by = tokio::time::Instant::now() + inner.ready_timeout;
+    let spawned_now = Input::Spawned { pid: child.id(), connect_by };
+    let (actions, incarnation) = inner.change(|d| {
+        let actions = d.handle(worker.id, spawned_now, Instant::now());
+        (actions, d.get(worker.id).map_or(0, |s| s.incarnation()))
     });
-    // Published after the record, so a subscriber that reacts by asking `workers()` sees it.
-    if let Some(reason) = reason {
-        inner.emit(Event::Exit { worker: worker.clone(), reason });
+    if let Some(tx) = spawned.take() {
+        let _ = tx.send(Ok(()));
+    }
+    let (signal, signals) = mpsc::unbounded_channel();
+    let (exit_tx, mut exit) = oneshot::channel();
+    tokio::spawn(reap(child, signals, exit_tx));
+    let mut timers = Timers::new();
+    perform(inner.publish(actions), &signal, &mut timers);
+
+    let mut connecting = Some(Box::pin(connect(inner, worker, rendezvous.as_mut(), token, connect_by)));
+    let mut link: Option<Arc<Link>> = None;
+    let mut reader = None;
+    let mut heartbeat_due = None;
+    let reason = loop {
+        let actions = tokio::select! {
+            connected = pending_on(&mut connecting), if connecting.is_some() => {
+                connecting = None;
+                match connected {
+                    Ok((connected, unread)) => {
+                        let actions = inner.apply(worker.id, Input::Connected(Arc::clone(&connected)));
+                        // Read only now that the slot knows the connection: a Ready the worker
+                        // sent at once is taken after it.
+                        let handler = PrimaryInbound::new(Arc::clone(inner), worker.clone());
+                        reader = Some(unread.spawn(Arc::new(handler)));
+                        heartbeat_due = Some(Box::pin(heartbeat(Arc::clone(&connected), options.heartbeat)));
+                        link = Some(connected);
+                        actions
+                    }
+                    Err(failure) => {
+                        let (error, published) = match failure {
+                            ConnectFailure::Published(err) => (err, true),
+                            ConnectFailure::New(err) => (Arc::new(err), false),
+                        };
+                        inner.apply(worker.id, Input::ConnectFailed { error, published })
+                    }
+                }
+            }
+            waited = pending_on(&mut heartbeat_due), if heartbeat_due.is_some() => {
+                heartbeat_due = None;
+                inner.apply(worker.id, Input::PingMissed { waited })
+            }
+            end = pending_on(&mut reader), if reader.is_some() => {
+                (reader, heartbeat_due) = (None, None);
+                inner.apply(worker.id, Input::LinkEnded(failure_of(end.ok())))
+            }
+            ended = &mut exit => break ended.unwrap_or(ExitReason::Code(-1)),
+            Some(timer) = timers.next() => inner.apply(worker.id, Input::TimerFired(timer)),
+            Some(Control::Signal(sig, to)) = control.recv() => {
+                if to == incarnation {
+                    let _ = signal.send(sig);
+                }
+                Vec::new()
+            }
+        };
+        perform(actions, &signal, &mut timers);
+    };
+    if let Some(mut reader) = reader {
+        // The process is dead, so its end of the stream is closed: what it wrote last (a final
+        // status, a reply) is still buffered and is read before the EOF; the bound only guards
+        // against a descendant that inherited the connection. How the link ended decides
+        // whether this was a crash, whichever of the two ends the select above saw first.
+        let end = match tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader).await {
+            Ok(end) => end.ok(),
+            Err(_) => {
+                reader.abort();
+                None
+            }
+        };
+        inner.apply(worker.id, Input::LinkEnded(failure_of(end)));
+    }
+    if let Some(link) = link {
+        // The process is gone: whatever was still in flight to it fails now.
+        link.close();
+    }
+    Ok(inner.apply(worker.id, Input::Exited(reason)))
+}
+
+/// What `future` gives, or never anything while there is none (a branch the select guards).
+async fn pending_on<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The error that ended a connection, if one did.
+fn failure_of(end: Option<LinkEnd>) -> Option<Error> {
+    match end {
+        Some(LinkEnd::Failed(err)) => Some(err),
+        Some(LinkEnd::Eof) | None => None,
     }
 }
 
@@ -190,156 +299,6 @@ fn plain_spawn(inner: &PrimaryInner, options: &WorkerOptions) -> bool {
         && inner.listeners.first_free_fd() == clusterfy_core::transport::FIRST_INHERITED_FD
 }
 
-/// How one process of a worker ended.
-struct ProcessEnd {
-    reason: ExitReason,
-    /// Its connection was ended by an error (a protocol violation, a read error), not by the
-    /// worker closing it cleanly.
-    link_failed: bool,
-}
-
-impl From<ExitReason> for ProcessEnd {
-    fn from(reason: ExitReason) -> Self {
-        ProcessEnd { reason, link_failed: false }
-    }
-}
-
-/// Spawns one process of the worker and runs it until it exits.
-async fn run_once(
-    inner: &Arc<PrimaryInner>,
-    worker: &WorkerRef,
-    options: &WorkerOptions,
-    control: &mut mpsc::UnboundedReceiver<Control>,
-    spawned: &mut Option<oneshot::Sender<Result<()>>>,
-) -> Result<ProcessEnd> {
-    let token = match inner.transport.authentication() {
-        Authentication::Token => Some(new_token()),
-        _ => None,
-    };
-    let mut command = build_command(inner, worker, options, token.as_deref())?;
-    let mut info = SpawnInfo::new(worker.id, worker.name.clone());
-    info.first_free_fd = inner.listeners.first_free_fd();
-    info.stdin_free = plain_spawn(inner, options);
-    let mut rendezvous = inner.transport.prepare(&info, &mut command).await?;
-    // After the transport's mapping: see `SharedListeners::pass_to`.
-    inner.listeners.pass_to(&mut command)?;
-    let program = command.as_std().get_program().to_string_lossy().into_owned();
-    let mut child = spawner::spawn(command).await?.map_err(|e| {
-        Error::new(
-            ErrorKind::Io,
-            format!("could not start worker program {program:?}: {e}; check the path and its permissions"),
-        )
-        .with_source(e)
-    })?;
-    rendezvous.attach(&mut child)?;
-    let pid = child.id();
-    // Connect: the process must pass the handshake within the ready timeout, counted from its
-    // spawn (a large program on a cold cache may take a while before it calls connect). Set
-    // before `fork` returns, so a `Primary::ready` called after it waits for this verdict.
-    let deadline = tokio::time::Instant::now() + inner.ready_timeout;
-    let spawned_now = inner.update_slot(worker.id, |s| {
-        s.connect_by = Some(deadline);
-        s.pid = pid;
-        s.incarnation += 1;
-        s.state = WorkerState::Starting;
-        s.status = WorkerStatus::Initializing;
-        s.started = Instant::now();
-        s.link = None;
-        s.connect_failure = None;
-        s.watches.clear();
-        (!s.stop_requested, s.incarnation)
-    });
-    let (still_wanted, incarnation) =
-        spawned_now.map_or((false, 0), |(wanted, incarnation)| (wanted, incarnation));
-    if let Some(tx) = spawned.take() {
-        let _ = tx.send(Ok(()));
-    }
-    inner.emit(Event::Forked { worker: worker.clone(), pid: pid.unwrap_or(0) });
-
-    let (signal_tx, signal_rx) = mpsc::unbounded_channel();
-    let (exit_tx, mut exit_rx) = oneshot::channel();
-    tokio::spawn(reap(child, signal_rx, exit_tx));
-    // A send fails only once the process was reaped: then there is nothing left to signal.
-    let signal_now = |signal: Signal| {
-        let _ = signal_tx.send(signal);
-    };
-    let kill_now = || signal_now(Signal::SIGKILL);
-    // Stopped (or its slot removed) while it was being spawned: it must not run unseen.
-    if !still_wanted || inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-        kill_now();
-        return Ok(wait_exit(&mut exit_rx).await.into());
-    }
-
-    let connecting = connect(inner, worker, rendezvous.as_mut(), token, deadline);
-    tokio::pin!(connecting);
-    let (link, mut reader) = loop {
-        tokio::select! {
-            connected = &mut connecting => match connected {
-                Ok(pair) => break pair,
-                Err(failure) => {
-                    connect_failed(inner, worker, failure);
-                    kill_now();
-                    return Ok(wait_exit(&mut exit_rx).await.into());
-                }
-            },
-            exit = &mut exit_rx => return Ok(exit.unwrap_or(ExitReason::Code(-1)).into()),
-            Some(Control::Signal(signal, to)) = control.recv() => if to == incarnation { signal_now(signal) },
-        }
-    };
-    inner.update_slot(worker.id, |s| {
-        s.link = Some(Arc::clone(&link));
-        s.state = WorkerState::Connected;
-        s.status = WorkerStatus::Loaded;
-    });
-    inner.emit(Event::Online { worker: worker.clone() });
-
-    let mut reader_done = false;
-    let mut link_failed = false;
-    let heartbeat = heartbeat(Arc::clone(&link), options.heartbeat);
-    tokio::pin!(heartbeat);
-    let mut hung = false;
-    let reason = loop {
-        tokio::select! {
-            waited = &mut heartbeat, if !hung && !reader_done => {
-                hung = true;
-                inner.emit(Event::Unresponsive { worker: worker.clone(), waited });
-                tracing::warn!(worker = %worker, ?waited, "worker does not answer pings: killing it");
-                kill_now();
-            }
-            end = &mut reader, if !reader_done => {
-                reader_done = true;
-                inner.update_slot(worker.id, |s| s.link = None);
-                link_failed = report_link_end(inner, worker, end.ok());
-                match tokio::time::timeout(DISCONNECTED_GRACE, &mut exit_rx).await {
-                    Ok(exit) => break exit.unwrap_or(ExitReason::Code(-1)),
-                    Err(_) => kill_now(),
-                }
-            }
-            exit = &mut exit_rx => break exit.unwrap_or(ExitReason::Code(-1)),
-            Some(Control::Signal(signal, to)) = control.recv() => if to == incarnation { signal_now(signal) },
-        }
-    };
-    if !reader_done {
-        // The process is dead, so its end of the stream is closed: what it wrote last (a final
-        // status, a reply) is still buffered and is read before the EOF; the bound only guards
-        // against a descendant that inherited the connection.
-        let end = match tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader).await {
-            Ok(end) => end.ok(),
-            Err(_) => {
-                reader.abort();
-                None
-            }
-        };
-        // How the link ended decides whether this was a crash, whichever of the two the
-        // select above saw first.
-        link_failed = report_link_end(inner, worker, end);
-    }
-    // The process is gone: whatever was still in flight to it fails now.
-    link.close();
-    // A hung worker killed by the heartbeat crashed, whatever its exit says.
-    Ok(ProcessEnd { reason, link_failed: link_failed || hung })
-}
-
 /// Pings the worker at the heartbeat's interval; resolves with the time waited when a ping went
 /// unanswered past its timeout. Never resolves without a heartbeat or once the link is closed
 /// (its end is reported by the reader).
@@ -368,86 +327,6 @@ async fn heartbeat(link: Arc<Link>, heartbeat: Option<Heartbeat>) -> Duration {
             Ok(_) => {}
         }
     }
-}
-
-/// A worker that printed to stdout before it connected (over stdio) sends text where its `Hello`
-/// belongs: say that, rather than only what the text looks like as a frame header.
-fn explain_text_instead_of_hello(err: Error, received: &[u8]) -> Error {
-    // Only the text at the start counts: the worker's real Hello may already follow it.
-    let text =
-        received.iter().take(60).take_while(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()).count();
-    if err.kind() != ErrorKind::Protocol || text < HEADER_LEN {
-        return err;
-    }
-    let head = &received[..text];
-    Error::new(
-        ErrorKind::Protocol,
-        format!(
-            "the worker sent text ({:?}) where its Hello belongs: over the stdio transport a worker must not \
-             print to stdout before Worker::builder().connect(); print to stderr instead",
-            String::from_utf8_lossy(head)
-        ),
-    )
-    .with_source(err)
-}
-
-/// The one description of a worker that did not connect in time, whichever deadline noticed it:
-/// the ready timeout here or in [`Primary::ready`](super::Primary::ready).
-pub(super) fn not_connected_in_time(waited: Duration) -> Error {
-    Error::new(
-        ErrorKind::Timeout,
-        format!(
-            "the worker did not connect within {waited:?}, so it is killed; does its program call \
-             Worker::builder().connect() at start?"
-        ),
-    )
-}
-
-/// Publishes the end of a worker's connection: the error that ended it, if any, first, so that
-/// a subscriber always learns what went wrong before it sees the Disconnect (and then the Exit).
-/// Returns whether an error ended it.
-fn report_link_end(inner: &PrimaryInner, worker: &WorkerRef, end: Option<LinkEnd>) -> bool {
-    let failed = matches!(end, Some(LinkEnd::Failed(_)));
-    if let Some(LinkEnd::Failed(err)) = end {
-        inner.emit(Event::Error {
-            worker: Some(worker.clone()),
-            error: Arc::new(err.with_context("worker", worker)),
-        });
-    }
-    inner.emit(Event::Disconnect { worker: worker.clone() });
-    failed
-}
-
-/// Why a worker did not get connected.
-enum ConnectFailure {
-    /// A refused handshake, already published as an event.
-    Published(Arc<Error>),
-    /// Anything else, not published yet.
-    New(Error),
-}
-
-impl From<Error> for ConnectFailure {
-    fn from(err: Error) -> Self {
-        ConnectFailure::New(err)
-    }
-}
-
-/// Reports why a worker could not connect (once) and keeps it for
-/// [`Primary::ready`](super::Primary::ready).
-fn connect_failed(inner: &PrimaryInner, worker: &WorkerRef, failure: ConnectFailure) {
-    let err = match failure {
-        ConnectFailure::Published(err) => err,
-        ConnectFailure::New(err) => {
-            let err = Arc::new(err);
-            inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::clone(&err) });
-            err
-        }
-    };
-    inner.update_slot(worker.id, |s| s.connect_failure = Some(err));
-}
-
-async fn wait_exit(exit_rx: &mut oneshot::Receiver<ExitReason>) -> ExitReason {
-    exit_rx.await.unwrap_or(ExitReason::Code(-1))
 }
 
 /// Owns the child: reports its exit, and signals it on request. Signals go through here so that
@@ -479,128 +358,4 @@ async fn reap(
         }
     };
     let _ = exit.send(reason);
-}
-
-/// Accepts connections until one passes the handshake, by `deadline`; refused ones are reported
-/// and dropped.
-async fn connect(
-    inner: &Arc<PrimaryInner>,
-    worker: &WorkerRef,
-    rendezvous: &mut dyn Rendezvous,
-    token: Option<String>,
-    deadline: tokio::time::Instant,
-) -> Result<(Arc<Link>, JoinHandle<LinkEnd>), ConnectFailure> {
-    let mut handshake = PrimaryHandshake::new(worker.id, token);
-    let mut refused = None;
-    loop {
-        let accepted = tokio::time::timeout_at(deadline, rendezvous.accept()).await;
-        let mut connection = match (accepted, refused) {
-            (Ok(Ok(connection)), _) => connection,
-            // A channel with one try (inherited, stdio): its refusal is why, not the end of it.
-            (_, Some(refusal)) => return Err(ConnectFailure::Published(refusal)),
-            (Ok(Err(err)), None) => return Err(err.into()),
-            (Err(_), None) => {
-                return Err(not_connected_in_time(inner.ready_timeout).with_context("worker", worker).into());
-            }
-        };
-        // Until it authenticates, a connection may only send a small Hello.
-        let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
-        let checked =
-            match tokio::time::timeout_at(deadline, read_first(&mut connection.reader, &mut decoder)).await {
-                Ok(Ok(first)) => handshake.check_hello(first),
-                Ok(Err(err)) => Err(explain_text_instead_of_hello(err, decoder.buffer_mut())),
-                Err(_) => Err(handshake_not_finished(inner.ready_timeout, decoder.buffered_len())),
-            };
-        if let Err(err) = checked {
-            let err = err.with_context("worker", worker).with_context("connection", &connection.description);
-            let notice = Message::Notice(Notice::Error(WireError::from(&err)));
-            let _ = write_single(&mut connection.writer, &notice, inner.max_frame_len).await;
-            let err = Arc::new(err);
-            inner.emit(Event::Error { worker: Some(worker.clone()), error: Arc::clone(&err) });
-            refused = Some(err);
-            continue;
-        }
-        decoder.set_max_frame_len(inner.max_frame_len);
-        let restarts = inner.slots().get(&worker.id).map_or(0, |s| s.restarts);
-        let welcome = Message::Welcome(Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            worker_id: worker.id,
-            name: worker.name.clone(),
-            restarts,
-        });
-        write_single(&mut connection.writer, &welcome, inner.max_frame_len).await?;
-        let (link, reader) = Link::new(
-            format!("worker {:?} (#{})", worker.name, worker.id),
-            connection.reader,
-            connection.writer,
-            decoder,
-            inner.max_frame_len,
-            ErrorKind::WorkerExited,
-        );
-        let reader = reader.spawn(Arc::new(PrimaryInbound::new(Arc::clone(inner), worker.clone())));
-        return Ok((link, reader));
-    }
-}
-
-/// A connection whose Hello did not arrive in time: one that sent nothing did not connect, one
-/// that sent part of it connected and then stalled.
-fn handshake_not_finished(waited: Duration, received: usize) -> Error {
-    if received == 0 {
-        return not_connected_in_time(waited);
-    }
-    Error::new(
-        ErrorKind::Timeout,
-        format!(
-            "the worker connected and began its handshake, but sent only {received} bytes of its Hello within \
-             {waited:?}, so it is killed; is it stuck, or does it speak another protocol on its channel?"
-        ),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use clusterfy_core::codec::encode_frame;
-    use clusterfy_core::protocol::Hello;
-
-    use super::*;
-
-    fn oversize() -> Error {
-        Error::new(ErrorKind::Protocol, "peer announced a frame above the maximum")
-    }
-
-    #[test]
-    fn text_before_the_hello_is_named_even_when_the_real_hello_already_follows() {
-        let mut received = b"starting up...\n".to_vec();
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            worker_id: clusterfy_core::WorkerId(1),
-            token: "t".into(),
-        };
-        encode_frame(&Message::Hello(hello), 4096, &mut received).expect("a Hello frame");
-        for bytes in [&received[..], &received[..15], &received[..6]] {
-            let err = explain_text_instead_of_hello(oversize(), bytes);
-            assert!(err.message().contains("must not print to stdout"), "{err}");
-            assert!(err.message().contains("start"), "quotes the text: {err}");
-        }
-    }
-
-    #[test]
-    fn a_hello_begun_and_not_finished_is_not_called_a_missing_connect() {
-        let silent = handshake_not_finished(Duration::from_secs(30), 0);
-        assert!(silent.message().contains("call Worker::builder().connect()"), "{silent}");
-        let stalled = handshake_not_finished(Duration::from_secs(30), 3);
-        assert_eq!(stalled.kind(), ErrorKind::Timeout);
-        assert!(stalled.message().contains("began its handshake"), "{stalled}");
-        assert!(!stalled.message().contains("call Worker::builder().connect()"), "{stalled}");
-    }
-
-    #[test]
-    fn a_binary_or_short_first_frame_keeps_its_own_error() {
-        for bytes in [&b"\x07\x00\x00\x00abc"[..], b"ok\n", b""] {
-            let err = explain_text_instead_of_hello(oversize(), bytes);
-            assert_eq!(err.message(), "peer announced a frame above the maximum", "{bytes:?}");
-        }
-        let timeout = explain_text_instead_of_hello(Error::new(ErrorKind::Timeout, "slow"), b"text text");
-        assert_eq!(timeout.kind(), ErrorKind::Timeout, "only protocol errors are explained");
-    }
 }

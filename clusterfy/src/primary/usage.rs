@@ -1,24 +1,20 @@
 //! The CPU use and resident memory of every worker process, sampled from `/proc` at an
-//! interval, and the memory limit that replaces a worker grown past it.
+//! interval, and the driver of the memory limit that replaces a worker grown past it (the
+//! decision is the slot's).
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use clusterfy_core::WorkerId;
-
-use super::restart::RestartDecision;
-use super::{Primary, PrimaryInner, WorkerState};
-use crate::events::{Event, GiveUpCause, WorkerRef};
+use super::slot::{Action, Input, MEMORY_RETRY_AFTER};
+use super::{Primary, PrimaryInner};
+use crate::events::WorkerRef;
 
 /// Default time between two samples of every worker.
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-/// After a failed memory-limit replacement, the time before the next try: a new process that
-/// cannot start is not forked again at every sample.
-const MEMORY_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Shortest sample interval accepted: reading `/proc` is cheap, but not free.
 pub(super) const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The last sample of one worker process.
+/// One sample of one worker process.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Usage {
     /// Resident memory, in bytes.
@@ -26,9 +22,25 @@ pub(crate) struct Usage {
     /// CPU time used since the sample before, as a share of one core (100.0 = one core busy);
     /// `None` at the first sample of a process.
     pub(crate) cpu_percent: Option<f64>,
-    pid: u32,
+    pub(crate) pid: u32,
     cpu_ticks: u64,
-    at: Instant,
+    pub(crate) at: Instant,
+}
+
+impl Usage {
+    /// A sample of process `pid` taken at `at`: `rss` bytes resident, `cpu_ticks` of CPU time
+    /// used so far.
+    pub(crate) fn new(pid: u32, rss: u64, cpu_ticks: u64, at: Instant) -> Usage {
+        Usage { rss, cpu_percent: None, pid, cpu_ticks, at }
+    }
+
+    /// The CPU share used between `before` (of the same process) and this sample; `None` if no
+    /// time passed.
+    pub(crate) fn cpu_since(&self, before: &Usage) -> Option<f64> {
+        let used = self.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks();
+        let elapsed = self.at.duration_since(before.at).as_secs_f64();
+        (elapsed > 0.0).then(|| 100.0 * used / elapsed)
+    }
 }
 
 /// Samples every worker at `interval` for as long as the primary lives.
@@ -39,107 +51,63 @@ pub(super) fn sample_workers(primary: Weak<PrimaryInner>, interval: Duration) {
         loop {
             ticks.tick().await;
             let Some(inner) = primary.upgrade() else { return };
-            for (worker, rss, limit) in sample_once(&inner) {
-                replace_over_limit(&inner, worker, rss, limit);
-            }
+            sample_once(&inner);
         }
     });
 }
 
-/// Takes one sample of each running worker; returns the workers over their memory limit, now
-/// marked as being replaced.
-fn sample_once(inner: &PrimaryInner) -> Vec<(WorkerRef, u64, u64)> {
-    let pids: Vec<(WorkerId, u32)> =
-        inner.slots().values().filter_map(|s| s.pid.map(|pid| (s.worker.id, pid))).collect();
+/// Takes one sample of each running worker and gives it to its slot.
+fn sample_once(inner: &Arc<PrimaryInner>) {
+    let pids: Vec<(WorkerRef, u32)> =
+        inner.directory().slots().filter_map(|s| s.pid().map(|pid| (s.worker().clone(), pid))).collect();
     // Read outside the directory's lock: /proc reads are system calls.
-    let samples: Vec<_> = pids.into_iter().filter_map(|(id, pid)| Some((id, pid, read_proc(pid)?))).collect();
-    let now = Instant::now();
-    let mut over = Vec::new();
-    let mut slots = inner.slots();
-    for (id, pid, sample) in samples {
-        let Some(slot) = slots.get_mut(&id) else { continue };
-        if slot.pid != Some(pid) {
-            continue;
+    for (worker, pid) in pids {
+        let Some(ProcSample { cpu_ticks, rss }) = read_proc(pid) else { continue };
+        let actions = inner.apply(worker.id, Input::Sampled(Usage::new(pid, rss, cpu_ticks, Instant::now())));
+        if let Some(kept) = inner.directory().get(worker.id).and_then(|s| s.usage()).filter(|u| u.pid == pid)
+        {
+            crate::metrics::worker_usage(&worker.name, kept.rss, kept.cpu_percent.unwrap_or(0.0));
         }
-        let cpu_percent = match slot.usage {
-            Some(before) if before.pid == pid => {
-                let used = sample.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks();
-                let elapsed = now.duration_since(before.at).as_secs_f64();
-                if elapsed > 0.0 { Some(100.0 * used / elapsed) } else { before.cpu_percent }
-            }
-            _ => None,
-        };
-        slot.usage = Some(Usage { rss: sample.rss, cpu_percent, pid, cpu_ticks: sample.cpu_ticks, at: now });
-        crate::metrics::worker_usage(&slot.worker.name, sample.rss, cpu_percent.unwrap_or(0.0));
-        if let Some(limit) = slot.options.max_memory {
-            let cooling_down = slot.no_memory_replacement_before.is_some_and(|at| now < at);
-            let replaceable = slot.state == WorkerState::Ready
-                && slot.answers_to_name()
-                && !slot.replacing
-                && !cooling_down;
-            if sample.rss > limit
-                && replaceable
-                && !inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
-            {
-                slot.replacing = true;
-                over.push((slot.worker.clone(), sample.rss, limit));
+        for action in actions {
+            match action {
+                Action::ReplaceAfter { delay, grace } => replace_after(inner, worker.clone(), delay, grace),
+                Action::StopForGood { grace } => stop_for_good(inner, worker.clone(), grace),
+                other => tracing::debug!(?other, "not an action for the sampler"),
             }
         }
     }
-    over
 }
 
-/// Replaces a worker over its memory limit, as a restart under its restart policy (the default
-/// policy if it has none): after the policy's backoff, and, once the intensity limit is passed,
-/// not again: the limit is then below what the program needs, so the worker is stopped for good
-/// (`GaveUp`) instead of being replaced in a loop.
-fn replace_over_limit(inner: &Arc<PrimaryInner>, worker: WorkerRef, rss: u64, limit: u64) {
-    tracing::warn!(worker = %worker, rss, limit, "worker passed its memory limit: replacing it");
-    inner.emit(Event::MemoryLimit { worker: worker.clone(), rss, limit });
+/// Replaces a worker over its memory limit after `delay` (the old process keeps serving
+/// meanwhile), as a restart.
+fn replace_after(inner: &Arc<PrimaryInner>, worker: WorkerRef, delay: Duration, grace: Duration) {
     let primary = Primary { inner: Arc::clone(inner) };
     tokio::spawn(async move {
-        let inner = &primary.inner;
-        let Some((decision, grace)) = inner.update_slot(worker.id, |s| {
-            let policy = s.options.restart.clone().unwrap_or_default();
-            (s.history.on_restart_needed(&policy, Instant::now()), s.options.memory_limit_grace)
-        }) else {
-            return;
-        };
-        let delay = match decision {
-            RestartDecision::RestartAfter(delay) => delay,
-            RestartDecision::GiveUp => return give_up_over_limit(&primary, &worker, rss, limit, grace).await,
-        };
-        // The old process keeps serving meanwhile; a reload may run.
         tokio::time::sleep(delay).await;
+        let inner = &primary.inner;
+        // A reload may run meanwhile: one replacement at a time.
         let _one_at_a_time = inner.reloading.lock().await;
-        if inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-            inner.update_slot(worker.id, |s| s.replacing = false);
+        if inner.directory().shutting_down() {
+            inner.change(|d| d.replacement_ended(&worker, None, None));
             return;
         }
-        match primary.replace_one(&worker, grace, true).await {
+        match primary.replace_one(&worker, grace, true, Some(MEMORY_RETRY_AFTER)).await {
             Ok(new) => crate::metrics::restart(&new.name),
             Err(err) => {
                 tracing::error!(worker = %worker, error = %err, "replacing a worker over its memory limit failed");
-                let retry = Instant::now() + MEMORY_RETRY_AFTER;
-                inner.update_slot(worker.id, |s| s.no_memory_replacement_before = Some(retry));
             }
         }
     });
 }
 
 /// Stops a worker whose replacements kept outgrowing its memory limit, for good.
-async fn give_up_over_limit(primary: &Primary, worker: &WorkerRef, rss: u64, limit: u64, grace: Duration) {
-    let inner = &primary.inner;
-    let restarts = inner.update_slot(worker.id, |s| {
-        s.stop_as = WorkerState::GaveUp;
-        s.restarts
+fn stop_for_good(inner: &Arc<PrimaryInner>, worker: WorkerRef, grace: Duration) {
+    let primary = Primary { inner: Arc::clone(inner) };
+    tokio::spawn(async move {
+        if let Err(err) = primary.shutdown_worker(worker.id, grace).await {
+            tracing::warn!(worker = %worker, error = %err, "stopping a worker over its memory limit failed");
+        }
     });
-    tracing::error!(worker = %worker, rss, limit, "worker keeps outgrowing its memory limit: giving up on it");
-    let cause = GiveUpCause::MemoryLimit { rss, limit };
-    inner.emit(Event::GaveUp { worker: worker.clone(), restarts: restarts.unwrap_or(0), cause });
-    if let Err(err) = primary.shutdown_worker(worker.id, grace).await {
-        tracing::warn!(worker = %worker, error = %err, "stopping a worker over its memory limit failed");
-    }
 }
 
 struct ProcSample {

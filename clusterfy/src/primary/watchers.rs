@@ -26,10 +26,10 @@ pub(super) fn dispatch_changes(inner: &Arc<PrimaryInner>) {
             };
             let Some(inner) = primary.upgrade() else { return };
             let watchers: Vec<Arc<Link>> = inner
+                .directory()
                 .slots()
-                .values()
-                .filter(|slot| slot.watches.iter().any(|watched| on_one_branch(&written, watched)))
-                .filter_map(|slot| slot.link.clone())
+                .filter(|slot| slot.watches().iter().any(|watched| on_one_branch(&written, watched)))
+                .filter_map(|slot| slot.link().cloned())
                 .collect();
             drop(inner);
             for link in watchers {
