@@ -1,16 +1,18 @@
-//! The driver of one connection: a reader task that decodes frames and dispatches them, a writer
-//! task that batches outgoing frames into few writes, and the table of requests in flight.
+//! The driver of one connection: a reader task that decodes frames, a writer task that batches
+//! outgoing frames into few writes, and the sweeper of requests past their deadline. What a frame
+//! means, which requests wait, when reading pauses, which answer goes back and what is said
+//! before hanging up are the sans-IO [`Connection`]'s to decide; this file moves bytes and wakes
+//! tasks.
 //!
 //! Both the primary (one link per worker) and a worker (one link to the primary) use it; what
 //! differs is the [`Inbound`] that handles the peer's requests and notices.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use clusterfy_core::codec::{FrameDecoder, encode_done_reply, encode_frame};
+use clusterfy_core::codec::{FrameDecoder, encode_frame};
 use clusterfy_core::protocol::{Message, Notice, Reply, Request, RequestId};
-use clusterfy_core::session::RequestTable;
+use clusterfy_core::session::{Connection, Incoming, encode_answer, farewell};
 use clusterfy_core::transport::{ByteReader, ByteWriter};
 use clusterfy_core::{Error, ErrorKind, Result, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,6 +71,15 @@ impl Outbox {
 
     /// Encodes `message` into the queue, waiting while the queue is over its high water.
     async fn send(&self, message: &Message, max_frame_len: usize) -> Result<(), SendError> {
+        self.send_with(|bytes| encode_frame(message, max_frame_len, bytes).map_err(SendError::Encode)).await
+    }
+
+    /// [`Outbox::send`] of what `encode` appends to the queue (it leaves the queue as it was if
+    /// it fails).
+    async fn send_with(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), SendError>,
+    ) -> Result<(), SendError> {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -78,7 +89,7 @@ impl Outbox {
                     return Err(SendError::Gone);
                 }
                 if queued.bytes.len() < OUTBOX_HIGH_WATER {
-                    encode_frame(message, max_frame_len, &mut queued.bytes).map_err(SendError::Encode)?;
+                    encode(&mut queued.bytes)?;
                     drop(queued);
                     self.wake_writer.notify_one();
                     return Ok(());
@@ -145,16 +156,14 @@ struct Waiter {
 pub(crate) struct Link {
     peer: String,
     outbox: Outbox,
-    pending: Mutex<RequestTable<Waiter>>,
+    state: Mutex<Connection<Waiter>>,
     /// Wakes the sweeper when the first request of a quiet spell starts, and when the link goes.
     sweep: Arc<Notify>,
     /// The kind requests in flight fail with when the connection ends: `WorkerExited` on the
     /// primary's side, `Closed` on a worker's.
     closed_kind: ErrorKind,
     max_frame_len: usize,
-    /// The peer's requests dispatched and not yet answered.
-    answering: AtomicUsize,
-    /// Wakes the reader waiting for `answering` to drop below [`MAX_ANSWERING`].
+    /// Wakes the reader paused at [`MAX_ANSWERING`] of the peer's requests.
     answered: Notify,
 }
 
@@ -169,7 +178,7 @@ struct Asked<'l> {
 impl Drop for Asked<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            self.link.pending().abandon(self.id);
+            self.link.state().abandon(self.id);
         }
     }
 }
@@ -223,11 +232,10 @@ impl Link {
         let link = Arc::new(Link {
             peer,
             outbox: Outbox::default(),
-            pending: Mutex::new(RequestTable::new()),
+            state: Mutex::new(Connection::new(MAX_ANSWERING)),
             sweep: Arc::new(Notify::new()),
             closed_kind,
             max_frame_len,
-            answering: AtomicUsize::new(0),
             answered: Notify::new(),
         });
         tokio::spawn(write_loop(writer, Arc::downgrade(&link), Arc::clone(&link.outbox.wake_writer)));
@@ -236,19 +244,19 @@ impl Link {
         (link, reader)
     }
 
-    fn pending(&self) -> MutexGuard<'_, RequestTable<Waiter>> {
-        // A panic while holding this lock cannot leave the table inconsistent (each method is a
-        // single map operation), so a poisoned lock is safe to reuse.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, Connection<Waiter>> {
+        // A panic while holding this lock cannot leave the state inconsistent (each method is a
+        // single map operation or counter step), so a poisoned lock is safe to reuse.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends a request and waits for its reply, at most `deadline`.
     pub(crate) async fn request(&self, body: Request, deadline: Duration) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
         let id = {
-            let mut pending = self.pending();
-            let first = pending.is_empty();
-            let id = pending
+            let mut state = self.state();
+            let first = !state.is_waiting();
+            let id = state
                 .start(Waiter { reply: tx, deadline }, Instant::now() + deadline)
                 .map_err(|_| self.closed_error())?;
             if first {
@@ -264,23 +272,20 @@ impl Link {
         answer
     }
 
-    /// Counts one of the peer's requests as answered.
+    /// Counts one of the peer's requests as answered, and lets a paused reader go on.
     fn answered_one(&self) {
-        let before = self.answering.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        if before == Ok(MAX_ANSWERING) {
+        if self.state().answered() {
             self.answered.notify_one();
         }
     }
 
-    /// Waits until fewer than [`MAX_ANSWERING`] of the peer's requests are being handled, then
-    /// counts one more.
-    async fn room_to_answer(&self) {
+    /// Waits while reading is paused (at [`MAX_ANSWERING`] of the peer's requests).
+    async fn room_to_read(&self) {
         loop {
             let answered = self.answered.notified();
             tokio::pin!(answered);
             answered.as_mut().enable();
-            if self.answering.load(Ordering::Acquire) < MAX_ANSWERING {
-                self.answering.fetch_add(1, Ordering::AcqRel);
+            if !self.state().reading_paused() {
                 return;
             }
             answered.await;
@@ -289,7 +294,7 @@ impl Link {
 
     /// Fails the requests past their deadline; true while requests are in flight.
     fn expire(&self) -> bool {
-        let expired = self.pending().expire(Instant::now());
+        let expired = self.state().expire(Instant::now());
         for waiter in expired {
             let _ = waiter.reply.send(Err(Error::new(
                 ErrorKind::Timeout,
@@ -299,20 +304,16 @@ impl Link {
                 ),
             )));
         }
-        !self.pending().is_empty()
+        self.state().is_waiting()
     }
 
-    /// Answers the peer's request `id`. Fails only if the connection is gone.
+    /// Answers the peer's request `id`, waiting while the outbox is over its high water. Fails
+    /// only if the connection is gone.
     pub(crate) async fn reply(&self, id: RequestId, result: Result<Reply>) -> Result<()> {
         self.answered_one();
         let result = result.map_err(|e| WireError::from(&e));
-        match self.send(&Message::Reply { id, result }).await {
-            // The answer itself cannot go out (too large): the asker still gets exactly one reply.
-            Err(err) if err.kind() != self.closed_kind => {
-                self.send(&Message::Reply { id, result: Err(WireError::from(&err)) }).await
-            }
-            other => other,
-        }
+        let sent = self.outbox.send_with(|bytes| self.encode_answer(id, result, bytes)).await;
+        sent.map_err(|_| self.closed_error())
     }
 
     /// Answers the peer's request `id` without waiting, past the outbox's high water (the asker
@@ -320,24 +321,22 @@ impl Link {
     /// supervisor reports the end.
     pub(crate) fn reply_soon(&self, id: RequestId, result: Result<Reply>) {
         self.answered_one();
-        if let Ok(Reply::Done) = result {
-            // Every acknowledged write: its few bytes by hand.
-            let _ = self.outbox.push_with(|bytes| {
-                encode_done_reply(id, bytes);
-                Ok(())
-            });
-            return;
-        }
         let result = result.map_err(|e| WireError::from(&e));
-        if let Err(SendError::Encode(err)) =
-            self.outbox.push(&Message::Reply { id, result }, self.max_frame_len)
-        {
-            // Too large: the asker still gets exactly one reply.
-            let err = err.with_context("peer", &self.peer);
-            let _ = self
-                .outbox
-                .push(&Message::Reply { id, result: Err(WireError::from(&err)) }, self.max_frame_len);
+        let _ = self.outbox.push_with(|bytes| self.encode_answer(id, result, bytes));
+    }
+
+    /// Appends the one answer to request `id` (see [`encode_answer`]), and logs one that was too
+    /// large for a frame (the asker got an error saying so instead).
+    fn encode_answer(
+        &self,
+        id: RequestId,
+        result: std::result::Result<Reply, WireError>,
+        bytes: &mut Vec<u8>,
+    ) -> Result<(), SendError> {
+        if let Some(err) = encode_answer(id, result, self.max_frame_len, bytes) {
+            tracing::warn!(peer = %self.peer, error = %err, "an answer too large for a frame was replaced by an error");
         }
+        Ok(())
     }
 
     /// Sends a one-way notice.
@@ -410,18 +409,9 @@ impl Link {
 
     /// Fails every request in flight; later requests fail at once.
     pub(crate) fn close(&self) {
-        let waiters = self.pending().close();
+        let waiters = self.state().close();
         for waiter in waiters {
             let _ = waiter.reply.send(Err(self.closed_error()));
-        }
-    }
-
-    fn complete(&self, id: RequestId, result: std::result::Result<Reply, WireError>) {
-        match self.pending().finish(id) {
-            Some(waiter) => {
-                let _ = waiter.reply.send(result.map_err(Error::from));
-            }
-            None => tracing::debug!(peer = %self.peer, id, "reply to a request nobody waits for (timed out)"),
         }
     }
 }
@@ -439,7 +429,7 @@ impl Drop for Link {
 async fn sweep_expired(link: Weak<Link>, wake: Arc<Notify>) {
     loop {
         let busy = match link.upgrade() {
-            Some(link) if !link.pending().is_closed() => link.expire(),
+            Some(link) if !link.state().is_closed() => link.expire(),
             _ => return,
         };
         if busy {
@@ -474,10 +464,9 @@ async fn read_loop(
     let end = loop {
         match decoder.decode::<Message>() {
             Ok(Some(message)) => {
-                if matches!(message, Message::Request { .. }) {
-                    link.room_to_answer().await;
-                }
-                dispatch(&link, &inbound, message);
+                let incoming = link.state().receive(message);
+                dispatch(&link, &inbound, incoming);
+                link.room_to_read().await;
                 continue;
             }
             Ok(None) => {}
@@ -496,10 +485,9 @@ async fn read_loop(
         }
     };
     if let LinkEnd::Failed(err) = &end
-        && err.kind() == ErrorKind::Protocol
+        && let Some(notice) = farewell(err)
     {
-        // Tell the peer why before hanging up; it may be a misbuilt but honest program.
-        let _ = link.outbox.push(&Message::Notice(Notice::Error(WireError::from(err))), link.max_frame_len);
+        let _ = link.outbox.push(&notice, link.max_frame_len);
     }
     // Whatever ended reading ends the connection both ways, so the peer is never left waiting.
     link.outbox.close();
@@ -507,13 +495,17 @@ async fn read_loop(
     end
 }
 
-fn dispatch(link: &Arc<Link>, inbound: &Arc<dyn Inbound>, message: Message) {
-    match message {
-        Message::Reply { id, result } => link.complete(id, result),
-        Message::Request { id, body } => Arc::clone(inbound).on_request(link, id, body),
-        Message::Notice(notice) => inbound.on_notice(link, notice),
-        Message::Hello(_) | Message::Welcome(_) => {
-            tracing::warn!(peer = %link.peer, "ignoring a second handshake frame");
+/// Does what the connection made of a frame.
+fn dispatch(link: &Arc<Link>, inbound: &Arc<dyn Inbound>, incoming: Incoming<Waiter>) {
+    match incoming {
+        Incoming::Answer { waiter, result } => drop(waiter.reply.send(result.map_err(Error::from))),
+        Incoming::Late { id } => {
+            tracing::debug!(peer = %link.peer, id, "reply to a request nobody waits for (timed out)")
+        }
+        Incoming::Request { id, body } => Arc::clone(inbound).on_request(link, id, body),
+        Incoming::Notice(notice) => inbound.on_notice(link, notice),
+        Incoming::Misplaced(frame) => {
+            tracing::warn!(peer = %link.peer, frame, "ignoring a second handshake frame")
         }
     }
 }
