@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod command;
 pub mod control;
+pub mod env;
 pub mod error;
 pub mod kv;
 pub mod os;
@@ -25,5 +26,3 @@ pub use protocol::{Origin, WorkerId, WorkerSelector, WorkerStatus};
 pub use storage::{BatchOp, Capabilities, NoticeReceiver, StorageBackend, StorageBackendExt, StorageNotice};
 pub use transport::{Authentication, Connection, Rendezvous, SpawnInfo, Transport, WorkerEnv};
 pub use value::{Value, from_value, to_value};
-#[cfg(test)]
-mod protocol_properties;

@@ -333,6 +333,25 @@ pub enum StorageRequest {
 }
 
 impl StorageRequest {
+    /// The operation's name in snake case, for metrics, logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StorageRequest::Get { .. } => "get",
+            StorageRequest::Save { .. } | StorageRequest::SaveNode { .. } => "save",
+            StorageRequest::Delete { .. } => "delete",
+            StorageRequest::CompareAndSwap { .. } => "compare_and_swap",
+            StorageRequest::Watch { .. } => "watch",
+            StorageRequest::Increment { .. } => "increment",
+            StorageRequest::IncrementFloat { .. } => "increment_float",
+            StorageRequest::Append { .. } => "append",
+            StorageRequest::RemoveValue { .. } => "remove_value",
+            StorageRequest::InsertIfAbsent { .. } => "insert_if_absent",
+            StorageRequest::Take { .. } => "take",
+            StorageRequest::Apply { .. } => "apply",
+            StorageRequest::Replicate { .. } => "replicate",
+        }
+    }
+
     /// The dotted path the request is about (every variant has one).
     pub fn path_mut(&mut self) -> &mut String {
         match self {

@@ -13,13 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::WorkerId;
 
-/// Environment variable naming the transport a worker must use (its [`Transport::name`]).
-pub const ENV_TRANSPORT: &str = "CLUSTERFY_TRANSPORT";
-/// Environment variable with the worker's id; its presence makes a process a worker.
-pub const ENV_WORKER_ID: &str = "CLUSTERFY_WORKER_ID";
-/// Environment variable with the worker's one-time handshake token, set only for transports
-/// that authenticate with one ([`Authentication::Token`]).
-pub const ENV_TOKEN: &str = "CLUSTERFY_TOKEN";
+pub use crate::env::{ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
 
 /// The reading half of a connection.
 pub type ByteReader = Box<dyn AsyncRead + Send + Unpin>;
@@ -55,7 +49,8 @@ impl WorkerEnv {
     /// The `CLUSTERFY_*` variables of the current process, and the shared listeners'
     /// `LISTEN_FDS` and `LISTEN_FDNAMES`.
     pub fn from_process() -> Self {
-        let ours = |k: &str| k.starts_with("CLUSTERFY_") || k == "LISTEN_FDS" || k == "LISTEN_FDNAMES";
+        let ours =
+            |k: &str| k.starts_with(crate::env::ENV_PREFIX) || k == "LISTEN_FDS" || k == "LISTEN_FDNAMES";
         WorkerEnv { vars: std::env::vars().filter(|(k, _)| ours(k)).collect() }
     }
 

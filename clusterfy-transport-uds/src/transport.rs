@@ -10,9 +10,7 @@ use command_fds::{CommandFdExt, FdMapping};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-/// Environment variable through which the primary tells a worker which inherited descriptor is
-/// its channel. The number is no secret: only the worker holds that descriptor.
-pub const ENV_UDS_FD: &str = "CLUSTERFY_UDS_FD";
+pub use clusterfy_core::env::ENV_UDS_FD;
 
 /// The Unix domain socket transport, Clusterfy's default.
 ///

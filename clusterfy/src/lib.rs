@@ -54,16 +54,7 @@ pub mod transport {
     pub use clusterfy_transport_uds::{ENV_UDS_FD, UdsTransport};
 }
 
-/// Environment variable with the worker's name (informational; the handshake is authoritative).
-pub const ENV_WORKER_NAME: &str = "CLUSTERFY_WORKER_NAME";
-/// Environment variable with the largest frame the primary accepts.
-pub const ENV_MAX_FRAME_LEN: &str = "CLUSTERFY_MAX_FRAME_LEN";
-/// Environment variable with the primary's pid, set when the worker is to set its own
-/// parent-death signal (a re-executed primary program without shared listeners).
-pub const ENV_PARENT_PID: &str = "CLUSTERFY_PARENT_PID";
-/// Environment variable set to `1` when the primary asks its workers to mark themselves
-/// non-dumpable ([`PrimaryBuilder::non_dumpable`]).
-pub const ENV_NON_DUMPABLE: &str = "CLUSTERFY_NON_DUMPABLE";
+pub use clusterfy_core::env::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_WORKER_NAME};
 
 /// Which side of the cluster this process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The driver of one connection: a reader task that decodes frames, a writer task that batches
 //! outgoing frames into few writes, and the sweeper of requests past their deadline. What a frame
 //! means, which requests wait, when reading pauses, which answer goes back and what is said
-//! before hanging up are the sans-IO [`Connection`]'s to decide; this file moves bytes and wakes
+//! before hanging up are the sans-IO [`LinkState`]'s to decide; this file moves bytes and wakes
 //! tasks.
 //!
 //! Both the primary (one link per worker) and a worker (one link to the primary) use it; what
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clusterfy_core::codec::{FrameDecoder, encode_frame};
 use clusterfy_core::protocol::{Message, Notice, Reply, Request, RequestId};
-use clusterfy_core::session::{Connection, Incoming, encode_answer, farewell};
+use clusterfy_core::session::{Incoming, LinkState, encode_answer, farewell};
 use clusterfy_core::transport::{ByteReader, ByteWriter};
 use clusterfy_core::{Error, ErrorKind, Result, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -156,7 +156,7 @@ struct Waiter {
 pub(crate) struct Link {
     peer: String,
     outbox: Outbox,
-    state: Mutex<Connection<Waiter>>,
+    state: Mutex<LinkState<Waiter>>,
     /// Wakes the sweeper when the first request of a quiet spell starts, and when the link goes.
     sweep: Arc<Notify>,
     /// The kind requests in flight fail with when the connection ends: `WorkerExited` on the
@@ -232,7 +232,7 @@ impl Link {
         let link = Arc::new(Link {
             peer,
             outbox: Outbox::default(),
-            state: Mutex::new(Connection::new(MAX_ANSWERING)),
+            state: Mutex::new(LinkState::new(MAX_ANSWERING)),
             sweep: Arc::new(Notify::new()),
             closed_kind,
             max_frame_len,
@@ -244,7 +244,7 @@ impl Link {
         (link, reader)
     }
 
-    fn state(&self) -> MutexGuard<'_, Connection<Waiter>> {
+    fn state(&self) -> MutexGuard<'_, LinkState<Waiter>> {
         // A panic while holding this lock cannot leave the state inconsistent (each method is a
         // single map operation or counter step), so a poisoned lock is safe to reuse.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)

@@ -2,12 +2,12 @@
 //! one connection's handling of what arrives, and routing. No sockets, tasks or clocks here, so
 //! they are tested directly.
 
-mod connection;
 mod handshake;
+mod link_state;
 mod requests;
 mod routing;
 
-pub use connection::{Connection, Incoming, encode_answer, farewell};
 pub use handshake::{PrimaryHandshake, check_welcome};
+pub use link_state::{Incoming, LinkState, encode_answer, farewell};
 pub use requests::RequestTable;
 pub use routing::{Route, RouteEntry, route};

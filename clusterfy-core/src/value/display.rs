@@ -71,7 +71,8 @@ mod tests {
     use proptest::prelude::*;
 
     use crate::value;
-    use crate::value::{Value, arb_value};
+    use crate::value::Value;
+    use crate::value::strategy::arb_value;
 
     #[test]
     fn display_is_json_like() {

@@ -37,6 +37,8 @@ mod macros;
 mod nesting;
 mod ser;
 #[cfg(test)]
+pub(crate) mod strategy;
+#[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests may panic; the lint is meant for library code.
 mod tests;
 
@@ -297,27 +299,4 @@ impl<T: Into<Value>> From<BTreeMap<String, T>> for Value {
     fn from(v: BTreeMap<String, T>) -> Self {
         Value::Map(v.into_iter().map(|(k, v)| (k, v.into())).collect())
     }
-}
-
-/// A proptest strategy for arbitrary canonical values without NaN (which is never equal to
-/// itself), for tests across the crate.
-#[cfg(test)]
-pub fn arb_value() -> impl proptest::strategy::Strategy<Value = Value> {
-    use proptest::prelude::*;
-
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::Int),
-        ((1_u64 << 63)..=u64::MAX).prop_map(Value::UInt),
-        any::<f64>().prop_filter("NaN is not equal to itself", |f| !f.is_nan()).prop_map(Value::Float),
-        any::<String>().prop_map(Value::String),
-        proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Bytes),
-    ];
-    leaf.prop_recursive(4, 64, 8, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::List),
-            proptest::collection::btree_map(any::<String>(), inner, 0..8).prop_map(Value::Map),
-        ]
-    })
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::strategy::arb_value;
 use super::*;
 use crate::error::{ErrorKind, Result};
 use crate::value;

@@ -54,7 +54,7 @@ impl Suite {
         let mut command = Command::new(exe);
         // Only what this primary sets may reach the peer, even if the test runs under another primary.
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CLUSTERFY_") {
+            if key.to_string_lossy().starts_with(clusterfy_core::env::ENV_PREFIX) {
                 command.env_remove(key);
             }
         }
@@ -142,7 +142,7 @@ fn new_token(id: WorkerId) -> String {
 /// The worker's view of the `CLUSTERFY_*` environment set on `command`.
 fn worker_env(command: &Command) -> WorkerEnv {
     WorkerEnv::from_pairs(command.as_std().get_envs().filter_map(|(key, value)| {
-        let key = key.to_str().filter(|key| key.starts_with("CLUSTERFY_"))?;
+        let key = key.to_str().filter(|key| key.starts_with(clusterfy_core::env::ENV_PREFIX))?;
         Some((key.to_owned(), value?.to_str()?.to_owned()))
     }))
 }

@@ -8,7 +8,7 @@ use clusterfy_core::Path;
 use clusterfy_core::protocol::{Reply, RequestId, StorageRequest};
 
 use super::SharedStorage;
-use super::writer::{Completion, Work, operation_name};
+use super::writer::{Completion, Work};
 use crate::link::Link;
 
 /// The storage side of one worker's connection.
@@ -31,7 +31,7 @@ impl StorageSession {
             Ok(path) => path,
             Err(err) => return link.reply_soon(id, Err(err)),
         };
-        let name = operation_name(&request);
+        let name = request.name();
         match request {
             StorageRequest::Get { .. } if self.uncommitted.load(Ordering::Acquire) == 0 => {
                 // Every write this worker made is committed: memory shows them all.

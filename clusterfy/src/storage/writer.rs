@@ -41,7 +41,7 @@ pub(crate) enum Work {
 impl fmt::Debug for Work {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Work::Request { path, request } => write!(f, "{} {path}", operation_name(request)),
+            Work::Request { path, request } => write!(f, "{} {path}", request.name()),
             Work::Initialize(_) => f.write_str("initialize"),
             Work::Replicate { path, replica, .. } => write!(f, "replicate {path} as #{replica}"),
             Work::Resync { subscription } => write!(f, "resync #{subscription}"),
@@ -82,25 +82,6 @@ impl Completion {
 pub(crate) struct Job {
     pub(crate) work: Work,
     pub(crate) done: Completion,
-}
-
-/// The operation's name in snake case, for metrics and logs.
-pub(crate) fn operation_name(request: &StorageRequest) -> &'static str {
-    match request {
-        StorageRequest::Get { .. } => "get",
-        StorageRequest::Save { .. } | StorageRequest::SaveNode { .. } => "save",
-        StorageRequest::Delete { .. } => "delete",
-        StorageRequest::CompareAndSwap { .. } => "compare_and_swap",
-        StorageRequest::Watch { .. } => "watch",
-        StorageRequest::Increment { .. } => "increment",
-        StorageRequest::IncrementFloat { .. } => "increment_float",
-        StorageRequest::Append { .. } => "append",
-        StorageRequest::RemoveValue { .. } => "remove_value",
-        StorageRequest::InsertIfAbsent { .. } => "insert_if_absent",
-        StorageRequest::Take { .. } => "take",
-        StorageRequest::Apply { .. } => "apply",
-        StorageRequest::Replicate { .. } => "replicate",
-    }
 }
 
 /// Takes jobs until every sender is gone. Holds the core only while it works on a round, so a
@@ -158,7 +139,7 @@ impl Round {
         let before = view.changes();
         let (result, path) = match work {
             Work::Request { path, request } => {
-                let name = operation_name(&request);
+                let name = request.name();
                 let result = ops::apply(view, &path, request, core.operations());
                 self.count(name, result.is_ok());
                 (result, Some(path))

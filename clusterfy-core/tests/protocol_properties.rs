@@ -1,4 +1,4 @@
-//! Property tests of the wire protocol: framing ([`crate::codec`]) over every [`Message`].
+//! Property tests of the wire protocol: framing (`clusterfy_core::codec`) over every [`Message`].
 //!
 //! The byte layout these tests pin is documented in `docs/protocol.md`; the tests named
 //! `docs_*` fail when the code and that page drift apart.
@@ -12,14 +12,19 @@ use proptest::test_runner::Config as ProptestConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, decode_payload, encode_frame};
-use crate::error::{ErrorKind, WireError};
-use crate::protocol::{
+use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, decode_payload, encode_frame};
+use clusterfy_core::error::{ErrorKind, WireError};
+use clusterfy_core::protocol::{
     BroadcastEntry, CommandRequest, Destination, Hello, Message, NodeChange, Notice, Origin,
     PROTOCOL_VERSION, ReplicaSnapshot, Reply, Request, ShutdownAck, StorageRequest, Welcome, WorkerId,
     WorkerSelector, WorkerStatus,
 };
-use crate::value::{MAX_NESTING, Value, arb_value};
+use clusterfy_core::value::{MAX_NESTING, Value};
+use strategy::arb_value;
+
+/// The crate's own strategy for values, included where its unit tests have it.
+#[path = "../src/value/strategy.rs"]
+mod strategy;
 
 // ---------------------------------------------------------------------------------------------
 // Strategies
