@@ -9,11 +9,11 @@ use clusterfy_core::protocol::Destination;
 use clusterfy_core::session::Route;
 use clusterfy_core::{Error, ErrorKind, Result, Transport, WorkerId, WorkerSelector};
 use nix::sys::signal::Signal;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
+use super::PrimaryContext;
 use super::directory::Directory;
-use super::slot::{Action, Input, Replacing, SlotIo};
-use super::{PrimaryContext, WorkerOptions, supervisor};
+use super::slot::{Action, Input, SlotIo};
 use crate::commands::CommandRegistry;
 use crate::events::{Event, WorkerRef};
 use crate::link::Link;
@@ -125,38 +125,6 @@ impl PrimaryInner {
     /// The name of worker `id`, if it is in the directory.
     pub(crate) fn name_of(&self, id: WorkerId) -> Option<String> {
         self.directory().get(id).map(|s| s.worker().name.clone())
-    }
-
-    /// Adds a slot for worker `name` and starts its supervisor; returns once its first process
-    /// is spawned. A replacement (`replacing`) does not answer to its name until it takes over.
-    pub(crate) async fn fork_slot(
-        self: &Arc<Self>,
-        name: &str,
-        options: WorkerOptions,
-        replacing: Option<Replacing>,
-    ) -> Result<WorkerRef> {
-        let (control, control_rx) = mpsc::unbounded_channel();
-        // Checked and added under the lock that `Primary::shutdown` lists the workers under, so a
-        // worker is either listed there or never started, and two forks cannot both take a name.
-        let worker = self.change(|d| d.add(name, options.clone(), control, replacing, Instant::now()))?;
-        let (spawned_tx, spawned_rx) = oneshot::channel();
-        tokio::spawn(supervisor::supervise(
-            Arc::clone(self),
-            worker.clone(),
-            options,
-            control_rx,
-            spawned_tx,
-        ));
-        match spawned_rx.await {
-            Ok(Ok(())) => Ok(worker),
-            Ok(Err(err)) => {
-                self.change(|d| d.remove(worker.id));
-                Err(err.with_context("worker", name))
-            }
-            Err(_) => {
-                Err(Error::new(ErrorKind::InvalidState, "the worker's supervisor stopped before spawning it"))
-            }
-        }
     }
 
     pub(crate) fn link_of(&self, id: WorkerId) -> Result<(WorkerRef, Arc<Link>)> {

@@ -21,8 +21,8 @@ use nix::sys::signal::Signal;
 use proptest::prelude::*;
 
 use super::directory::Directory;
+use super::sample::Usage;
 use super::slot::{Action, Input, Replacing, SlotIo, Timer};
-use super::usage::Usage;
 use super::{RestartPolicy, WorkerOptions, WorkerState};
 use crate::events::{Event, ExitReason, GiveUpCause};
 

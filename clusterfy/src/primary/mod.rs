@@ -11,6 +11,7 @@ mod machine_tests;
 mod options;
 mod reload;
 mod restart;
+mod sample;
 mod signals;
 mod slot;
 mod spawner;
@@ -33,7 +34,8 @@ pub(crate) use inner::PrimaryInner;
 pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
 pub use reload::ReloadOptions;
 pub use restart::RestartPolicy;
-pub use stats::{Statistics, WorkerInfo, WorkerState};
+pub use slot::WorkerState;
+pub use stats::{Statistics, WorkerInfo};
 pub use usage::DEFAULT_SAMPLE_INTERVAL;
 
 use crate::commands::{BroadcastReply, expect_target};
@@ -100,7 +102,7 @@ impl Primary {
         if name.is_empty() {
             return Err(Error::new(ErrorKind::InvalidInput, "a worker name must not be empty"));
         }
-        self.inner.fork_slot(name, options, None).await
+        supervisor::fork(&self.inner, name, options, None).await
     }
 
     /// Waits until every forked worker is ready (the original's `initAsPrimary`). Fails with

@@ -173,7 +173,7 @@ impl Primary {
             }
         };
         let replacing = Replacing { old: old.id, as_restart };
-        let new = self.inner.fork_slot(&old.name, options, Some(replacing)).await?;
+        let new = super::supervisor::fork(&self.inner, &old.name, options, Some(replacing)).await?;
         let taken_over = match self.wait_ready(new.id).await {
             Ok(()) => self.inner.change(|d| d.take_over(old, &new)),
             Err(err) => Err(err),

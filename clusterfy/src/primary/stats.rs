@@ -7,48 +7,8 @@ use clusterfy_core::{WorkerId, WorkerStatus};
 
 use crate::control::workers_table;
 
-use super::inner::Live;
-use super::slot::Slot;
+use super::slot::{Slot, SlotIo, WorkerState};
 use crate::events::ExitReason;
-
-/// Where a worker is in its supervision cycle (its process, not its self-reported status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WorkerState {
-    /// Spawned, not yet connected.
-    Starting,
-    /// Connected and authenticated, not yet ready.
-    Connected,
-    /// Ready for work.
-    Ready,
-    /// Crashed; waiting for its restart backoff.
-    Restarting,
-    /// Exited and not revived (clean exit, or no restart policy).
-    Exited,
-    /// Crashed too often; not revived any more.
-    GaveUp,
-    /// Exited after a shutdown request.
-    Stopped,
-}
-
-impl WorkerState {
-    /// True when no process runs and none will be started for this worker.
-    pub fn is_final(self) -> bool {
-        matches!(self, WorkerState::Exited | WorkerState::GaveUp | WorkerState::Stopped)
-    }
-
-    /// Lower-case name for tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerState::Starting => "starting",
-            WorkerState::Connected => "connected",
-            WorkerState::Ready => "ready",
-            WorkerState::Restarting => "restarting",
-            WorkerState::Exited => "exited",
-            WorkerState::GaveUp => "gave up",
-            WorkerState::Stopped => "stopped",
-        }
-    }
-}
 
 /// A snapshot of one worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +37,7 @@ pub struct WorkerInfo {
 }
 
 impl WorkerInfo {
-    pub(crate) fn of(slot: &Slot<Live>) -> Self {
+    pub(crate) fn of<W: SlotIo>(slot: &Slot<W>) -> Self {
         let running = slot.pid().is_some();
         let usage = slot.usage().filter(|_| running);
         WorkerInfo {

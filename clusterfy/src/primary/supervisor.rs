@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::connect::{ConnectFailure, connect};
 use super::inbound::PrimaryInbound;
 use super::options::{Heartbeat, WorkerOptions};
-use super::slot::{Action, Input, Timer};
+use super::slot::{Action, Input, Replacing, Timer};
 use super::spawner;
 use super::{Control, PrimaryInner};
 use crate::events::{ExitReason, WorkerRef};
@@ -30,6 +30,32 @@ use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_WORKER_NAME
 
 /// Time to read what a worker wrote just before it exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// Adds a slot for worker `name` to the directory and starts its supervisor; returns once its first process
+/// is spawned. A replacement (`replacing`) does not answer to its name until it takes over.
+pub(crate) async fn fork(
+    inner: &Arc<PrimaryInner>,
+    name: &str,
+    options: WorkerOptions,
+    replacing: Option<Replacing>,
+) -> Result<WorkerRef> {
+    let (control, control_rx) = mpsc::unbounded_channel();
+    // Checked and added under the lock that `Primary::shutdown` lists the workers under, so a
+    // worker is either listed there or never started, and two forks cannot both take a name.
+    let worker = inner.change(|d| d.add(name, options.clone(), control, replacing, Instant::now()))?;
+    let (spawned_tx, spawned_rx) = oneshot::channel();
+    tokio::spawn(supervise(Arc::clone(inner), worker.clone(), options, control_rx, spawned_tx));
+    match spawned_rx.await {
+        Ok(Ok(())) => Ok(worker),
+        Ok(Err(err)) => {
+            inner.change(|d| d.remove(worker.id));
+            Err(err.with_context("worker", name))
+        }
+        Err(_) => {
+            Err(Error::new(ErrorKind::InvalidState, "the worker's supervisor stopped before spawning it"))
+        }
+    }
+}
 
 /// Runs worker `worker` until it exits for good. `spawned` learns whether the first spawn worked.
 pub(super) async fn supervise(

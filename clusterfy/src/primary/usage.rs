@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use super::sample::Usage;
 use super::slot::{Action, Input, MEMORY_RETRY_AFTER};
 use super::{Primary, PrimaryInner};
 use crate::events::WorkerRef;
@@ -13,35 +14,6 @@ use crate::events::WorkerRef;
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest sample interval accepted: reading `/proc` is cheap, but not free.
 pub(super) const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
-
-/// One sample of one worker process.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Usage {
-    /// Resident memory, in bytes.
-    pub(crate) rss: u64,
-    /// CPU time used since the sample before, as a share of one core (100.0 = one core busy);
-    /// `None` at the first sample of a process.
-    pub(crate) cpu_percent: Option<f64>,
-    pub(crate) pid: u32,
-    cpu_ticks: u64,
-    pub(crate) at: Instant,
-}
-
-impl Usage {
-    /// A sample of process `pid` taken at `at`: `rss` bytes resident, `cpu_ticks` of CPU time
-    /// used so far.
-    pub(crate) fn new(pid: u32, rss: u64, cpu_ticks: u64, at: Instant) -> Usage {
-        Usage { rss, cpu_percent: None, pid, cpu_ticks, at }
-    }
-
-    /// The CPU share used between `before` (of the same process) and this sample; `None` if no
-    /// time passed.
-    pub(crate) fn cpu_since(&self, before: &Usage) -> Option<f64> {
-        let used = self.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks();
-        let elapsed = self.at.duration_since(before.at).as_secs_f64();
-        (elapsed > 0.0).then(|| 100.0 * used / elapsed)
-    }
-}
 
 /// Samples every worker at `interval` for as long as the primary lives.
 pub(super) fn sample_workers(primary: Weak<PrimaryInner>, interval: Duration) {
@@ -128,14 +100,6 @@ fn parse_stat(stat: &str, page_size: u64) -> Option<ProcSample> {
     // Fields are numbered from 1 in proc(5); `fields[0]` is field 3, the state.
     let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
     Some(ProcSample { cpu_ticks: field(14)? + field(15)?, rss: field(24)? * page_size })
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: OnceLock<f64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten();
-        ticks.map_or(100.0, |t| t as f64)
-    })
 }
 
 fn page_size() -> u64 {

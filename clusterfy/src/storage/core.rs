@@ -8,9 +8,9 @@ use clusterfy_core::{BatchOp, Path, Result, StorageBackend, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use super::custom::Operations;
+use super::job::Job;
 use super::replicas::Replicas;
 use super::state::{self, Committed};
-use super::writer::Job;
 
 /// Changes buffered per watcher; one that falls further behind is told the root changed.
 const CHANGE_BUFFER: usize = 4096;

@@ -4,7 +4,8 @@
 //!
 //! The parts, by job: `layout` (the byte layout of nodes and keys), `state` (the committed tree
 //! in memory and the draft of a round), `ops` (every operation, defined once), `custom` (the
-//! program's own operations), `writer` (the task that runs them and commits each round),
+//! program's own operations), `job` (what the writer's queue holds), `writer` (the task that
+//! runs them and commits each round),
 //! `core` (what the writer and the readers share), `shared` (the value-level API), `handle`
 //! (the typed API), `serve` (a worker's requests on the primary), `replicas` and `replica` (the
 //! primary's and the worker's side of replicas).
@@ -39,6 +40,7 @@
 mod core;
 mod custom;
 mod handle;
+mod job;
 mod layout;
 mod ops;
 mod replica;

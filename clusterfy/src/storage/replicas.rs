@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use clusterfy_core::protocol::{NodeChange, Notice, ReplicaSnapshot};
 use clusterfy_core::{BatchOp, Error, ErrorKind, Path, WireError};
 
-use super::core::StorageCore;
+use tokio::sync::mpsc::WeakUnboundedSender;
+
+use super::job::{Completion, Job, Work};
 use super::layout::key_of;
 use super::state::Committed;
-use super::writer::{Completion, Job, Work};
 use crate::link::Link;
 
 /// Bytes queued for a worker above which its replicas get no more changes and resync later.
@@ -75,7 +76,8 @@ impl Replicas {
 
     /// Sends each replica its changes of commit `version`; a worker that lags gets told so
     /// instead, and is resynced once it has room again.
-    pub(crate) fn publish(&self, core: &StorageCore, cut: Cut, version: u64) {
+    /// `jobs`: the writer's queue, which a lagging replica's resync goes through.
+    pub(crate) fn publish(&self, jobs: &WeakUnboundedSender<Job>, cut: Cut, version: u64) {
         if cut.is_empty() {
             return;
         }
@@ -88,7 +90,7 @@ impl Replicas {
             if link.queued_len() > LAGGING_ABOVE {
                 subscription.lagging = true;
                 link.notify_soon(Notice::ReplicaLagged { replica });
-                resync_when_drained(core, subscription.link.clone(), id);
+                resync_when_drained(jobs.clone(), subscription.link.clone(), id);
             } else {
                 let part = |changes, more| Notice::ReplicaChanged { replica, version, changes, more };
                 if !send_in_parts(&link, replica, changes, part) {
@@ -104,8 +106,9 @@ impl Replicas {
         self.lock().retain(|s| !(s.replica == replica && std::ptr::eq(s.link.as_ptr(), Arc::as_ptr(link))));
     }
 
-    /// Starts a replica, or resyncs a lagging one: sends its branch as it stands now.
-    pub(crate) fn subscribe(&self, core: &StorageCore, what: Subscribe) {
+    /// Starts a replica, or resyncs a lagging one: sends its branch as it stands now in
+    /// `committed`, at commit `version`.
+    pub(crate) fn subscribe(&self, committed: &Committed, version: u64, what: Subscribe) {
         let mut subscriptions = self.lock();
         let (id, link, replica, prefix) = match what {
             Subscribe::Start { path, replica, link } => {
@@ -128,7 +131,7 @@ impl Replicas {
         };
         // The writer runs this between commits: the snapshot shows every commit before it, and
         // every later commit's changes follow it.
-        let (version, nodes) = (core.version(), branch_of(&core.committed(), &prefix));
+        let nodes = branch_of(committed, &prefix);
         let sent = link.upgrade().is_some_and(|link| {
             let part = |nodes, more| Notice::ReplicaReset(ReplicaSnapshot { replica, version, nodes, more });
             send_in_parts(&link, replica, nodes, part)
@@ -225,8 +228,7 @@ fn branch_changes(prefix: &[u8], batch: &[BatchOp]) -> Vec<NodeChange> {
 
 /// Once `link` has little queued again, asks the writer to resync subscription `id` (in order
 /// with the commits).
-fn resync_when_drained(core: &StorageCore, link: Weak<Link>, id: u64) {
-    let writes = core.jobs();
+fn resync_when_drained(writes: WeakUnboundedSender<Job>, link: Weak<Link>, id: u64) {
     tokio::spawn(async move {
         match link.upgrade() {
             Some(link) => link.drained_below(RESYNC_BELOW).await,

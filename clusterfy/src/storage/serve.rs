@@ -8,7 +8,7 @@ use clusterfy_core::Path;
 use clusterfy_core::protocol::{Reply, RequestId, StorageRequest};
 
 use super::SharedStorage;
-use super::writer::{Completion, Work};
+use super::job::{Completion, Work};
 use crate::link::Link;
 
 /// The storage side of one worker's connection.

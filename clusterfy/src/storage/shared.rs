@@ -8,8 +8,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::core::StorageCore;
 use super::custom::Operations;
+use super::job::{Completion, Job, Work};
 use super::ops::Outcome;
-use super::writer::{self, Completion, Job, Work};
+use super::writer;
 
 /// The shared storage as workers and the primary see it: a tree of [`Value`]s addressed by dotted
 /// [`Path`]s, held in the primary's memory and made durable (or visible outside) by a key-value

@@ -5,84 +5,21 @@
 //! one flush, then the committed tree in memory, the replicas, and the answers. Write combining
 //! at the tree level, and group commit for durable backends.
 
-use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
-use clusterfy_core::protocol::{Reply, RequestId, StorageRequest};
-use clusterfy_core::{Error, Path, Result, Value, WireError};
-use tokio::sync::{mpsc, oneshot};
+use clusterfy_core::protocol::Reply;
+use clusterfy_core::{Error, Path, Result, WireError};
+use tokio::sync::mpsc;
 
 use super::core::StorageCore;
+use super::job::{Completion, Job, Work};
 use super::ops::{self, Outcome};
 use super::replicas::Subscribe;
 use super::state::{Draft, DraftView};
-use crate::link::Link;
 
 /// Most jobs taken in one round: enough to batch hundreds of writes in flight, few enough that a
 /// round's replies do not wait long.
 const ROUND_JOBS: usize = 1024;
-
-/// What the writer does for a caller.
-pub(crate) enum Work {
-    /// A storage request, its path taken out and checked.
-    Request { path: Path, request: StorageRequest },
-    /// [`SharedStorage::initialize`](super::SharedStorage::initialize).
-    Initialize(Value),
-    /// Start replica `replica` of the branch at `path` for `link`: its snapshot, then every
-    /// commit's changes.
-    Replicate { path: Path, replica: u64, link: Weak<Link> },
-    /// Send a lagging replica its branch again, now that its link has room.
-    Resync { subscription: u64 },
-    /// Stop, after everything queued before: let go of the backend, then answer.
-    Close,
-}
-
-impl fmt::Debug for Work {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Work::Request { path, request } => write!(f, "{} {path}", request.name()),
-            Work::Initialize(_) => f.write_str("initialize"),
-            Work::Replicate { path, replica, .. } => write!(f, "replicate {path} as #{replica}"),
-            Work::Resync { subscription } => write!(f, "resync #{subscription}"),
-            Work::Close => f.write_str("close"),
-        }
-    }
-}
-
-/// Who hears the outcome of one job, once: a worker's request, answered on its link, or a local
-/// caller waiting on a channel. An enum rather than a boxed closure: no allocation per job.
-pub(crate) enum Completion {
-    /// Answer request `id` of the peer on `link`; `pending` counts that peer's writes not yet
-    /// answered, and loses this one when it is.
-    Reply { link: Arc<Link>, id: RequestId, pending: Option<Arc<AtomicUsize>> },
-    /// A caller in this process.
-    Local(oneshot::Sender<Result<Outcome>>),
-    /// Nobody waits (the storage's own work).
-    Nobody,
-}
-
-impl Completion {
-    pub(crate) fn complete(self, outcome: Result<Outcome>) {
-        match self {
-            Completion::Reply { link, id, pending } => {
-                if let Some(pending) = pending {
-                    pending.fetch_sub(1, Ordering::AcqRel);
-                }
-                link.reply_soon(id, outcome.map(Outcome::into_reply));
-            }
-            // A caller that stopped waiting misses nothing it could act on.
-            Completion::Local(waiting) => drop(waiting.send(outcome)),
-            Completion::Nobody => {}
-        }
-    }
-}
-
-/// One job for the writer.
-pub(crate) struct Job {
-    pub(crate) work: Work,
-    pub(crate) done: Completion,
-}
 
 /// Takes jobs until every sender is gone. Holds the core only while it works on a round, so a
 /// dropped storage lets go of its backend at once (a sled directory can be opened again).
@@ -185,7 +122,7 @@ impl Round {
             Err(err) => fail_all(staged, &err),
         }
         for (subscribe, done) in subscribe {
-            core.replicas().subscribe(core, subscribe);
+            core.replicas().subscribe(&core.committed(), core.version(), subscribe);
             done.complete(Ok(Outcome::Reply(Reply::Done)));
         }
         close
@@ -205,7 +142,7 @@ async fn commit(core: &StorageCore, draft: Draft) -> Result<()> {
     let version = core.version() + 1;
     let changes = core.replicas().changes_of(&batch);
     core.commit(batch, version);
-    core.replicas().publish(core, changes, version);
+    core.replicas().publish(&core.jobs(), changes, version);
     flushed
 }
 

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 use clusterfy_core::{Error, ErrorKind, Path, Result, WorkerStatus};
 use nix::sys::signal::Signal;
 
+mod state;
 mod transitions;
+
+pub use state::WorkerState;
 
 use super::options::WorkerOptions;
 use super::restart::RestartHistory;
-use super::stats::WorkerState;
-use super::usage::Usage;
+use super::sample::Usage;
 use crate::events::{Event, ExitReason, WorkerRef};
 
 /// After a failed memory-limit replacement, the time before the next try: a new process that

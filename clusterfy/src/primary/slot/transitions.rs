@@ -7,11 +7,11 @@ use std::time::Instant;
 use clusterfy_core::{Error, ErrorKind, WorkerStatus};
 use nix::sys::signal::Signal;
 
+use super::WorkerState;
 use super::{Action, DISCONNECTED_GRACE, Input, Slot, SlotIo, StopTarget, Timer};
 use crate::events::{Event, ExitReason, GiveUpCause};
 use crate::primary::restart::RestartDecision;
-use crate::primary::stats::WorkerState;
-use crate::primary::usage::Usage;
+use crate::primary::sample::Usage;
 
 impl<W: SlotIo> Slot<W> {
     /// The one rule for whether a replacement (reload, restart, memory limit) may start: a ready
