@@ -23,6 +23,13 @@ use super::state::DraftView;
 pub(crate) enum Outcome {
     Reply(Reply),
     Removed(bool),
+    /// A compare-and-swap that found something else than it expected: answered, once the round
+    /// ran, with what the round commits at `path` (see [`Outcome::settle`]).
+    SwapLost {
+        path: Path,
+        expected: Option<Value>,
+        seen: Option<Value>,
+    },
 }
 
 impl Outcome {
@@ -30,7 +37,21 @@ impl Outcome {
         match self {
             Outcome::Reply(reply) => reply,
             Outcome::Removed(_) => Reply::Done,
+            Outcome::SwapLost { seen, .. } => Reply::Swapped(Err(seen)),
         }
+    }
+
+    /// The answer of a lost swap once its whole round ran on `view`. What it saw at its place in
+    /// the round may be changed again by a later job of the same round; answered with that, its
+    /// caller's retry would be stale before it is sent and lose again, round after round, while
+    /// later callers win (a retry loop starves). Answered with what the round commits, the retry
+    /// holds unless another write comes first. Only when the round put back the value it expected
+    /// (A, B, A) does it keep what it saw, so a lost swap never reports its own expected value.
+    pub(crate) fn settle(self, view: &DraftView<'_>) -> Outcome {
+        let Outcome::SwapLost { path, expected, seen } = self else { return self };
+        let committed = view.read(&path).unwrap_or_else(|_| seen.clone());
+        let seen = if committed == expected { seen } else { committed };
+        Outcome::Reply(Reply::Swapped(Err(seen)))
     }
 }
 
@@ -168,7 +189,7 @@ fn compare_and_swap(
 ) -> Result<Outcome> {
     let current = view.read(path)?;
     if current != expected {
-        return Ok(Outcome::Reply(Reply::Swapped(Err(current))));
+        return Ok(Outcome::SwapLost { path: path.clone(), expected, seen: current });
     }
     match new {
         Some(value) => save(view, path, value, false)?,

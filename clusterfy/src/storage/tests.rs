@@ -253,6 +253,30 @@ async fn cas_conflict_returns_current_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_swap_lost_early_in_a_round_is_answered_with_what_the_round_commits() {
+    let (storage, _) = storage().await;
+    storage.save(&p("n"), Value::Int(1), false).await.unwrap();
+    // One round, in this order: a stale swap, a winning one, a swap that restores the old value
+    // after a second stale one (A, B, A for that one).
+    let (n, zero, one, two) = (p("n"), Value::Int(0), Value::Int(1), Value::Int(2));
+    let stale = storage.compare_and_swap(&n, Some(&zero), Some(Value::Int(5)));
+    let wins = storage.compare_and_swap(&n, Some(&one), Some(Value::Int(2)));
+    let (stale, wins) = futures::future::join(stale, wins).await;
+    assert_eq!(wins.unwrap(), Ok(()));
+    assert_eq!(stale.unwrap(), Err(Some(Value::Int(2))), "the loser's retry can win the next round");
+    let expects_one = storage.compare_and_swap(&n, Some(&one), Some(Value::Int(9)));
+    let to_one = storage.compare_and_swap(&n, Some(&two), Some(Value::Int(1)));
+    let (expects_one, to_one) = futures::future::join(expects_one, to_one).await;
+    assert_eq!(to_one.unwrap(), Ok(()));
+    assert_eq!(
+        expects_one.unwrap(),
+        Err(Some(Value::Int(2))),
+        "A, B, A: a lost swap reports what it saw, never its own expected value"
+    );
+    assert_eq!(storage.get(&n).await.unwrap(), Some(one));
+}
+
+#[tokio::test]
 async fn cas_with_none_expected_creates_only_if_absent() {
     let (storage, _) = storage().await;
     assert_eq!(storage.compare_and_swap(&p("lock"), None, Some(s("first"))).await.unwrap(), Ok(()));

@@ -35,6 +35,7 @@ pub(super) async fn run(core: Weak<StorageCore>, mut jobs: mpsc::UnboundedReceiv
             for job in taken.drain(..) {
                 round.take(&core, &mut view, job);
             }
+            round.settle(&view);
         }
         if let Some(closed) = round.finish(&core, draft).await {
             drop(core);
@@ -99,6 +100,16 @@ impl Round {
             }
             // Nothing of it reached the draft: it fails alone.
             Err(err) => done.complete(Err(err)),
+        }
+    }
+
+    /// Settles the answers that depend on the whole round (see [`Outcome::settle`]).
+    fn settle(&mut self, view: &DraftView<'_>) {
+        for staged in &mut self.staged {
+            if matches!(staged.outcome, Outcome::SwapLost { .. }) {
+                let outcome = std::mem::replace(&mut staged.outcome, Outcome::Removed(false));
+                staged.outcome = outcome.settle(view);
+            }
         }
     }
 
