@@ -4,7 +4,8 @@
 //! one by one without a failed request.
 //!
 //! Run it with `cargo run --example http_cluster` (options: `--workers N`, default the number
-//! of cores; `--listen ADDRESS`, default `127.0.0.1:8080`), then `curl http://127.0.0.1:8080/`.
+//! of cores; `--listen ADDRESS`, default `127.0.0.1:8080`; `--balance per-worker|shared`, how
+//! connections are spread, default per worker for TCP), then `curl http://127.0.0.1:8080/`.
 //! `kill -HUP <primary pid>` reloads every worker; Ctrl-C shuts the cluster down gracefully.
 
 use std::convert::Infallible;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clusterfy::{Primary, Result, Role, Worker, WorkerOptions, role, value};
+use clusterfy::{Balance, ListenOptions, Primary, Result, Role, Worker, WorkerOptions, role, value};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONNECTION, HeaderValue};
@@ -37,11 +38,16 @@ async fn main() -> Result<()> {
 struct Settings {
     workers: usize,
     listen: String,
+    listen_options: ListenOptions,
 }
 
 fn settings() -> std::result::Result<Settings, String> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut settings = Settings { workers: cores, listen: "127.0.0.1:8080".to_owned() };
+    let mut settings = Settings {
+        workers: cores,
+        listen: "127.0.0.1:8080".to_owned(),
+        listen_options: ListenOptions::new(),
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -55,7 +61,19 @@ fn settings() -> std::result::Result<Settings, String> {
                     .ok_or(format!("--workers {n:?}: give a number from 1"))?;
             }
             "--listen" => settings.listen = value("--listen")?,
-            other => return Err(format!("unknown argument {other:?}; use --workers N and --listen ADDRESS")),
+            "--balance" => {
+                let balance = match value("--balance")?.as_str() {
+                    "per-worker" => Balance::PerWorker,
+                    "shared" => Balance::Shared,
+                    other => return Err(format!("--balance {other:?}: give per-worker or shared")),
+                };
+                settings.listen_options = settings.listen_options.balance(balance);
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; use --workers N, --listen ADDRESS and --balance per-worker|shared"
+                ));
+            }
         }
     }
     Ok(settings)
@@ -70,7 +88,7 @@ async fn primary() -> Result<()> {
         }
     };
     let primary = Primary::builder()
-        .listen("http", &settings.listen)
+        .listen_with("http", &settings.listen, settings.listen_options)
         .initial_storage(value!({ "hits": 0 }))
         // Operate it from the shell: `clusterfy ls`, `clusterfy reload`, `clusterfy events`.
         .control("http_cluster")

@@ -28,7 +28,9 @@ pub use clusterfy_core::{
 };
 pub use commands::BroadcastReply;
 pub use events::{Event, EventStream, ExitReason, GiveUpCause, WorkerRef};
-pub use listen::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr, Listener};
+pub use listen::{
+    Balance, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr, ListenOptions, Listener,
+};
 pub use nix::sys::signal::Signal;
 pub use primary::{
     DEFAULT_HEARTBEAT, DEFAULT_KILL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,

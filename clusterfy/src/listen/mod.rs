@@ -1,14 +1,18 @@
 //! Listening sockets shared by every worker (cluster mode): the primary binds each one once, or
 //! takes it from systemd's socket activation, and every worker process inherits it by the same
-//! convention (`LISTEN_FDS`, `LISTEN_FDNAMES`, descriptors from 3), so the kernel spreads the
-//! connections over the workers and the port stays open while any one of them restarts.
+//! convention (`LISTEN_FDS`, `LISTEN_FDNAMES`, descriptors from 3): the one socket, or a socket
+//! of the worker's own in the listener's `SO_REUSEPORT` group ([`Balance`]). The kernel spreads
+//! the connections over the workers, and the port stays open while any one of them restarts.
 
 mod address;
+mod balance;
 mod env;
+mod per_worker;
 mod shared;
 mod take;
 
 pub use address::ListenAddr;
+pub use balance::{Balance, ListenOptions};
 pub(crate) use shared::SharedListeners;
 pub use take::Listener;
 pub(crate) use take::{keep_listeners_from_children, take_listener};

@@ -1,5 +1,6 @@
 //! The primary's side of the shared listeners: bind (or take from systemd), keep, and hand to
-//! every worker process at spawn.
+//! every worker process at spawn: the one shared socket, or the worker's own
+//! ([`Balance::PerWorker`]).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -14,18 +15,22 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use crate::socket_file::{self, SocketFile};
 
 use super::env::inherited_names;
-use super::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr};
+use super::per_worker::{self, PerWorkerSockets};
+use super::{Balance, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr, ListenOptions};
 
 /// Connections a listener queues before one is accepted: enough to ride out a worker restart.
 const BACKLOG: i32 = 1024;
 /// Longest listener name; systemd's limit for `FileDescriptorName=`.
 const MAX_NAME_LEN: usize = 255;
 
-/// One listening socket every worker inherits.
+/// One listener every worker inherits.
 struct SharedListener {
     name: String,
+    /// The socket every worker accepts on; with per-worker sockets, the group's unlistened anchor.
     socket: OwnedFd,
     address: ListenAddr,
+    /// Each worker's own socket, when the listener is balanced per worker.
+    per_worker: Option<PerWorkerSockets>,
     /// The socket file this primary created (and its inode), removed when the listener closes.
     created: Option<(PathBuf, u64)>,
 }
@@ -50,11 +55,11 @@ pub(crate) struct SharedListeners {
 
 impl SharedListeners {
     /// Takes the sockets systemd passed this process (socket activation), then binds each
-    /// requested `(name, address)` that is not among them.
-    pub(crate) fn open(requested: &[(String, String)]) -> Result<Self> {
+    /// requested `(name, address, options)` that is not among them.
+    pub(crate) fn open(requested: &[(String, String, ListenOptions)]) -> Result<Self> {
         let mut inherited = inherited_from_systemd()?;
         let mut listeners = Vec::with_capacity(requested.len() + inherited.len());
-        for (name, address) in requested {
+        for (name, address, options) in requested {
             check_name(name)?;
             if listeners.iter().any(|l: &SharedListener| l.name == *name) {
                 return Err(Error::new(
@@ -66,11 +71,12 @@ impl SharedListeners {
             }
             match inherited.iter().position(|l| l.name == *name) {
                 Some(at) => {
+                    // Already listening: every worker accepts on it.
                     let listener = inherited.remove(at);
                     tracing::info!(listener = %name, address = %listener.address, "using the socket systemd passed");
                     listeners.push(listener);
                 }
-                None => listeners.push(bind(name, &address.parse()?)?),
+                None => listeners.push(bind(name, &address.parse()?, options.chosen_balance())?),
             }
         }
         // Sockets systemd passed that no `listen` asked for are handed on under their names too.
@@ -99,23 +105,27 @@ impl SharedListeners {
         self.lock().clear();
     }
 
-    /// Has the child of `command` inherit every listener at 3.. with `LISTEN_FDS` and
-    /// `LISTEN_FDNAMES`. Call it after the transport prepared `command`: the copies passed here
-    /// are numbered above the transport's range, so neither mapping overwrites the other's
-    /// source between fork and exec.
-    pub(crate) fn pass_to(&self, command: &mut tokio::process::Command) -> Result<()> {
+    /// Has the child of `command`, a process of worker `worker`, inherit every listener at 3..
+    /// with `LISTEN_FDS` and `LISTEN_FDNAMES`: the shared socket, or the worker's own. Call it
+    /// after the transport prepared `command`: the copies passed here are numbered above the
+    /// transport's range, so neither mapping overwrites the other's source between fork and exec.
+    pub(crate) fn pass_to(&self, command: &mut tokio::process::Command, worker: &str) -> Result<()> {
         // Set by systemd for this process only; a worker must not take them for its own.
         for var in [ENV_LISTEN_PID, ENV_LISTEN_FDS, ENV_LISTEN_FDNAMES, "LISTEN_FDS_FIRST_FD"] {
             command.env_remove(var);
         }
-        let listeners = self.lock();
+        let mut listeners = self.lock();
         if listeners.is_empty() {
             return Ok(());
         }
         let above = FIRST_INHERITED_FD + listeners.len() as i32 + TRANSPORT_FDS;
         let mut mappings = Vec::with_capacity(listeners.len());
-        for (at, listener) in listeners.iter().enumerate() {
-            let parent_fd = os::duplicate_at_or_above(listener.socket.as_fd(), above)
+        for (at, listener) in listeners.iter_mut().enumerate() {
+            let socket = match &mut listener.per_worker {
+                Some(sockets) => sockets.for_worker(&listener.name, worker, BACKLOG)?,
+                None => listener.socket.as_fd(),
+            };
+            let parent_fd = os::duplicate_at_or_above(socket, above)
                 .map_err(|e| Error::io(format!("passing the listener {:?} to a worker", listener.name), e))?;
             mappings.push(FdMapping { parent_fd, child_fd: FIRST_INHERITED_FD + at as i32 });
         }
@@ -125,6 +135,24 @@ impl SharedListeners {
         let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
         command.env(ENV_LISTEN_FDS, listeners.len().to_string()).env(ENV_LISTEN_FDNAMES, names.join(":"));
         Ok(())
+    }
+
+    /// Sends no new connection to worker `worker`'s own sockets: it is stopping for good.
+    pub(crate) fn stop_steering(&self, worker: &str) {
+        for listener in self.lock().iter_mut() {
+            if let Some(sockets) = &mut listener.per_worker {
+                sockets.stop_steering(&listener.name, worker);
+            }
+        }
+    }
+
+    /// Closes worker `worker`'s own sockets, once no process of it may run again.
+    pub(crate) fn release(&self, worker: &str) {
+        for listener in self.lock().iter_mut() {
+            if let Some(sockets) = &mut listener.per_worker {
+                sockets.release(&listener.name, worker);
+            }
+        }
     }
 }
 
@@ -145,10 +173,30 @@ fn check_name(name: &str) -> Result<()> {
     ))
 }
 
-fn bind(name: &str, address: &ListenAddr) -> Result<SharedListener> {
+fn bind(name: &str, address: &ListenAddr, balance: Option<Balance>) -> Result<SharedListener> {
     let failed = |doing: &str, err: std::io::Error| bind_error(name, address, doing, err);
-    let (socket, created) = match address {
-        ListenAddr::Tcp(addr) => {
+    let (socket, created) = match (address, balance) {
+        (ListenAddr::Tcp(addr), None | Some(Balance::PerWorker)) => {
+            let (anchor, bound) = per_worker::open_anchor(*addr).map_err(|e| failed("binding", e))?;
+            tracing::debug!(listener = %name, address = %bound, "each worker will listen on a socket of its own");
+            return Ok(SharedListener {
+                name: name.to_owned(),
+                socket: anchor.into(),
+                address: ListenAddr::Tcp(bound),
+                per_worker: Some(PerWorkerSockets::new(bound)),
+                created: None,
+            });
+        }
+        (ListenAddr::Unix(_), Some(Balance::PerWorker)) => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "listener {name:?} on {address} cannot be balanced per worker: Linux has no SO_REUSEPORT \
+                     group for Unix sockets; use Balance::Shared, or a TCP address"
+                ),
+            ));
+        }
+        (ListenAddr::Tcp(addr), Some(Balance::Shared)) => {
             let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)
                 .map_err(|e| failed("creating the socket", e))?;
             // A restarted primary can bind at once, while connections of the last one linger.
@@ -156,7 +204,7 @@ fn bind(name: &str, address: &ListenAddr) -> Result<SharedListener> {
             socket.bind(&(*addr).into()).map_err(|e| failed("binding", e))?;
             (socket, None)
         }
-        ListenAddr::Unix(path) => {
+        (ListenAddr::Unix(path), None | Some(Balance::Shared)) => {
             socket_file::check_named_directory(path, &format!("the socket of listener {name:?}"))?;
             remove_stale_socket(name, address, path)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
@@ -172,7 +220,7 @@ fn bind(name: &str, address: &ListenAddr) -> Result<SharedListener> {
     let socket = OwnedFd::from(socket);
     let address = local_address(&socket).unwrap_or_else(|| address.clone());
     tracing::debug!(listener = %name, %address, "listening for the workers");
-    Ok(SharedListener { name: name.to_owned(), socket, address, created })
+    Ok(SharedListener { name: name.to_owned(), socket, address, per_worker: None, created })
 }
 
 /// A socket file left by a primary that died is taken over; one that something still listens
@@ -248,7 +296,9 @@ fn inherited_from_systemd() -> Result<Vec<SharedListener>> {
                 .ok_or_else(|| Error::new(ErrorKind::Config, "not a TCP or named Unix stream socket"))
         });
         match adopted {
-            Ok((socket, address)) => listeners.push(SharedListener { name, socket, address, created: None }),
+            Ok((socket, address)) => {
+                listeners.push(SharedListener { name, socket, address, per_worker: None, created: None })
+            }
             Err(err) => {
                 tracing::warn!(fd, name = %name, error = %err, "not handing on a socket systemd passed")
             }
@@ -259,24 +309,89 @@ fn inherited_from_systemd() -> Result<Vec<SharedListener>> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::BorrowedFd;
+
     use super::*;
+
+    fn spec(name: &str, address: &str) -> [(String, String, ListenOptions); 1] {
+        spec_with(name, address, ListenOptions::new())
+    }
+
+    fn spec_with(name: &str, address: &str, options: ListenOptions) -> [(String, String, ListenOptions); 1] {
+        [(name.to_owned(), address.to_owned(), options)]
+    }
 
     #[test]
     fn a_bound_port_is_reported_and_a_second_bind_names_the_address_in_use() {
-        let first = SharedListeners::open(&[("http".into(), "127.0.0.1:0".into())]).expect("binds");
-        let Some(ListenAddr::Tcp(addr)) = first.address("http") else { panic!("a TCP address") };
-        assert_ne!(addr.port(), 0, "the chosen port is reported");
-        let again = SharedListeners::open(&[("http".into(), addr.to_string())]).err().expect("in use");
-        assert!(again.message().contains(&addr.to_string()), "{again}");
-        assert!(again.message().contains("in use"), "{again}");
+        // Either policy finds the other's socket, so two primaries never split one port unnoticed.
+        let policies = [Balance::PerWorker, Balance::Shared];
+        for first_policy in policies {
+            for second_policy in policies {
+                let first = SharedListeners::open(&spec_with(
+                    "http",
+                    "127.0.0.1:0",
+                    ListenOptions::new().balance(first_policy),
+                ))
+                .expect("binds");
+                let Some(ListenAddr::Tcp(addr)) = first.address("http") else { panic!("a TCP address") };
+                assert_ne!(addr.port(), 0, "the chosen port is reported");
+                let second = ListenOptions::new().balance(second_policy);
+                let again = SharedListeners::open(&spec_with("http", &addr.to_string(), second))
+                    .err()
+                    .unwrap_or_else(|| panic!("{second_policy:?} after {first_policy:?}: in use"));
+                assert!(again.message().contains(&addr.to_string()), "{again}");
+                assert!(again.message().contains("in use"), "{again}");
+            }
+        }
+    }
+
+    #[test]
+    fn per_worker_sockets_are_one_per_name_on_the_listeners_address_until_released() {
+        let listeners = SharedListeners::open(&spec("http", "127.0.0.1:0")).expect("binds");
+        let Some(ListenAddr::Tcp(address)) = listeners.address("http") else { panic!("a TCP address") };
+        let mut guard = listeners.lock();
+        let sockets = guard[0].per_worker.as_mut().expect("TCP is balanced per worker by default");
+        let local = |fd: BorrowedFd<'_>| socket2::SockRef::from(&fd).local_addr().expect("bound").as_socket();
+        let first = sockets.for_worker("http", "w1", BACKLOG).expect("w1's socket");
+        assert_eq!(local(first), Some(address));
+        let w1 = os::duplicate_at_or_above(first, 3).expect("a copy");
+        let again = sockets.for_worker("http", "w1", BACKLOG).expect("w1's socket again");
+        assert_eq!(local(again), Some(address));
+        let same = |a: BorrowedFd<'_>, b: BorrowedFd<'_>| {
+            let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).expect("fstat").st_ino;
+            inode(a) == inode(b)
+        };
+        assert!(same(w1.as_fd(), again), "a revived w1 inherits the socket its predecessor had");
+        let w2 = sockets.for_worker("http", "w2", BACKLOG).expect("w2's socket");
+        assert!(!same(w1.as_fd(), w2), "each worker has a socket of its own");
+        drop(guard);
+        listeners.release("w1");
+        let mut guard = listeners.lock();
+        let sockets = guard[0].per_worker.as_mut().expect("per worker");
+        let fresh = sockets.for_worker("http", "w1", BACKLOG).expect("a new w1 socket");
+        assert!(!same(w1.as_fd(), fresh), "a released name gets a new socket");
+    }
+
+    #[test]
+    fn unix_sockets_cannot_be_balanced_per_worker_and_say_so() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let address = format!("unix:{}", dir.path().join("app.sock").display());
+        let per_worker = ListenOptions::new().balance(Balance::PerWorker);
+        let err = SharedListeners::open(&spec_with("api", &address, per_worker)).err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.message().contains("Balance::Shared"), "{err}");
+        let listeners =
+            SharedListeners::open(&spec("api", &address)).expect("the default is shared for Unix");
+        assert!(listeners.lock()[0].per_worker.is_none());
     }
 
     #[test]
     fn names_must_be_unique_and_fit_listen_fdnames() {
-        let twice = [("a".to_owned(), "127.0.0.1:0".to_owned()), ("a".to_owned(), "127.0.0.1:0".to_owned())];
+        let one = spec("a", "127.0.0.1:0");
+        let twice = [one[0].clone(), one[0].clone()];
         assert_eq!(SharedListeners::open(&twice).err().expect("duplicate").kind(), ErrorKind::AlreadyExists);
         for bad in ["", "a:b", "with space"] {
-            let err = SharedListeners::open(&[(bad.to_owned(), "127.0.0.1:0".to_owned())]).err().expect(bad);
+            let err = SharedListeners::open(&spec(bad, "127.0.0.1:0")).err().expect(bad);
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
         }
     }
@@ -286,7 +401,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("app.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).expect("a stale socket"));
-        let spec = [("api".to_owned(), format!("unix:{}", path.display()))];
+        let spec = spec("api", &format!("unix:{}", path.display()));
         let listeners = SharedListeners::open(&spec).expect("stale socket taken over");
         assert_eq!(listeners.address("api"), Some(ListenAddr::Unix(path.clone())));
         let busy = SharedListeners::open(&spec).err().expect("a live socket is not taken");
@@ -299,8 +414,9 @@ mod tests {
     fn a_unix_socket_in_a_missing_directory_names_the_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("missing-dir").join("x.sock");
-        let spec = [("api".to_owned(), format!("unix:{}", path.display()))];
-        let err = SharedListeners::open(&spec).err().expect("no directory");
+        let err = SharedListeners::open(&spec("api", &format!("unix:{}", path.display())))
+            .err()
+            .expect("no directory");
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
         assert!(err.message().contains("missing-dir does not exist"), "{err}");
         assert!(err.message().contains("\"api\""), "names the listener: {err}");

@@ -16,7 +16,7 @@ use super::{DEFAULT_KILL_TIMEOUT, Primary, PrimaryContext, PrimaryInner, signals
 use crate::commands::CommandRegistry;
 use crate::control::SocketPlace;
 use crate::events::EVENT_BUFFER;
-use crate::listen::SharedListeners;
+use crate::listen::{ListenOptions, SharedListeners};
 use crate::storage::{Operation, Operations, SharedStorage};
 
 /// Default deadline of a request (storage operation or command).
@@ -40,7 +40,7 @@ pub struct PrimaryBuilder {
     max_frame_len: usize,
     handle_signals: bool,
     non_dumpable: bool,
-    listen: Vec<(String, String)>,
+    listen: Vec<(String, String, ListenOptions)>,
     stop_signal: Signal,
     kill_timeout: Duration,
     sample_interval: Duration,
@@ -98,27 +98,57 @@ impl PrimaryBuilder {
         self
     }
 
-    /// Shares a listening socket with every worker (cluster mode): the primary binds `address`
-    /// once when it is built (`"0.0.0.0:8080"`, `"[::]:8080"`, `"127.0.0.1:0"` for a free port,
+    /// Shares a listener with every worker (cluster mode): the primary binds `address` once
+    /// when it is built (`"0.0.0.0:8080"`, `"[::]:8080"`, `"127.0.0.1:0"` for a free port,
     /// `"unix:/run/app.sock"`; see [`ListenAddr`]), and each worker process, revived and replaced
-    /// ones included, inherits it and takes it with [`Worker::listener`]`(name)`. The kernel
-    /// spreads connections over the workers that accept, and the socket stays open while any of
-    /// them restarts, so no connection is refused.
+    /// ones included, inherits a listening socket on it and takes it with
+    /// [`Worker::listener`]`(name)`. The connections are spread over the workers by the default
+    /// [`Balance`] policy of the address (see [`PrimaryBuilder::listen_with`] to choose), and no
+    /// connection is refused while a worker restarts.
     ///
     /// Workers inherit the listeners by the systemd socket-activation convention (descriptors
     /// from 3, `LISTEN_FDS`, `LISTEN_FDNAMES`), so code written for the `listenfd` crate works in
-    /// a worker as it is. A primary that systemd started by socket activation uses the socket
-    /// systemd passed under `name` (its `FileDescriptorName=`) instead of binding, and hands on
-    /// the ones no `listen` asks for under their names.
+    /// a worker as it is, with every policy. A primary that systemd started by socket activation
+    /// uses the socket systemd passed under `name` (its `FileDescriptorName=`) instead of
+    /// binding, shared by every worker (it is already listening, so it cannot be split), and
+    /// hands on the ones no `listen` asks for under their names.
     ///
     /// [`PrimaryBuilder::build`] fails with an error naming the address when it cannot bind (in
     /// use, a privileged port, a malformed address or name).
     ///
     /// [`ListenAddr`]: crate::ListenAddr
+    /// [`Balance`]: crate::Balance
     /// [`Worker::listener`]: crate::Worker::listener
     #[must_use]
-    pub fn listen(mut self, name: impl Into<String>, address: impl Into<String>) -> Self {
-        self.listen.push((name.into(), address.into()));
+    pub fn listen(self, name: impl Into<String>, address: impl Into<String>) -> Self {
+        self.listen_with(name, address, ListenOptions::default())
+    }
+
+    /// [`PrimaryBuilder::listen`] with options: how the connections are spread over the
+    /// workers ([`ListenOptions::balance`]).
+    ///
+    /// ```no_run
+    /// # async fn run() -> clusterfy::Result<()> {
+    /// use clusterfy::{Balance, ListenOptions, Primary};
+    ///
+    /// let primary = Primary::builder()
+    ///     .listen_with("http", "0.0.0.0:8080", ListenOptions::new().balance(Balance::Shared))
+    ///     .build()
+    ///     .await?;
+    /// # drop(primary);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// [`ListenOptions::balance`]: crate::ListenOptions::balance
+    #[must_use]
+    pub fn listen_with(
+        mut self,
+        name: impl Into<String>,
+        address: impl Into<String>,
+        options: ListenOptions,
+    ) -> Self {
+        self.listen.push((name.into(), address.into(), options));
         self
     }
 

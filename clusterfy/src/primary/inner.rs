@@ -113,6 +113,29 @@ impl PrimaryInner {
         rest
     }
 
+    /// Worker `worker` was asked to stop. Unless another record of its name serves on (its
+    /// replacement), no new connection goes to its own listening sockets.
+    pub(crate) fn stopping(&self, worker: &WorkerRef) {
+        if !self.name_lives_on(worker, |s| !s.stop_requested()) {
+            self.listeners.stop_steering(&worker.name);
+        }
+    }
+
+    /// Worker `worker`'s supervisor ended for good. Unless another record of its name may still
+    /// run a process (its replacement), its own listening sockets close.
+    pub(crate) fn supervisor_ended(&self, worker: &WorkerRef) {
+        if !self.name_lives_on(worker, |_| true) {
+            self.listeners.release(&worker.name);
+        }
+    }
+
+    /// Whether a record other than `worker`'s, of the same name and not final, passes `also`.
+    fn name_lives_on(&self, worker: &WorkerRef, also: impl Fn(&super::slot::Slot<Live>) -> bool) -> bool {
+        self.directory().slots().any(|s| {
+            s.worker().name == worker.name && s.worker().id != worker.id && !s.state().is_final() && also(s)
+        })
+    }
+
     pub(super) fn find(&self, selector: &WorkerSelector) -> Result<WorkerRef> {
         self.directory().find(selector)
     }

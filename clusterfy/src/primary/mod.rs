@@ -251,6 +251,7 @@ impl Primary {
         else {
             return Ok(ShutdownOutcome::NotRunning);
         };
+        self.inner.stopping(&target);
         if let Some(link) = link {
             // The answer only tells whether the worker exits now or later; either way the exit
             // below is what counts, so a failed request just means waiting for the deadline.

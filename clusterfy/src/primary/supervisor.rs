@@ -73,6 +73,7 @@ pub(super) async fn supervise(
                 // The first spawn failed: fork() reports it and removes the slot.
                 Some(tx) => {
                     inner.apply(worker.id, Input::NeverSpawned);
+                    inner.supervisor_ended(&worker);
                     return drop(tx.send(Err(err)));
                 }
                 None => inner.apply(worker.id, Input::SpawnFailed(err)),
@@ -89,7 +90,7 @@ pub(super) async fn supervise(
                     crate::metrics::restart(&worker.name);
                     break;
                 }
-                Between::Finish => return,
+                Between::Finish => return inner.supervisor_ended(&worker),
             }
         }
     }
@@ -153,7 +154,7 @@ async fn run_process(
     info.stdin_free = plain_spawn(inner, options);
     let mut rendezvous = inner.transport.prepare(&info, &mut command).await?;
     // After the transport's mapping: see `SharedListeners::pass_to`.
-    inner.listeners.pass_to(&mut command)?;
+    inner.listeners.pass_to(&mut command, &worker.name)?;
     let program = command.as_std().get_program().to_string_lossy().into_owned();
     let mut child = spawner::spawn(command).await?.map_err(|e| {
         Error::new(

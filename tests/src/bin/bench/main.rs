@@ -98,8 +98,9 @@
 //! - `primary_rss_after_storm`: the primary's `VmRSS` after the last storm, beside
 //!   `primary_rss_before_storm`, taken just before the first (with the 64 workers connected).
 //!
-//! **HTTP** (run last; two clusters on Unix sockets and memory storage, each with a shared TCP
-//! listener on `127.0.0.1:0` (`PrimaryBuilder::listen`), started once for the phase; their workers
+//! **HTTP** (run last; three clusters on Unix sockets and memory storage, each with a TCP
+//! listener on `127.0.0.1:0` (`PrimaryBuilder::listen_with`: the default `Balance::PerWorker`,
+//! and `Balance::Shared` for the third), started once for the phase; their workers
 //! `http-<i>` run [`http_server::serve_worker`]: the handler of `clusterfy/examples/http_cluster.rs`,
 //! an HTTP/1 hyper server whose every request bumps the hit counter `hits` in the shared storage
 //! with `Storage::update` and answers `hello from <worker> ...`, and which, asked to stop, stops
@@ -116,7 +117,11 @@
 //! - `http_rps_1`: the same through a cluster of one worker;
 //! - `http_rps_n`: the same through a cluster of n workers, n = the number of cores
 //!   (`available_parallelism`), at least 2; this steady load also gives `http_steady_p99` (its
-//!   p99 latency) and `http_steady_failed` (its failed requests plus connection errors);
+//!   p99 latency) and `http_steady_failed` (its failed requests plus connection errors), and
+//!   `http_busiest` (the busiest worker's answers) beside `http_fair_share` (all answers over n;
+//!   target at most 1.25);
+//! - `http_busiest_shared` beside `http_fair_share_shared`: the same on the third cluster, n
+//!   workers on one shared socket;
 //! - the reload: the same load on the n-worker cluster, started just before
 //!   `Primary::reload(ReloadOptions::default())` (one worker at a time: the new one ready, then
 //!   the old one stopped gracefully) and stopped when it returned. `http_reload_served` is the

@@ -192,6 +192,8 @@ const ROWS: &[Row] = {
             .goal(Goal::ValueAtMost(0.0))
             .summed(),
         Row::new(Http, "http_reload_p99", "http_steady_p99", Millis),
+        Row::new(Http, "http_busiest", "http_fair_share", Answered).goal(Goal::AtMost(1.25)),
+        Row::new(Http, "http_busiest_shared", "http_fair_share_shared", Answered),
     ]
 };
 

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use clusterfy::{ListenAddr, Primary, ReloadOptions, WorkerOptions};
+use clusterfy::{Balance, ListenAddr, ListenOptions, Primary, ReloadOptions, WorkerOptions};
 use clusterfy_test_support::http_load::{self, LoadReport};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{oneshot, watch};
@@ -32,8 +32,9 @@ pub(crate) fn http_workers() -> usize {
 pub(crate) async fn run_http_phase(options: &Options, plan: &Plan, samples: &mut Samples) -> BenchResult<()> {
     let (flavor, workers) = (options.flavor, http_workers());
     let raw = RawHttp::spawn(flavor).await?;
-    let mut one = HttpCluster::start(1).await?;
-    let mut many = HttpCluster::start(workers).await?;
+    let mut one = HttpCluster::start(1, ListenOptions::new()).await?;
+    let mut many = HttpCluster::start(workers, ListenOptions::new()).await?;
+    let mut shared = HttpCluster::start(workers, ListenOptions::new().balance(Balance::Shared)).await?;
     for repetition in 1..=plan.repetitions {
         eprintln!("[bench] http repetition {repetition}/{}", plan.repetitions);
         let load = Steady { flavor, plan, repetition };
@@ -45,6 +46,9 @@ pub(crate) async fn run_http_phase(options: &Options, plan: &Plan, samples: &mut
         samples.add("http_rps_counter", report.per_second());
         samples.add_millis("http_steady_p99", report.quantile(0.99));
         samples.add("http_steady_failed", failures(&report));
+        note_balance(samples, ["http_busiest", "http_fair_share"], workers, &report);
+        let on_shared = shared.steady(&load, "http_rps_shared_accept", samples).await?;
+        note_balance(samples, ["http_busiest_shared", "http_fair_share_shared"], workers, &on_shared);
         let plain = many.steady_plain(&load, "http_rps_plain", samples).await?;
         samples.add("http_rps_plain", plain.per_second());
         samples.add("http_rps_n", plain.per_second());
@@ -68,12 +72,26 @@ pub(crate) async fn run_http_phase(options: &Options, plan: &Plan, samples: &mut
     raw.finish().await?;
     one.finish(samples).await?;
     many.finish(samples).await?;
+    shared.finish(samples).await?;
     Ok(())
 }
 
 /// Failed requests plus connection errors.
 fn failures(report: &LoadReport) -> f64 {
     (report.failed + report.connect_errors) as f64
+}
+
+/// The busiest server's answers (as `busiest`) beside a fair share of them (as `fair`: all
+/// answers over `workers`).
+fn note_balance(
+    samples: &mut Samples,
+    [busiest, fair]: [&'static str; 2],
+    workers: usize,
+    report: &LoadReport,
+) {
+    let most = report.by_server.values().copied().max().unwrap_or(0);
+    samples.add(busiest, most as f64);
+    samples.add(fair, report.ok as f64 / workers as f64);
 }
 
 /// `<server> <answers>, ...`.
@@ -166,9 +184,9 @@ struct HttpCluster {
 }
 
 impl HttpCluster {
-    async fn start(workers: usize) -> BenchResult<HttpCluster> {
+    async fn start(workers: usize, listen: ListenOptions) -> BenchResult<HttpCluster> {
         let primary = cluster_builder(ClusterTransport::Uds, ClusterStorage::Memory)
-            .listen(HTTP_LISTENER, "127.0.0.1:0")
+            .listen_with(HTTP_LISTENER, "127.0.0.1:0", listen)
             .build()
             .await?;
         for n in 1..=workers {
