@@ -2,6 +2,10 @@
 //! (saves, deletes, compare-and-swap, the atomic operations, a registered operation, reads), run
 //! through a primary's `Storage` in groups that the writer takes in one round, give the answers
 //! and the tree a plain `BTreeMap` of `Value`s gives when each operation runs alone in order.
+//! A lost compare-and-swap is the one answer that depends on where the writer's round ends: it
+//! is what its round leaves at its path (so its retry can win), unless that is the value it
+//! expected; the round ends somewhere between it and the group's end, so any of those values
+//! is right.
 //! On the durable backends a step starts a new primary on the same data (sled reopened, Redis
 //! loaded again), after sled's tests/tree/mod.rs.
 
@@ -404,6 +408,30 @@ async fn primary_on(backend: Arc<dyn StorageBackend>) -> Primary {
         .expect("a primary on the backend")
 }
 
+/// The answers a lost swap of a group may get, one per place its writer round may end (from the
+/// swap itself to the group's last operation), as they stand in the model after the latest one.
+struct LostSwap {
+    at: usize,
+    acceptable: Vec<Option<Value>>,
+}
+
+impl LostSwap {
+    /// Adds what the swap would be answered if its round ended now.
+    fn round_may_end(&mut self, sent: &[Op], wanted: &[Answer], model: &Tree) {
+        let (Op::Cas { path, expected, .. }, Answer::Swapped(Ok(Err(seen)))) =
+            (&sent[self.at], &wanted[self.at])
+        else {
+            return;
+        };
+        let now = model_get(model, path);
+        self.acceptable.push(if now == *expected { seen.clone() } else { now });
+    }
+
+    fn accepts(&self, answer: &Answer) -> bool {
+        matches!(answer, Answer::Swapped(Ok(Err(seen))) if self.acceptable.contains(seen))
+    }
+}
+
 /// Runs `ops`: writes in groups of up to `round` submitted together (so the writer takes them in
 /// one round), reads and reopens between groups; every answer and the whole tree after every
 /// group must be the model's.
@@ -427,14 +455,32 @@ async fn run_sequence(backend: &mut dyn Backend, ops: Vec<Op>, round: usize) {
             // Each operation of the group sees the ones before it: so does the model.
             let mut wanted = Vec::with_capacity(pending.len());
             let mut sent = Vec::with_capacity(pending.len());
+            let mut lost: Vec<LostSwap> = Vec::new();
             for op in pending.drain(..) {
                 let op = expecting_the_current_value(op, &model);
-                wanted.push(model_apply(&mut model, op.clone()));
+                let answer = model_apply(&mut model, op.clone());
+                if matches!(answer, Answer::Swapped(Ok(Err(_)))) {
+                    lost.push(LostSwap { at: wanted.len(), acceptable: Vec::new() });
+                }
+                wanted.push(answer);
                 sent.push(op);
+                for swap in &mut lost {
+                    swap.round_may_end(&sent, &wanted, &model);
+                }
             }
             let calls = sent.into_iter().map(|op| run_on_storage(&storage, op));
             let answers = futures::future::join_all(calls).await;
-            assert_eq!(answers, wanted, "a round of writes");
+            for (at, (answer, want)) in answers.iter().zip(&wanted).enumerate() {
+                match lost.iter().find(|swap| swap.at == at) {
+                    Some(swap) => assert!(
+                        swap.accepts(answer),
+                        "a lost swap of a round of writes: got {answer:?}, any of {:?} would do; the round's \
+                         answers {answers:?}",
+                        swap.acceptable
+                    ),
+                    None => assert_eq!(answer, want, "a round of writes: answer {at} of {answers:?}"),
+                }
+            }
             let root = storage.retrieve_value("").await.expect("the root");
             assert_eq!(root, Some(Value::Map(model.clone())), "the tree after the round");
         }
