@@ -207,7 +207,9 @@ impl Storage {
     }
 
     /// Writes `new` at `path` (`None` deletes) only if the current value equals `expected`
-    /// (`None`: nothing there). A lost race is `Ok(Err(current))`, not an error.
+    /// (`None`: nothing there). A lost race is `Ok(Err(current))`, not an error: `current` is
+    /// the value as the writes applied with this one leave it (so a retry built on it holds
+    /// unless yet another write comes first).
     pub async fn compare_and_swap<T: Serialize>(
         &self,
         path: &str,
