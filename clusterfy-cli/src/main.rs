@@ -34,7 +34,7 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
-    /// The workers: id, name, pid, status, state, restarts, uptime, CPU, memory.
+    /// The workers: id, name, group, pid, status, state, restarts, uptime, CPU, memory.
     Ls {
         /// The app (instead of --app).
         #[arg(value_name = "APP")]
@@ -62,8 +62,18 @@ enum Commands {
         /// The worker's name.
         name: String,
     },
-    /// Roll a reload of every worker, one at a time.
-    Reload,
+    /// Roll a reload of every worker (or of one group's), one at a time.
+    Reload {
+        /// Only this group's members.
+        group: Option<String>,
+    },
+    /// Grow or shrink a worker group (newest members stop first, gracefully).
+    Scale {
+        /// The group's name.
+        group: String,
+        /// How many workers it should have (at least 1).
+        workers: u32,
+    },
     /// Follow the cluster's events.
     Events {
         /// One JSON object per line.
@@ -145,9 +155,19 @@ async fn run(cli: Cli) -> Result<()> {
             println!("stopped {name}");
             Ok(())
         }
-        Commands::Reload => {
+        Commands::Reload { group: None } => {
             client(&cli, None).await?.reload().await?;
             println!("reloaded every worker");
+            Ok(())
+        }
+        Commands::Reload { group: Some(ref group) } => {
+            client(&cli, None).await?.reload_group(group).await?;
+            println!("reloaded group {group}");
+            Ok(())
+        }
+        Commands::Scale { ref group, workers } => {
+            client(&cli, None).await?.scale(group, workers).await?;
+            println!("scaled group {group} to {workers}");
             Ok(())
         }
         Commands::Events { json } => {

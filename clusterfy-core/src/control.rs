@@ -10,7 +10,7 @@ use crate::error::WireError;
 use crate::value::Value;
 
 /// Version of the control protocol; [`ControlReply::Info`] carries the primary's.
-pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
+pub const CONTROL_PROTOCOL_VERSION: u32 = 2;
 
 /// Largest control frame a client accepts (a reply: a worker list, a storage subtree).
 pub const MAX_CONTROL_FRAME_LEN: usize = 16 * 1024 * 1024;
@@ -73,6 +73,18 @@ pub enum ControlRequest {
         /// Create missing parent maps instead of failing with `NotFound`.
         create_parents: bool,
     },
+    /// Grow or shrink a worker group to `workers` members (`Primary::scale`).
+    Scale {
+        /// The group's name.
+        group: String,
+        /// How many members it should have (at least 1).
+        workers: u32,
+    },
+    /// Roll a reload of one group's members (`Primary::reload_group`).
+    ReloadGroup {
+        /// The group's name.
+        group: String,
+    },
 }
 
 /// What the primary answers.
@@ -117,6 +129,8 @@ pub struct WorkerRow {
     pub id: u64,
     /// Its name.
     pub name: String,
+    /// The group it belongs to (`Primary::fork_group`), if any.
+    pub group: Option<String>,
     /// Its current process, if one runs.
     pub pid: Option<u32>,
     /// The status it reported (`IDLE`, `PROCESSING`, ...) while a process runs; once none does,

@@ -6,7 +6,8 @@
 //! Run it with `cargo run --example http_cluster` (options: `--workers N`, default the number
 //! of cores; `--listen ADDRESS`, default `127.0.0.1:8080`; `--balance per-worker|shared`, how
 //! connections are spread, default per worker for TCP), then `curl http://127.0.0.1:8080/`.
-//! `kill -HUP <primary pid>` reloads every worker; Ctrl-C shuts the cluster down gracefully.
+//! `kill -HUP <primary pid>` reloads every worker, `kill -TTIN` / `kill -TTOU` add and remove one
+//! (as `clusterfy scale http N` does); Ctrl-C shuts the cluster down gracefully.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -94,9 +95,8 @@ async fn primary() -> Result<()> {
         .control("http_cluster")
         .build()
         .await?;
-    for n in 1..=settings.workers {
-        primary.fork(&format!("http-{n}"), WorkerOptions::revive()).await?;
-    }
+    // Workers http-1 .. http-N: `clusterfy scale http 4`, or SIGTTIN and SIGTTOU, change N.
+    primary.fork_group("http", settings.workers, WorkerOptions::revive()).await?;
     primary.ready().await?;
     let address = primary.listener_addr("http").map_or_else(|| settings.listen.clone(), |a| a.to_string());
     println!(

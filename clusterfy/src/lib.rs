@@ -35,7 +35,7 @@ pub use nix::sys::signal::Signal;
 pub use primary::{
     DEFAULT_HEARTBEAT, DEFAULT_KILL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, Primary, PrimaryBuilder, PrimaryContext,
-    Program, ReloadOptions, RestartPolicy, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions,
+    Program, ReloadOptions, RestartPolicy, Scaled, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions,
     WorkerState,
 };
 pub use worker::{

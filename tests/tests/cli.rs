@@ -13,7 +13,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use clusterfy::{Primary, WorkerState, value};
-use clusterfy_tests::{Echo, Scenario};
+use clusterfy_tests::{Echo, Scenario, WhoAmI};
 use common::{bounded, options, primary_builder};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -206,6 +206,61 @@ async fn every_subcommand_works_against_a_running_cluster() {
 
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
     assert!(!dir.path().join("clusterfy").join(format!("{APP}.sock")).exists(), "the socket is removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_scaled_reloaded_listed_and_addressed_as_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let primary = cluster(dir.path()).await;
+    primary.fork_group("jobs", 1, options(Scenario::Normal)).await.expect("a group of 1");
+    bounded("ready", primary.ready()).await.expect("ready");
+    ok(dir.path(), &["scale", "jobs", "3"]).await;
+    bounded("ready", primary.ready()).await.expect("ready");
+    let rows = json(&ok(dir.path(), &["ls", "--json"]).await);
+    let grouped: Vec<(&str, &str)> = rows
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|w| Some((w["name"].as_str()?, w["group"].as_str()?)))
+        .collect();
+    assert_eq!(grouped, [("jobs-1", "jobs"), ("jobs-2", "jobs"), ("jobs-3", "jobs")], "{rows}");
+    let table = ok(dir.path(), &["ls"]).await;
+    assert!(
+        table.contains("group") && table.lines().any(|l| l.contains("jobs-2") && l.contains("jobs ")),
+        "{table}"
+    );
+
+    // A command to the group goes to each member in turn; a broadcast to it reaches only them.
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        served
+            .insert(bounded("run", primary.run_group("jobs", WhoAmI)).await.expect("run on the group").name);
+    }
+    assert_eq!(served.into_iter().collect::<Vec<_>>(), ["jobs-1", "jobs-2", "jobs-3"]);
+    let replies = bounded("broadcast", primary.broadcast_group("jobs", WhoAmI)).await.expect("broadcast");
+    assert_eq!(replies.len(), 3, "{replies:?}");
+
+    let before: Vec<_> = primary.workers().into_iter().map(|w| (w.name, w.id)).collect();
+    ok(dir.path(), &["reload", "jobs"]).await;
+    for worker in primary.workers() {
+        let old = before.iter().find(|(name, _)| *name == worker.name).expect("same names").1;
+        assert_eq!(
+            worker.id != old,
+            worker.name.starts_with("jobs-"),
+            "only the group is reloaded: {worker:?}"
+        );
+    }
+    ok(dir.path(), &["scale", "jobs", "1"]).await;
+    let names: Vec<String> = primary.workers().into_iter().map(|w| w.name).collect();
+    assert_eq!(names, ["w1", "w2", "jobs-1"]);
+
+    let zero = run(dir.path(), &["scale", "jobs", "0"]).await;
+    let said = String::from_utf8_lossy(&zero.stderr);
+    assert!(!zero.status.success() && said.contains("at least 1"), "{said}");
+    let unknown = run(dir.path(), &["reload", "nope"]).await;
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success() && said.contains("[jobs]"), "names the groups: {said}");
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

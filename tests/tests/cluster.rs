@@ -218,6 +218,41 @@ async fn a_rolling_reload_under_load_fails_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_scaled_up_and_down_under_load_fails_no_request() {
+    let primary = primary_builder()
+        .listen("http", "127.0.0.1:0")
+        .initial_storage(value!({ "hits": 0 }))
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("primary with a listener");
+    let program = Program::new(http_cluster_example(), Vec::<String>::new());
+    primary.fork_group("http", 2, http_worker(program)).await.expect("a group of 2");
+    bounded("ready", primary.ready()).await.expect("ready");
+    let Some(ListenAddr::Tcp(addr)) = primary.listener_addr("http") else { panic!("a TCP listener") };
+    let names = |workers: &[clusterfy::WorkerRef]| workers.iter().map(|w| w.name.clone()).collect::<Vec<_>>();
+    let (stop, load) = start_load(&format!("http://{addr}/"), 16);
+    wait_for_hits(&primary, 100).await;
+    let up = bounded("scaling up", primary.scale("http", 4)).await.expect("scale to 4");
+    assert_eq!(names(&up.started), ["http-3", "http-4"]);
+    bounded("ready", primary.ready()).await.expect("ready");
+    wait_for_hits(&primary, 100).await;
+    let down = bounded("scaling down", primary.scale("http", 1)).await.expect("scale to 1");
+    let stopped: Vec<_> = down.stopped.iter().map(|(w, _)| w.name.clone()).collect();
+    assert_eq!(stopped, ["http-4", "http-3", "http-2"], "the newest stop first");
+    wait_for_hits(&primary, 100).await;
+    let report = stop_load(stop, load).await;
+    assert_clean(&report, "load while the group went from 2 to 4 to 1 workers");
+    let left: Vec<_> = primary.workers().into_iter().map(|w| (w.name, w.group)).collect();
+    assert_eq!(left, [("http-1".to_owned(), Some("http".to_owned()))]);
+    let zero = primary.scale("http", 0).await.expect_err("0 workers");
+    assert_eq!(zero.kind(), clusterfy::ErrorKind::InvalidInput, "{zero}");
+    let unknown = primary.scale("htp", 2).await.expect_err("no such group");
+    assert!(unknown.message().contains("[http]"), "names the groups: {unknown}");
+    primary.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_that_cannot_start_stops_the_rollout_and_the_old_workers_keep_serving() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broken = dir.path().join("broken");
@@ -502,6 +537,51 @@ async fn workers_share_a_unix_socket_listener_and_its_file_is_removed_at_shutdow
     assert!(!answered_by.is_empty() && answered_by.iter().all(|n| n.starts_with("unix-")), "{answered_by:?}");
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
     assert!(!path.exists(), "the socket file the primary created is removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigttin_and_sigttou_to_the_example_add_and_remove_a_worker_of_its_group() {
+    let runtime_dir = tempfile::tempdir().expect("temp dir");
+    let mut child = tokio::process::Command::new(http_cluster_example())
+        .args(["--workers", "2", "--listen", "127.0.0.1:0"])
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the example");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    bounded("the example to listen", async {
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if line.starts_with("listening on ") {
+                return;
+            }
+        }
+        panic!("the example ended before it listened");
+    })
+    .await;
+    let control =
+        clusterfy::control::ControlClient::at(runtime_dir.path().join("clusterfy").join("http_cluster.sock"));
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    for (signal, names) in
+        [(Signal::SIGTTIN, vec!["http-1", "http-2", "http-3"]), (Signal::SIGTTOU, vec!["http-1", "http-2"])]
+    {
+        kill(pid, signal).expect("signal");
+        bounded("the group to follow the signal", async {
+            loop {
+                let rows = control.workers().await.expect("workers");
+                let now: Vec<&str> = rows.iter().map(|w| w.name.as_str()).collect();
+                if now == names
+                    && rows.iter().all(|w| w.state == "ready" && w.group.as_deref() == Some("http"))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+    kill(pid, Signal::SIGINT).expect("SIGINT");
+    bounded("the example to shut down", child.wait()).await.expect("wait");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

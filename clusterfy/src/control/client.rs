@@ -110,6 +110,16 @@ impl ControlClient {
         self.done(ControlRequest::Reload).await
     }
 
+    /// Rolls a reload of group `group`'s members; returns when it is done.
+    pub async fn reload_group(&self, group: &str) -> Result<()> {
+        self.done(ControlRequest::ReloadGroup { group: group.to_owned() }).await
+    }
+
+    /// Grows or shrinks group `group` to `workers` members; returns when it is done.
+    pub async fn scale(&self, group: &str, workers: u32) -> Result<()> {
+        self.done(ControlRequest::Scale { group: group.to_owned(), workers }).await
+    }
+
     /// The value or subtree at `path`.
     pub async fn storage_get(&self, path: &str) -> Result<Option<Value>> {
         match self.call(ControlRequest::StorageGet { path: path.to_owned() }).await? {

@@ -194,6 +194,14 @@ async fn answer(primary: &Primary, app: &str, request: ControlRequest) -> Result
             primary.reload(ReloadOptions::default()).await?;
             ControlReply::Done
         }
+        ControlRequest::ReloadGroup { group } => {
+            primary.reload_group(&group, ReloadOptions::default()).await?;
+            ControlReply::Done
+        }
+        ControlRequest::Scale { group, workers } => {
+            primary.scale(&group, workers as usize).await?;
+            ControlReply::Done
+        }
         ControlRequest::StorageGet { path } => {
             ControlReply::Value(primary.shared_storage().get(&clusterfy_core::Path::parse(&path)?).await?)
         }

@@ -7,11 +7,13 @@ use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 pub fn workers_table(rows: &[WorkerRow]) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
-    table.set_header(["id", "name", "pid", "status", "state", "restarts", "uptime", "cpu", "memory"]);
+    table
+        .set_header(["id", "name", "group", "pid", "status", "state", "restarts", "uptime", "cpu", "memory"]);
     for w in rows {
         table.add_row([
             w.id.to_string(),
             w.name.clone(),
+            w.group.clone().unwrap_or_else(|| "-".to_owned()),
             w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             w.status.clone(),
             w.state.clone(),

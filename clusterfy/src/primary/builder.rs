@@ -330,6 +330,7 @@ impl PrimaryBuilder {
                 stop_signal: self.stop_signal,
                 kill_timeout: self.kill_timeout,
                 reloading: tokio::sync::Mutex::new(()),
+                next_in_group: std::sync::atomic::AtomicUsize::new(0),
                 control: std::sync::OnceLock::new(),
                 watch_dispatch: std::sync::Once::new(),
             }),

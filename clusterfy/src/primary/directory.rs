@@ -1,7 +1,7 @@
 //! The workers' directory as sans-IO state: every [`Slot`] by id, and the rules that span more
 //! than one slot (names are unique, a replacement takes its worker's name only once ready, a
-//! record leaves only once no process of it runs, nothing starts once the cluster shuts down).
-//! With [`Slot`], the only code that changes a worker's record.
+//! record leaves only once no process of it runs, nothing starts once the cluster shuts down),
+//! and the worker groups. With [`Slot`], the only code that changes a worker's record.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -10,12 +10,14 @@ use clusterfy_core::protocol::Destination;
 use clusterfy_core::session::{Route, RouteEntry, route};
 use clusterfy_core::{Error, ErrorKind, Result, WireError, WorkerId, WorkerSelector};
 
+use super::group::{Groups, member_index};
 use super::options::WorkerOptions;
 use super::slot::{Action, Input, Replacing, Slot, SlotIo, StopTarget};
 use crate::events::{Event, WorkerRef};
 
 pub(crate) struct Directory<W: SlotIo> {
     slots: BTreeMap<WorkerId, Slot<W>>,
+    groups: Groups,
     next_id: u64,
     shutting_down: bool,
 }
@@ -23,7 +25,43 @@ pub(crate) struct Directory<W: SlotIo> {
 impl<W: SlotIo> Directory<W> {
     /// An empty directory whose first worker gets id `first_id`.
     pub(crate) fn new(first_id: u64) -> Self {
-        Directory { slots: BTreeMap::new(), next_id: first_id, shutting_down: false }
+        Directory {
+            slots: BTreeMap::new(),
+            groups: Groups::default(),
+            next_id: first_id,
+            shutting_down: false,
+        }
+    }
+
+    pub(crate) fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    pub(crate) fn groups_mut(&mut self) -> &mut Groups {
+        &mut self.groups
+    }
+
+    /// The members of group `group` that serve on: named so, not replaced, not asked to stop,
+    /// not ended; with their numbers, in id order.
+    pub(crate) fn members(&self, group: &str) -> Vec<(u32, WorkerRef)> {
+        self.slots
+            .values()
+            .filter(|s| s.answers_to_name() && !s.stop_requested() && !s.state().is_final())
+            .filter_map(|s| member_index(group, &s.worker().name).map(|n| (n, s.worker().clone())))
+            .collect()
+    }
+
+    /// Takes the records of group `group`'s ended members out (no process of theirs runs), so
+    /// their names can be forked again.
+    pub(crate) fn clear_ended_members(&mut self, group: &str) {
+        self.slots.retain(|_, s| !(s.state().is_final() && member_index(group, &s.worker().name).is_some()));
+    }
+
+    /// The numbers of group `group` that no record holds, from 1 on.
+    pub(crate) fn free_numbers(&self, group: &str) -> impl Iterator<Item = u32> + use<W> {
+        let taken: std::collections::BTreeSet<u32> =
+            self.slots.values().filter_map(|s| member_index(group, &s.worker().name)).collect();
+        (1..).filter(move |n| !taken.contains(n))
     }
 
     pub(crate) fn get(&self, id: WorkerId) -> Option<&Slot<W>> {
@@ -102,12 +140,17 @@ impl<W: SlotIo> Directory<W> {
         !self.shutting_down && self.slots.get_mut(&id).is_some_and(Slot::ask_replace)
     }
 
-    /// Marks every worker that may be replaced (a reload), and returns them in id order.
-    pub(crate) fn ask_reload(&mut self) -> Vec<WorkerRef> {
+    /// Marks every worker whose name `which` accepts that may be replaced (a reload), and
+    /// returns them in id order.
+    pub(crate) fn ask_reload(&mut self, which: impl Fn(&str) -> bool) -> Vec<WorkerRef> {
         if self.shutting_down {
             return Vec::new();
         }
-        self.slots.values_mut().filter_map(|slot| slot.ask_replace().then(|| slot.worker().clone())).collect()
+        self.slots
+            .values_mut()
+            .filter(|slot| which(&slot.worker().name))
+            .filter_map(|slot| slot.ask_replace().then(|| slot.worker().clone()))
+            .collect()
     }
 
     /// The replacement of `old` did not happen (`error`: it failed; `None`: it was not started).

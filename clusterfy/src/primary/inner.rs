@@ -53,8 +53,10 @@ pub(crate) struct PrimaryInner {
     pub(crate) stop_signal: Signal,
     /// Time a worker has after the stop signal before SIGKILL.
     pub(crate) kill_timeout: Duration,
-    /// One reload or memory-limit replacement at a time.
+    /// One reload, scale or memory-limit replacement at a time.
     pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// Which ready member of a group [`Primary::run_group`](super::Primary::run_group) takes next.
+    pub(crate) next_in_group: std::sync::atomic::AtomicUsize,
     /// The control socket, if the builder asked for one.
     pub(crate) control: std::sync::OnceLock<crate::control::ControlSocket>,
     /// The listening sockets every worker inherits (cluster mode).

@@ -4,6 +4,7 @@ mod builder;
 mod connect;
 mod directory;
 mod dispatch;
+mod group;
 mod inbound;
 mod inner;
 #[cfg(test)]
@@ -12,6 +13,7 @@ mod options;
 mod reload;
 mod restart;
 mod sample;
+mod scale;
 mod signals;
 mod slot;
 mod spawner;
@@ -34,6 +36,7 @@ pub(crate) use inner::PrimaryInner;
 pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
 pub use reload::ReloadOptions;
 pub use restart::RestartPolicy;
+pub use scale::Scaled;
 pub use slot::WorkerState;
 pub use stats::{Statistics, WorkerInfo};
 pub use usage::DEFAULT_SAMPLE_INTERVAL;
@@ -161,7 +164,8 @@ impl Primary {
 
     /// The workers, in id order (the original's `workers`).
     pub fn workers(&self) -> Vec<WorkerInfo> {
-        self.inner.directory().slots().map(WorkerInfo::of).collect()
+        let directory = self.inner.directory();
+        directory.slots().map(|s| WorkerInfo::of(s, directory.groups().group_of(&s.worker().name))).collect()
     }
 
     /// Typed access to the shared storage (the original's `storage`).
@@ -199,15 +203,21 @@ impl Primary {
 
     /// Runs command `C` on every connected worker and gathers every answer, in id order.
     pub async fn broadcast<C: Command>(&self, command: C) -> Result<Vec<BroadcastReply<C::Reply>>> {
-        expect_target::<C>(Target::Worker)?;
         let Route::Broadcast(ids) = self.inner.route(&Destination::AllWorkers)? else {
             return Err(Error::new(ErrorKind::Protocol, "broadcast did not route to workers"));
         };
-        self.inner.emit_with(|| Event::Command {
-            from: Origin::Primary,
-            name: C::NAME.to_owned(),
-            to: "all workers".into(),
-        });
+        self.broadcast_to(ids, "all workers".to_owned(), command).await
+    }
+
+    /// Runs command `C` on workers `ids` (called `to` in the event) and gathers every answer.
+    async fn broadcast_to<C: Command>(
+        &self,
+        ids: Vec<WorkerId>,
+        to: String,
+        command: C,
+    ) -> Result<Vec<BroadcastReply<C::Reply>>> {
+        expect_target::<C>(Target::Worker)?;
+        self.inner.emit_with(|| Event::Command { from: Origin::Primary, name: C::NAME.to_owned(), to });
         let request = CommandRequest {
             name: C::NAME.to_owned(),
             destination: Destination::Here,

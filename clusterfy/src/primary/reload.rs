@@ -66,8 +66,27 @@ impl Primary {
     /// serving, [`Event::ReloadFailed`](crate::Event::ReloadFailed) is published and the error is returned. Returns the
     /// `(old, new)` pairs replaced, in id order. One reload runs at a time; a second call waits.
     pub async fn reload(&self, options: ReloadOptions) -> Result<Vec<(WorkerRef, WorkerRef)>> {
+        self.reload_where(options, |_| true).await
+    }
+
+    /// [`Primary::reload`] of group `group`'s members only (see [`Primary::fork_group`]); an
+    /// unknown group is an error naming the groups.
+    pub async fn reload_group(
+        &self,
+        group: &str,
+        options: ReloadOptions,
+    ) -> Result<Vec<(WorkerRef, WorkerRef)>> {
+        self.inner.directory().groups().options(group)?;
+        self.reload_where(options, |name| super::group::member_index(group, name).is_some()).await
+    }
+
+    async fn reload_where(
+        &self,
+        options: ReloadOptions,
+        which: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(WorkerRef, WorkerRef)>> {
         let _one_at_a_time = self.inner.reloading.lock().await;
-        let targets = self.inner.change(|d| d.ask_reload());
+        let targets = self.inner.change(|d| d.ask_reload(which));
         let mut replaced = Vec::with_capacity(targets.len());
         let mut failure = None;
         for batch in targets.chunks(options.at_once) {

@@ -1,4 +1,5 @@
-//! SIGINT and SIGTERM to the primary shut the whole cluster down gracefully; SIGHUP reloads it.
+//! SIGINT and SIGTERM to the primary shut the whole cluster down gracefully; SIGHUP reloads it;
+//! SIGTTIN and SIGTTOU add and remove one worker of its group (gunicorn's signals).
 
 use std::sync::Weak;
 
@@ -18,6 +19,20 @@ pub(super) fn shut_down_on_signals(primary: Weak<PrimaryInner>) -> Result<()> {
     let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
     let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
     let mut hangup = install(SignalKind::hangup(), "SIGHUP")?;
+    let mut more = install(SignalKind::from_raw(nix::libc::SIGTTIN), "SIGTTIN")?;
+    let mut fewer = install(SignalKind::from_raw(nix::libc::SIGTTOU), "SIGTTOU")?;
+    let scaling = primary.clone();
+    tokio::spawn(async move {
+        loop {
+            let by: isize = tokio::select! {
+                Some(()) = more.recv() => 1,
+                Some(()) = fewer.recv() => -1,
+                else => return,
+            };
+            let Some(inner) = scaling.upgrade() else { return };
+            scale_the_group_by(Primary { inner }, by).await;
+        }
+    });
     let reloading = primary.clone();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
@@ -50,4 +65,28 @@ pub(super) fn shut_down_on_signals(primary: Weak<PrimaryInner>) -> Result<()> {
         std::process::exit(code);
     });
     Ok(())
+}
+
+/// One member more or fewer in the primary's group, if it has exactly one (a signal cannot say
+/// which). Logged, as a signal has no one to answer.
+async fn scale_the_group_by(primary: Primary, by: isize) {
+    let (groups, members) = {
+        let directory = primary.inner.directory();
+        let groups: Vec<String> = directory.groups().names().map(str::to_owned).collect();
+        let members = groups.first().map_or(0, |g| directory.members(g).len());
+        (groups, members)
+    };
+    let [group] = groups.as_slice() else {
+        let signal = if by > 0 { "SIGTTIN" } else { "SIGTTOU" };
+        return tracing::warn!(
+            groups = ?groups,
+            "{signal} scales the primary's one worker group, but it has {}; use Primary::scale or clusterfy scale",
+            groups.len()
+        );
+    };
+    let workers = members.saturating_add_signed(by);
+    match primary.scale(group, workers).await {
+        Ok(_) => tracing::info!(group = %group, workers, "scaled by signal"),
+        Err(err) => tracing::warn!(group = %group, error = %err, "scaling by signal failed"),
+    }
 }

@@ -17,6 +17,8 @@ pub struct WorkerInfo {
     pub id: WorkerId,
     /// Its name.
     pub name: String,
+    /// The group it belongs to ([`Primary::fork_group`](crate::Primary::fork_group)), if any.
+    pub group: Option<String>,
     /// The process id of its current process, if one runs.
     pub pid: Option<u32>,
     /// The status the worker reported last.
@@ -37,12 +39,13 @@ pub struct WorkerInfo {
 }
 
 impl WorkerInfo {
-    pub(crate) fn of<W: SlotIo>(slot: &Slot<W>) -> Self {
+    pub(crate) fn of<W: SlotIo>(slot: &Slot<W>, group: Option<&str>) -> Self {
         let running = slot.pid().is_some();
         let usage = slot.usage().filter(|_| running);
         WorkerInfo {
             id: slot.worker().id,
             name: slot.worker().name.clone(),
+            group: group.map(str::to_owned),
             pid: slot.pid(),
             status: slot.status(),
             state: slot.state(),
@@ -66,6 +69,7 @@ impl WorkerInfo {
         WorkerRow {
             id: self.id.0,
             name: self.name.clone(),
+            group: self.group.clone(),
             pid: self.pid,
             status,
             state: self.state.as_str().to_owned(),
