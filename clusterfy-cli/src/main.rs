@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use clusterfy::control::{ControlClient, RunningApp};
+use clusterfy::control::{ControlClient, LogEntry, RunningApp};
 use clusterfy::{Error, ErrorKind, Result, Value, from_value, to_value};
 
 /// Operate a running Clusterfy cluster: list its workers, restart or stop one, roll a reload,
@@ -79,6 +79,17 @@ enum Commands {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+    /// The workers' captured output: the last lines of each, then with -f every new one.
+    Logs {
+        /// Only this worker's, or this group's, lines.
+        which: Option<String>,
+        /// Go on printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines of each worker.
+        #[arg(long, default_value_t = 20)]
+        lines: u32,
     },
     /// Read and write the shared storage, values as JSON.
     Storage {
@@ -174,6 +185,16 @@ async fn run(cli: Cli) -> Result<()> {
             let mut events = client(&cli, None).await?.events().await?;
             while let Some(event) = events.next_event().await? {
                 output::event(&event, json)?;
+            }
+            Ok(())
+        }
+        Commands::Logs { ref which, follow, lines } => {
+            let mut logs = client(&cli, None).await?.logs(which.as_deref(), lines, follow).await?;
+            while let Some(entry) = logs.next_log().await? {
+                match entry {
+                    LogEntry::Line { worker, text } => println!("[{worker}] {text}"),
+                    LogEntry::Skipped(n) => println!("... {n} lines not shown"),
+                }
             }
             Ok(())
         }

@@ -85,6 +85,18 @@ pub enum ControlRequest {
         /// The group's name.
         group: String,
     },
+    /// The captured output of the worker or group `which` (every worker when `None`): a
+    /// [`ControlReply::LogsSkipped`] for older lines not sent, then the last `lines` lines as
+    /// [`ControlReply::Log`], then [`ControlReply::Done`], or with `follow` every new line until
+    /// the client closes.
+    Logs {
+        /// A worker's or a group's name.
+        which: Option<String>,
+        /// How many of the last lines of each worker.
+        lines: u32,
+        /// Go on with every new line.
+        follow: bool,
+    },
 }
 
 /// What the primary answers.
@@ -107,6 +119,19 @@ pub enum ControlReply {
     },
     /// The request failed.
     Error(WireError),
+    /// One line a worker wrote.
+    Log {
+        /// The worker's name.
+        worker: String,
+        /// The line (lossy UTF-8, a cut one marked).
+        text: String,
+    },
+    /// Lines that were not sent: older than those asked for, dropped from a full ring, or
+    /// missed by a follower that fell behind.
+    LogsSkipped {
+        /// How many.
+        lines: u64,
+    },
 }
 
 /// Who a primary is.

@@ -32,6 +32,8 @@ async fn cluster(runtime_dir: &Path) -> Primary {
     std::fs::create_dir_all(socket.parent().expect("dir")).expect("control dir");
     let primary = primary_builder()
         .control_at(APP, socket)
+        // The logs test floods the workers' output: kept, not echoed on the tests' stderr.
+        .echo_output(false)
         .initial_storage(value!({ "config": { "greeting": "hello" } }))
         .handle_signals(false)
         .build()
@@ -260,6 +262,55 @@ async fn a_group_is_scaled_reloaded_listed_and_addressed_as_one() {
     let unknown = run(dir.path(), &["reload", "nope"]).await;
     let said = String::from_utf8_lossy(&unknown.stderr);
     assert!(!unknown.status.success() && said.contains("[jobs]"), "names the groups: {said}");
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_show_each_workers_last_lines_in_order_and_follow_new_ones_without_blocking_a_flood() {
+    use clusterfy_tests::{ACK_LINE_PREFIX, WriteSequence};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let primary = cluster(dir.path()).await;
+    let announce = |count| WriteSequence { count, announce: true };
+    bounded("w1's writes", primary.run("w1", announce(3))).await.expect("w1 writes");
+    // A primary with a control socket captures its workers' output by default.
+    let shown = ok(dir.path(), &["logs", "w1", "--lines", "10"]).await;
+    let want: Vec<String> = (0..3).map(|n| format!("[w1] {ACK_LINE_PREFIX} w1 {n}")).collect();
+    assert_eq!(shown.lines().collect::<Vec<_>>(), want, "{shown}");
+
+    let (mut follower, mut lines) = spawn_stream(dir.path(), &["logs", "-f", "w2", "--lines", "5"]);
+    bounded("w2's writes", primary.run("w2", announce(2))).await.expect("w2 writes");
+    for n in 0..2 {
+        let line = bounded("a followed line", lines.next_line()).await.expect("stdout").expect("a line");
+        assert_eq!(line, format!("[w2] {ACK_LINE_PREFIX} w2 {n}"));
+    }
+    follower.start_kill().expect("stop following");
+
+    // A worker printing far more than the ring holds is never held back, and the ring keeps the
+    // newest lines, in order, and says how many it dropped.
+    let flood = 3 * clusterfy::LOG_RING_LINES as u64;
+    bounded("a flood of lines", primary.run("w1", announce(flood))).await.expect("the flood");
+    let last = bounded("the flood's last line", async {
+        loop {
+            let (lines, _) = primary.logs(Some("w1"), 1).expect("w1's logs");
+            if lines.last().is_some_and(|l| l.text.ends_with(&format!(" {}", flood - 1))) {
+                return primary.logs(Some("w1"), usize::MAX).expect("w1's logs");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (kept, dropped) = last;
+    assert_eq!(kept.len(), clusterfy::LOG_RING_LINES);
+    assert_eq!(dropped, 3 + flood - clusterfy::LOG_RING_LINES as u64, "the earlier 3 and the flood's oldest");
+    let numbers: Vec<u64> =
+        kept.iter().map(|l| l.text.rsplit(' ').next().expect("n").parse().expect("a number")).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "in the order written");
+    let shown = ok(dir.path(), &["logs", "w1", "--lines", "2"]).await;
+    assert!(shown.starts_with("... "), "says what it leaves out: {shown}");
+
+    let unknown = run(dir.path(), &["logs", "nobody"]).await;
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success() && said.contains("[w1, w2]"), "names the workers: {said}");
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
 }
 

@@ -144,6 +144,13 @@ impl ControlClient {
         self.stream(ControlRequest::Events).await
     }
 
+    /// The last `lines` lines of each worker `which` names (a worker or a group; every worker
+    /// when `None`), then with `follow` every new line, for as long as the stream is read
+    /// ([`ControlStream::next_log`]).
+    pub async fn logs(&self, which: Option<&str>, lines: u32, follow: bool) -> Result<ControlStream> {
+        self.stream(ControlRequest::Logs { which: which.map(str::to_owned), lines, follow }).await
+    }
+
     /// The paths written on the branch of `path`, for as long as the stream is read.
     pub async fn storage_watch(&self, path: &str) -> Result<ControlStream> {
         self.stream(ControlRequest::StorageWatch { path: path.to_owned() }).await
@@ -258,12 +265,38 @@ impl ControlStream {
         }
     }
 
+    /// The next entry of a logs stream; `None` at its end (all lines sent without `follow`, or the
+    /// primary closed the stream).
+    pub async fn next_log(&mut self) -> Result<Option<LogEntry>> {
+        match self.next_reply().await? {
+            None | Some(ControlReply::Done) => Ok(None),
+            Some(ControlReply::Log { worker, text }) => Ok(Some(LogEntry::Line { worker, text })),
+            Some(ControlReply::LogsSkipped { lines }) => Ok(Some(LogEntry::Skipped(lines))),
+            Some(other) => Err(unexpected(&other)),
+        }
+    }
+
     async fn next_reply(&mut self) -> Result<Option<ControlReply>> {
         match read_frame::<ControlReply>(&mut self.reader, &mut self.frames).await? {
             Some(ControlReply::Error(err)) => Err(Error::from(err)),
             other => Ok(other),
         }
     }
+}
+
+/// One entry of a logs stream ([`ControlClient::logs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEntry {
+    /// A line worker `worker` wrote.
+    Line {
+        /// The worker's name.
+        worker: String,
+        /// The line.
+        text: String,
+    },
+    /// This many lines were not sent (older than asked for, dropped from a full ring, or
+    /// missed by a follower that fell behind).
+    Skipped(u64),
 }
 
 fn unexpected(reply: &ControlReply) -> Error {

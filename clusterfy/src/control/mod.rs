@@ -15,7 +15,7 @@ mod location;
 mod server;
 mod table;
 
-pub use client::{ControlClient, ControlStream, RunningApp};
+pub use client::{ControlClient, ControlStream, LogEntry, RunningApp};
 pub use location::control_dir;
 pub(crate) use location::socket_path;
 pub(crate) use server::{ControlSocket, SocketPlace, open};

@@ -165,6 +165,9 @@ async fn serve(stream: UnixStream, admission: Admission, primary: Weak<PrimaryIn
     let reply = match request {
         ControlRequest::Events => return stream_events(&primary, &mut writer).await,
         ControlRequest::StorageWatch { path } => return stream_changes(&primary, &path, &mut writer).await,
+        ControlRequest::Logs { which, lines, follow } => {
+            return stream_logs(&primary, which.as_deref(), lines as usize, follow, &mut writer).await;
+        }
         request => answer(&primary, &app, request).await,
     };
     let reply = reply.unwrap_or_else(|err| ControlReply::Error(WireError::from(&err)));
@@ -214,7 +217,7 @@ async fn answer(primary: &Primary, app: &str, request: ControlRequest) -> Result
             primary.shared_storage().save(&path, value, create_parents).await?;
             ControlReply::Done
         }
-        ControlRequest::Events | ControlRequest::StorageWatch { .. } => {
+        ControlRequest::Events | ControlRequest::StorageWatch { .. } | ControlRequest::Logs { .. } => {
             return Err(Error::new(ErrorKind::InvalidState, "a stream request reached the one-reply path"));
         }
     })
@@ -236,6 +239,41 @@ async fn stream_changes(primary: &Primary, path: &str, writer: &mut (impl tokio:
     };
     while let Some(changed) = changes.next().await {
         let reply = ControlReply::Changed { path: changed.to_string() };
+        if send(writer, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn stream_logs(
+    primary: &Primary,
+    which: Option<&str>,
+    lines: usize,
+    follow: bool,
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+) {
+    let ((last, skipped), mut stream) = match primary.follow_logs(which, lines) {
+        Ok(found) => found,
+        Err(err) => return drop(send(writer, &ControlReply::Error(WireError::from(&err))).await),
+    };
+    let log = |line: crate::LogLine| ControlReply::Log { worker: line.worker, text: line.text };
+    if skipped > 0 && send(writer, &ControlReply::LogsSkipped { lines: skipped }).await.is_err() {
+        return;
+    }
+    for line in last {
+        if send(writer, &log(line)).await.is_err() {
+            return;
+        }
+    }
+    if !follow {
+        return drop(send(writer, &ControlReply::Done).await);
+    }
+    while let Some(next) = stream.next().await {
+        let reply = match next {
+            Ok(line) if crate::primary::logs_name(which, &line.worker) => log(line),
+            Ok(_) => continue,
+            Err(missed) => ControlReply::LogsSkipped { lines: missed },
+        };
         if send(writer, &reply).await.is_err() {
             return;
         }

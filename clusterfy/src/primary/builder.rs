@@ -40,6 +40,7 @@ pub struct PrimaryBuilder {
     max_frame_len: usize,
     handle_signals: bool,
     non_dumpable: bool,
+    echo_output: bool,
     listen: Vec<(String, String, ListenOptions)>,
     stop_signal: Signal,
     kill_timeout: Duration,
@@ -62,6 +63,7 @@ impl PrimaryBuilder {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             handle_signals: true,
             non_dumpable: false,
+            echo_output: true,
             listen: Vec::new(),
             stop_signal: Signal::SIGTERM,
             kill_timeout: DEFAULT_KILL_TIMEOUT,
@@ -95,6 +97,16 @@ impl PrimaryBuilder {
     #[must_use]
     pub fn non_dumpable(mut self, non_dumpable: bool) -> Self {
         self.non_dumpable = non_dumpable;
+        self
+    }
+
+    /// Whether the captured output of the workers
+    /// ([`WorkerOptions::capture_output`](super::WorkerOptions::capture_output)) is echoed on
+    /// this process's stderr as `[name] line` (default on); it is kept for
+    /// [`Primary::logs`](super::Primary::logs) either way.
+    #[must_use]
+    pub fn echo_output(mut self, echo: bool) -> Self {
+        self.echo_output = echo;
         self
     }
 
@@ -332,6 +344,7 @@ impl PrimaryBuilder {
                 reloading: tokio::sync::Mutex::new(()),
                 next_in_group: std::sync::atomic::AtomicUsize::new(0),
                 control: std::sync::OnceLock::new(),
+                logs: Arc::new(super::logs::Logs::new(self.echo_output)),
                 watch_dispatch: std::sync::Once::new(),
             }),
         };

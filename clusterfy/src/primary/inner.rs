@@ -59,6 +59,8 @@ pub(crate) struct PrimaryInner {
     pub(crate) next_in_group: std::sync::atomic::AtomicUsize,
     /// The control socket, if the builder asked for one.
     pub(crate) control: std::sync::OnceLock<crate::control::ControlSocket>,
+    /// The workers' captured output.
+    pub(crate) logs: Arc<super::logs::Logs>,
     /// The listening sockets every worker inherits (cluster mode).
     pub(crate) listeners: SharedListeners,
     /// Starts the task that sends storage changes to watching workers, at the first watch, so

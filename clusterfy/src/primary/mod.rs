@@ -7,6 +7,7 @@ mod dispatch;
 mod group;
 mod inbound;
 mod inner;
+mod logs;
 #[cfg(test)]
 mod machine_tests;
 mod options;
@@ -33,6 +34,8 @@ use clusterfy_core::{Command, Error, ErrorKind, Origin, Result, Target, WorkerId
 pub use builder::{DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, PrimaryBuilder};
 use inner::Control;
 pub(crate) use inner::PrimaryInner;
+pub(crate) use logs::names as logs_name;
+pub use logs::{LOG_RING_LINES, LogLine, LogStream, MAX_LOG_LINE};
 pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
 pub use reload::ReloadOptions;
 pub use restart::RestartPolicy;

@@ -55,6 +55,7 @@ pub struct WorkerOptions {
     pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) max_memory: Option<u64>,
     pub(crate) memory_limit_grace: Duration,
+    pub(crate) capture_output: Option<bool>,
 }
 
 impl Default for WorkerOptions {
@@ -67,6 +68,7 @@ impl Default for WorkerOptions {
             heartbeat: Some(DEFAULT_HEARTBEAT),
             max_memory: None,
             memory_limit_grace: DEFAULT_SHUTDOWN_TIMEOUT,
+            capture_output: None,
         }
     }
 }
@@ -134,6 +136,19 @@ impl WorkerOptions {
     #[must_use]
     pub fn memory_limit_grace(mut self, grace: Duration) -> Self {
         self.memory_limit_grace = grace;
+        self
+    }
+
+    /// Whether the primary captures the worker's stdout and stderr (`pm2 logs`): each line is
+    /// echoed on the primary's stderr as `[name] line`, kept in a ring of the last
+    /// [`LOG_RING_LINES`](crate::LOG_RING_LINES) per worker, and read with
+    /// [`Primary::logs`](super::Primary::logs), [`Primary::follow_logs`](super::Primary::follow_logs)
+    /// or `clusterfy logs`. The default is on when the primary has a control socket
+    /// ([`PrimaryBuilder::control`](super::PrimaryBuilder::control): someone may ask for the
+    /// logs), off otherwise (the worker writes to the primary's own stdout and stderr).
+    #[must_use]
+    pub fn capture_output(mut self, capture: bool) -> Self {
+        self.capture_output = Some(capture);
         self
     }
 

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::connect::{ConnectFailure, connect};
 use super::inbound::PrimaryInbound;
+use super::logs::Capture;
 use super::options::{Heartbeat, WorkerOptions};
 use super::slot::{Action, Input, Replacing, Timer};
 use super::spawner;
@@ -149,6 +150,12 @@ async fn run_process(
         _ => None,
     };
     let mut command = build_command(inner, worker, options, token.as_deref())?;
+    // Before the transport's own settings, which win where they overlap (see `Capture`).
+    let capture = match options.capture_output {
+        Some(capture) => capture,
+        None => inner.control.get().is_some(),
+    };
+    let capture = if capture { Some(Capture::set_on(&mut command)?) } else { None };
     let mut info = SpawnInfo::new(worker.id, worker.name.clone());
     info.first_free_fd = inner.listeners.first_free_fd();
     info.stdin_free = plain_spawn(inner, options);
@@ -164,6 +171,9 @@ async fn run_process(
         .with_source(e)
     })?;
     rendezvous.attach(&mut child)?;
+    if let Some(capture) = capture {
+        capture.start(Arc::clone(&inner.logs), worker.name.clone())?;
+    }
     // The process must pass the handshake within the ready timeout, counted from its spawn (a
     // large program on a cold cache may take a while before it calls connect). Recorded before
     // `fork` returns, so a `Primary::ready` called after it waits for this verdict; published
