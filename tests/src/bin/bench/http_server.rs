@@ -30,10 +30,18 @@ use crate::BenchResult;
 pub(crate) const HTTP_LISTENER: &str = "http";
 /// A worker whose name starts with this serves HTTP ([`serve_worker`]) instead of measuring.
 pub(crate) const HTTP_WORKER_PREFIX: &str = "http-";
+/// The group of the HTTP workers (`Primary::fork_group`): its members are named with
+/// [`HTTP_WORKER_PREFIX`].
+pub(crate) const HTTP_GROUP: &str = "http";
 /// The path of the hit counter in the shared storage.
 pub(crate) const HITS_PATH: &str = "hits";
 /// A request for this URL path is answered without counting it (the `http_rps_plain` row).
 pub(crate) const PLAIN_PATH: &str = "/plain";
+/// A request for this URL path spends [`CPU_PER_REQUEST`] of the thread's CPU time first, and
+/// is not counted (the `http_rps_cpu_*` rows).
+pub(crate) const CPU_PATH: &str = "/cpu";
+/// What a request for [`CPU_PATH`] costs.
+const CPU_PER_REQUEST: Duration = Duration::from_micros(200);
 /// The name the baseline answers with.
 pub(crate) const RAW_HTTP_NAME: &str = "raw";
 /// After a stop request, how long open connections may still send a request (answered with
@@ -119,6 +127,20 @@ async fn serve(listener: TcpListener, name: String, hits: Hits, stop: impl Futur
     }
 }
 
+/// Spins until this thread used `cpu` of CPU time (not wall time: a thread that waits for a
+/// core does not count the wait as work).
+fn spend_cpu(cpu: Duration) {
+    let used = || {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map(Duration::from)
+            .unwrap_or_default()
+    };
+    let start = used();
+    while used().saturating_sub(start) < cpu {
+        std::hint::spin_loop();
+    }
+}
+
 async fn answer(
     hits: Hits,
     name: Arc<str>,
@@ -128,6 +150,10 @@ async fn answer(
     let bumped = match &hits {
         // The plain handler's row: the same server without the counter.
         _ if request.uri().path() == PLAIN_PATH => Ok(0),
+        _ if request.uri().path() == CPU_PATH => {
+            spend_cpu(CPU_PER_REQUEST);
+            Ok(0)
+        }
         Hits::Shared(worker) => worker.storage().increment(HITS_PATH, 1).await,
         Hits::Local(count) => Ok(count.fetch_add(1, Ordering::Relaxed) as i64 + 1),
     };

@@ -122,6 +122,17 @@
 //!   target at most 1.25);
 //! - `http_busiest_shared` beside `http_fair_share_shared`: the same on the third cluster, n
 //!   workers on one shared socket;
+//! - `http_rps_n`: the plain handler (`/plain`, no counter) on the n-worker cluster, beside
+//!   `raw_http_rps` (target at least 0.9);
+//! - `http_rps_cpu_n` beside `http_rps_cpu_1_times_n`: requests for `/cpu`, which spend 200 us of
+//!   the thread's CPU time each, on n workers, beside n times the rate of the one-worker cluster
+//!   (target at least 0.8);
+//! - `http_new_conn_p99` beside `http_new_conn_p99_shared`: the p99 latency of `/plain` requests
+//!   each over a new connection (connect, accept, answer), on the n-worker cluster and on the
+//!   shared-socket one (target at most 1.5);
+//! - `http_scale_failed`: failed requests plus connection errors of a load that runs while the
+//!   n-worker group is scaled to 2n, then to 1, then back to n (each step waited for), summed over
+//!   the repetitions (target 0);
 //! - the reload: the same load on the n-worker cluster, started just before
 //!   `Primary::reload(ReloadOptions::default())` (one worker at a time: the new one ready, then
 //!   the old one stopped gracefully) and stopped when it returned. `http_reload_served` is the

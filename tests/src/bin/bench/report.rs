@@ -185,7 +185,8 @@ const ROWS: &[Row] = {
             .goal(Goal::AtLeast(1.0)),
         Row::new(Storm, "primary_rss_after_storm", "primary_rss_before_storm", KiB),
         Row::new(Http, "http_rps_counter", "http_rps_plain", ReqPerSec).goal(Goal::AtLeast(0.8)),
-        Row::new(Http, "http_rps_n", "raw_http_rps", ReqPerSec),
+        Row::new(Http, "http_rps_n", "raw_http_rps", ReqPerSec).goal(Goal::AtLeast(0.9)),
+        Row::new(Http, "http_rps_cpu_n", "http_rps_cpu_1_times_n", ReqPerSec).goal(Goal::AtLeast(0.8)),
         Row::new(Http, "http_rps_1", "raw_http_rps", ReqPerSec),
         Row::new(Http, "http_reload_served", "http_steady_served", Answered),
         Row::new(Http, "http_reload_failed", "http_steady_failed", Failed)
@@ -194,6 +195,10 @@ const ROWS: &[Row] = {
         Row::new(Http, "http_reload_p99", "http_steady_p99", Millis),
         Row::new(Http, "http_busiest", "http_fair_share", Answered).goal(Goal::AtMost(1.25)),
         Row::new(Http, "http_busiest_shared", "http_fair_share_shared", Answered),
+        Row::new(Http, "http_new_conn_p99", "http_new_conn_p99_shared", Millis).goal(Goal::AtMost(1.5)),
+        Row::new(Http, "http_scale_failed", "http_steady_failed", Failed)
+            .goal(Goal::ValueAtMost(0.0))
+            .summed(),
     ]
 };
 

@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::BenchResult;
 use crate::cluster::{ClusterStorage, ClusterTransport, cluster_builder};
-use crate::http_server::{HITS_PATH, HTTP_LISTENER, HTTP_WORKER_PREFIX, PLAIN_PATH};
+use crate::http_server::{CPU_PATH, HITS_PATH, HTTP_GROUP, HTTP_LISTENER, PLAIN_PATH};
 use crate::options::{Flavor, MULTI_THREAD_FLAG, Options, Plan, RAW_HTTP_FLAG, build_runtime};
 use crate::sampling::Samples;
 
@@ -49,9 +49,21 @@ pub(crate) async fn run_http_phase(options: &Options, plan: &Plan, samples: &mut
         note_balance(samples, ["http_busiest", "http_fair_share"], workers, &report);
         let on_shared = shared.steady(&load, "http_rps_shared_accept", samples).await?;
         note_balance(samples, ["http_busiest_shared", "http_fair_share_shared"], workers, &on_shared);
-        let plain = many.steady_plain(&load, "http_rps_plain", samples).await?;
+        let plain = many.steady_uncounted(&load, PLAIN_PATH, "http_rps_plain", samples).await?;
         samples.add("http_rps_plain", plain.per_second());
         samples.add("http_rps_n", plain.per_second());
+        let cpu_1 = one.steady_uncounted(&load, CPU_PATH, "http_rps_cpu_1", samples).await?;
+        samples.add("http_rps_cpu_1_times_n", cpu_1.per_second() * workers as f64);
+        let cpu_n = many.steady_uncounted(&load, CPU_PATH, "http_rps_cpu_n", samples).await?;
+        samples.add("http_rps_cpu_n", cpu_n.per_second());
+        // A new connection per request: the accept path, balanced against shared.
+        let fresh = many.new_connections(&load, "http_new_conn", samples).await?;
+        samples.add_millis("http_new_conn_p99", fresh.quantile(0.99));
+        let fresh = shared.new_connections(&load, "http_new_conn_shared", samples).await?;
+        samples.add_millis("http_new_conn_p99_shared", fresh.quantile(0.99));
+        let scaled = many.scale_under_load(flavor).await?;
+        note_failures(samples, "http_scale", repetition, &scaled);
+        samples.add("http_scale_failed", failures(&scaled));
         let reload = many.reload_under_load(flavor).await?;
         note_failures(samples, "http_reload", repetition, &reload);
         let window = reload.elapsed.as_secs_f64();
@@ -142,12 +154,27 @@ struct Load {
 
 impl Load {
     fn start(flavor: Flavor, url: &str, max_requests: u64) -> BenchResult<Load> {
+        Load::start_with(flavor, url, max_requests, false)
+    }
+
+    /// [`Load::start`] with a new connection per request.
+    fn start_closing(flavor: Flavor, url: &str, max_requests: u64) -> BenchResult<Load> {
+        Load::start_with(flavor, url, max_requests, true)
+    }
+
+    fn start_with(flavor: Flavor, url: &str, max_requests: u64, closing: bool) -> BenchResult<Load> {
         let (stop, stopped) = watch::channel(false);
         let (done, report) = oneshot::channel();
         let url = url.to_owned();
         std::thread::Builder::new().name("bench-http-load".to_owned()).spawn(move || {
             let result = build_runtime(flavor).map_err(|e| e.to_string()).map(|runtime| {
-                runtime.block_on(http_load::run(&url, HTTP_CONNECTIONS, max_requests, stopped))
+                runtime.block_on(async {
+                    if closing {
+                        http_load::run_closing(&url, HTTP_CONNECTIONS, max_requests, stopped).await
+                    } else {
+                        http_load::run(&url, HTTP_CONNECTIONS, max_requests, stopped).await
+                    }
+                })
             });
             let _ = done.send(result);
         })?;
@@ -189,9 +216,7 @@ impl HttpCluster {
             .listen_with(HTTP_LISTENER, "127.0.0.1:0", listen)
             .build()
             .await?;
-        for n in 1..=workers {
-            primary.fork(&format!("{HTTP_WORKER_PREFIX}{n}"), WorkerOptions::default()).await?;
-        }
+        primary.fork_group(HTTP_GROUP, workers, WorkerOptions::default()).await?;
         primary.ready().await?;
         let Some(ListenAddr::Tcp(address)) = primary.listener_addr(HTTP_LISTENER) else {
             return Err("the HTTP cluster has no TCP listener".into());
@@ -210,15 +235,49 @@ impl HttpCluster {
         Ok(report)
     }
 
-    /// A steady load of requests its servers answer without counting them.
-    async fn steady_plain(
+    /// A steady load of requests for `path`, which its servers answer without counting them.
+    async fn steady_uncounted(
+        &mut self,
+        load: &Steady<'_>,
+        path: &str,
+        what: &str,
+        samples: &mut Samples,
+    ) -> BenchResult<LoadReport> {
+        let url = format!("{}{}", self.url, path.trim_start_matches('/'));
+        let (report, _) = load.run(&url, what, samples).await?;
+        Ok(report)
+    }
+
+    /// [`Steady::run`] of uncounted requests, each over a new connection.
+    async fn new_connections(
         &mut self,
         load: &Steady<'_>,
         what: &str,
         samples: &mut Samples,
     ) -> BenchResult<LoadReport> {
         let url = format!("{}{}", self.url, PLAIN_PATH.trim_start_matches('/'));
-        let (report, _) = load.run(&url, what, samples).await?;
+        let report = Load::start_closing(load.flavor, &url, load.plan.http_requests)?
+            .run_for(load.plan.http_load)
+            .await?;
+        note_failures(samples, what, load.repetition, &report);
+        Ok(report)
+    }
+
+    /// A load while the group grows to twice its size, shrinks to 1, and grows back (each step
+    /// waited for: ready, or stopped); the load's report.
+    async fn scale_under_load(&mut self, flavor: Flavor) -> BenchResult<LoadReport> {
+        let load = Load::start(flavor, &self.url, u64::MAX)?;
+        let steps = async {
+            for workers in [2 * self.workers, 1, self.workers] {
+                self.primary.scale(HTTP_GROUP, workers).await?;
+                self.primary.ready().await?;
+            }
+            Ok::<(), clusterfy::Error>(())
+        };
+        let scaled = tokio::time::timeout(RELOAD_TIMEOUT, steps).await;
+        let report = load.finish().await?;
+        scaled.map_err(|_| format!("scaling took longer than {RELOAD_TIMEOUT:?}"))??;
+        self.answered += report.ok;
         Ok(report)
     }
 
