@@ -39,7 +39,7 @@ pub use logs::{LOG_RING_LINES, LogLine, LogStream, MAX_LOG_LINE};
 pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
 pub use reload::ReloadOptions;
 pub use restart::RestartPolicy;
-pub use scale::Scaled;
+pub use scale::{MAX_GROUP_WORKERS, Scaled};
 pub use slot::WorkerState;
 pub use stats::{Statistics, WorkerInfo};
 pub use usage::DEFAULT_SAMPLE_INTERVAL;
@@ -259,12 +259,12 @@ impl Primary {
         let target = self.inner.find(&worker.into())?;
         let deadline = tokio::time::Instant::now() + timeout;
         // A worker waiting to be revived stays down: its slot knows it was asked to stop.
-        let Some(slot::StopTarget { incarnation, link, control }) =
-            self.inner.change(|d| d.ask_stop(target.id))
-        else {
+        let stop = self.inner.change(|d| d.ask_stop(target.id));
+        // Running or waiting to be revived, it gets no new connection from now on.
+        self.inner.stopping(&target);
+        let Some(slot::StopTarget { incarnation, link, control }) = stop else {
             return Ok(ShutdownOutcome::NotRunning);
         };
-        self.inner.stopping(&target);
         if let Some(link) = link {
             // The answer only tells whether the worker exits now or later; either way the exit
             // below is what counts, so a failed request just means waiting for the deadline.
@@ -327,7 +327,11 @@ impl Primary {
     pub async fn shutdown(&self, timeout: Duration) -> Result<Vec<(WorkerRef, ShutdownOutcome)>> {
         let workers = self.inner.change(|d| d.begin_shutdown());
         let outcomes = futures::future::join_all(workers.into_iter().map(|w| async move {
-            let outcome = self.shutdown_worker(w.id, timeout).await;
+            let outcome = match self.shutdown_worker(w.id, timeout).await {
+                // Its record left since it was listed (a replaced worker its reload stopped).
+                Err(err) if err.kind() == ErrorKind::UnknownWorker => Ok(ShutdownOutcome::NotRunning),
+                other => other,
+            };
             (w, outcome)
         }))
         .await;
