@@ -166,7 +166,8 @@ async fn serve(stream: UnixStream, admission: Admission, primary: Weak<PrimaryIn
         ControlRequest::Events => return stream_events(&primary, &mut writer).await,
         ControlRequest::StorageWatch { path } => return stream_changes(&primary, &path, &mut writer).await,
         ControlRequest::Logs { which, lines, follow } => {
-            return stream_logs(&primary, which.as_deref(), lines as usize, follow, &mut writer).await;
+            let (which, lines) = (which.as_deref(), lines as usize);
+            return stream_logs(&primary, which, lines, follow, &mut reader, &mut writer).await;
         }
         request => answer(&primary, &app, request).await,
     };
@@ -250,6 +251,7 @@ async fn stream_logs(
     which: Option<&str>,
     lines: usize,
     follow: bool,
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
     writer: &mut (impl tokio::io::AsyncWrite + Unpin),
 ) {
     let ((last, skipped), mut stream) = match primary.follow_logs(which, lines) {
@@ -268,7 +270,15 @@ async fn stream_logs(
     if !follow {
         return drop(send(writer, &ControlReply::Done).await);
     }
-    while let Some(next) = stream.next().await {
+    let mut byte = [0u8; 1];
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            // The client sends nothing after its request: any read ending means it hung up, which
+            // a quiet worker's stream would otherwise notice only at its next line.
+            _ = tokio::io::AsyncReadExt::read(reader, &mut byte) => return,
+        };
+        let Some(next) = next else { return };
         let reply = match next {
             Ok(line) if crate::primary::logs_name(which, &line.worker) => log(line),
             Ok(_) => continue,

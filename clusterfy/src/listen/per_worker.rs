@@ -6,21 +6,20 @@
 //!
 //! A worker that stops for good must get no new connection before its socket closes (closing
 //! drops what is queued on it). So the primary steers the group with a small classic BPF
-//! program: each connection's hash picks a bucket, each bucket one of the sockets still
-//! steered to. It names sockets by their place in the kernel's group, which this module
-//! mirrors: a socket joins at the end when it starts listening, and the last one takes the
-//! place of one that closes.
+//! program: each connection's hash picks one of the sockets still steered to. It names sockets
+//! by their place in the kernel's group, which this module mirrors: a socket joins at the end
+//! when it starts listening, and the last one takes the place of one that leaves. A socket
+//! leaves when the primary shuts it down for reading (which takes it out of the group at once,
+//! whoever else still holds a copy: a forked child before its exec, a descendant).
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use clusterfy_core::{Error, Result};
 use nix::libc;
 use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Socket, Type};
 
-/// Buckets of the steering program: enough that any few workers get near-equal shares.
-const BUCKETS: u32 = 64;
 /// What the program returns to leave the choice to the kernel's own hash: any place past the
 /// last socket.
 const KERNEL_CHOOSES: u32 = u32::MAX;
@@ -89,8 +88,14 @@ impl PerWorkerSockets {
     /// Closes worker `worker`'s socket: no process of it will accept there again.
     pub(super) fn release(&mut self, listener: &str, worker: &str) {
         if let Some(at) = self.members.iter().position(|m| m.worker == worker) {
-            // As the kernel does: the last socket takes the closed one's place.
-            drop(self.members.swap_remove(at));
+            // As the kernel does: the last socket takes the place of the one that leaves.
+            let member = self.members.swap_remove(at);
+            if let Err(err) =
+                nix::sys::socket::shutdown(member.socket.as_raw_fd(), nix::sys::socket::Shutdown::Read)
+            {
+                tracing::warn!(listener, worker, error = %err, "could not take a worker's socket out of the group");
+            }
+            drop(member);
             self.steer(listener);
         }
     }
@@ -110,26 +115,26 @@ impl PerWorkerSockets {
     }
 }
 
-/// A classic BPF program for `SO_ATTACH_REUSEPORT_CBPF`: the connection's hash modulo
-/// [`BUCKETS`] picks a bucket, bucket `b` the socket at `targets[b % len]`. Without targets, or
-/// for a packet without a hash, the kernel chooses.
+/// A classic BPF program for `SO_ATTACH_REUSEPORT_CBPF`: the connection's hash modulo the number
+/// of targets picks the socket at `targets[hash % len]`; a packet without a hash (no receive
+/// hash from the device) takes a random number instead. Without targets the kernel chooses.
 fn steering_program(targets: &[u32]) -> Vec<libc::sock_filter> {
     let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter { code: code as u16, jt, jf, k };
     let ret = |k: u32| op(libc::BPF_RET | libc::BPF_K, 0, 0, k);
     if targets.is_empty() {
         return vec![ret(KERNEL_CHOOSES)];
     }
-    let rxhash = (libc::SKF_AD_OFF + libc::SKF_AD_RXHASH) as u32;
-    // Past the mod and the table (two instructions per bucket): the fallback.
-    let to_fallback = (1 + 2 * BUCKETS) as u8;
+    let ancillary = |what: i32| (libc::SKF_AD_OFF + what) as u32;
     let mut program = vec![
-        op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, rxhash),
-        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, to_fallback, 0, 0),
-        op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, 0, 0, BUCKETS),
+        op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
+        // A hash of 0 is none: skip to the random number only then.
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, 0),
+        op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, ancillary(libc::SKF_AD_RANDOM)),
+        op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, 0, 0, targets.len() as u32),
     ];
-    for bucket in 0..BUCKETS {
-        program.push(op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, bucket));
-        program.push(ret(targets[bucket as usize % targets.len()]));
+    for (at, target) in targets.iter().enumerate() {
+        program.push(op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, at as u32));
+        program.push(ret(*target));
     }
     program.push(ret(KERNEL_CHOOSES));
     program
@@ -205,12 +210,14 @@ mod tests {
         let steered = queued(&sockets, 40);
         assert_eq!(steered[0], 0, "w1 is stopping: {steered:?}");
         assert_eq!(steered.iter().sum::<usize>(), 40, "{steered:?}");
-        // w1 closes: w3 takes its place in the group, and the program follows.
+        // w1 closes: w3 takes its place in the group, and the program follows, even while a copy
+        // of w1's socket lives on elsewhere (a child forked before its exec).
+        let copy_elsewhere = sockets.members[0].socket.try_clone().expect("a copy");
         sockets.release("http", "w1");
         assert_eq!(sockets.members.iter().map(|m| m.worker.as_str()).collect::<Vec<_>>(), ["w3", "w2"]);
         sockets.stop_steering("http", "w2");
         let only_w3 = queued(&sockets, 20);
         assert_eq!(only_w3, [20, 0], "{only_w3:?}");
-        drop(anchor);
+        drop((anchor, copy_elsewhere));
     }
 }

@@ -120,7 +120,9 @@ impl PrimaryInner {
     /// Worker `worker` was asked to stop. Unless another record of its name serves on (its
     /// replacement), no new connection goes to its own listening sockets.
     pub(crate) fn stopping(&self, worker: &WorkerRef) {
-        if !self.name_lives_on(worker, |s| !s.stop_requested()) {
+        let directory = self.directory();
+        // Decided and done under the directory's lock, so no fork of the name comes between.
+        if !name_lives_on(&directory, worker, |s| !s.stop_requested()) {
             self.listeners.stop_steering(&worker.name);
         }
     }
@@ -128,16 +130,10 @@ impl PrimaryInner {
     /// Worker `worker`'s supervisor ended for good. Unless another record of its name may still
     /// run a process (its replacement), its own listening sockets close.
     pub(crate) fn supervisor_ended(&self, worker: &WorkerRef) {
-        if !self.name_lives_on(worker, |_| true) {
+        let directory = self.directory();
+        if !name_lives_on(&directory, worker, |_| true) {
             self.listeners.release(&worker.name);
         }
-    }
-
-    /// Whether a record other than `worker`'s, of the same name and not final, passes `also`.
-    fn name_lives_on(&self, worker: &WorkerRef, also: impl Fn(&super::slot::Slot<Live>) -> bool) -> bool {
-        self.directory().slots().any(|s| {
-            s.worker().name == worker.name && s.worker().id != worker.id && !s.state().is_final() && also(s)
-        })
     }
 
     pub(super) fn find(&self, selector: &WorkerSelector) -> Result<WorkerRef> {
@@ -168,4 +164,15 @@ impl PrimaryInner {
             .with_context("worker", &slot.worker().name)),
         }
     }
+}
+
+/// Whether a record other than `worker`'s, of the same name and not final, passes `also`.
+fn name_lives_on(
+    directory: &Directory<Live>,
+    worker: &WorkerRef,
+    also: impl Fn(&super::slot::Slot<Live>) -> bool,
+) -> bool {
+    directory.slots().any(|s| {
+        s.worker().name == worker.name && s.worker().id != worker.id && !s.state().is_final() && also(s)
+    })
 }

@@ -121,6 +121,8 @@ impl Primary {
     /// Returns the new worker (a new id, the same name). Fails if the worker is not ready or is
     /// being replaced already.
     pub async fn restart_worker(&self, worker: impl Into<WorkerSelector>) -> Result<WorkerRef> {
+        // Not while a scale may stop this worker, nor during a reload.
+        let _one_at_a_time = self.inner.reloading.lock().await;
         let target = self.inner.find(&worker.into())?;
         if !self.inner.change(|d| d.ask_replace(target.id)) {
             return Err(Error::new(

@@ -33,7 +33,7 @@ impl Primary {
         workers: usize,
         options: WorkerOptions,
     ) -> Result<Vec<WorkerRef>> {
-        at_least_one(group, workers)?;
+        check_count(group, workers)?;
         self.inner.change(|d| d.groups_mut().register(group, options))?;
         Ok(self.scale(group, workers).await?.started)
     }
@@ -45,9 +45,10 @@ impl Primary {
     /// one member when it has exactly one group (gunicorn's signals).
     ///
     /// Fails for 0 (stop the members with [`Primary::shutdown_worker`], or the cluster with
-    /// [`Primary::shutdown`]) and for a group that does not exist (the error names those that do).
+    /// [`Primary::shutdown`]), above [`MAX_GROUP_WORKERS`], and for a group that does not exist
+    /// (the error names those that do). If a fork fails, the members started before it stay.
     pub async fn scale(&self, group: &str, workers: usize) -> Result<Scaled> {
-        at_least_one(group, workers)?;
+        check_count(group, workers)?;
         let _one_at_a_time = self.inner.reloading.lock().await;
         let (options, mut members) = {
             let directory = self.inner.directory();
@@ -122,7 +123,20 @@ impl Primary {
     }
 }
 
-fn at_least_one(group: &str, workers: usize) -> Result<()> {
+/// Most workers a group may have: far more than cores on any host, few enough that a typo
+/// (`scale http 4000000000`) is an error and not a fork storm.
+pub const MAX_GROUP_WORKERS: usize = 1024;
+
+fn check_count(group: &str, workers: usize) -> Result<()> {
+    if workers > MAX_GROUP_WORKERS {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "a group has at most {MAX_GROUP_WORKERS} workers, so {group:?} cannot be scaled to {workers}"
+            ),
+        )
+        .with_context("group", group));
+    }
     if workers == 0 {
         return Err(Error::new(
             ErrorKind::InvalidInput,
