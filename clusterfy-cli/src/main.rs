@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use clusterfy::control::{ControlClient, LogEntry, RunningApp};
+use clusterfy::core::control::CONTROL_PROTOCOL_VERSION;
 use clusterfy::{Error, ErrorKind, Result, Value, from_value, to_value};
 
 /// Operate a running Clusterfy cluster: list its workers, restart or stop one, roll a reload,
@@ -224,7 +225,25 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// The client of the app named on the command line, or of the only one running.
+/// The client of the primary the options name, once it says it speaks this command's version of
+/// the control protocol (the rows of another version would not decode).
 async fn client(cli: &Cli, positional: Option<&str>) -> Result<ControlClient> {
+    let client = locate(cli, positional).await?;
+    let info = client.info().await?;
+    if info.protocol_version != CONTROL_PROTOCOL_VERSION {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "app {:?} speaks control protocol {}, this clusterfy command speaks {CONTROL_PROTOCOL_VERSION}: use \
+                 the clusterfy command built from the same Clusterfy version as the app",
+                info.app, info.protocol_version
+            ),
+        ));
+    }
+    Ok(client)
+}
+
+async fn locate(cli: &Cli, positional: Option<&str>) -> Result<ControlClient> {
     if let Some(socket) = &cli.socket {
         return Ok(ControlClient::at(socket));
     }
