@@ -34,9 +34,10 @@ pub use listen::{
 pub use nix::sys::signal::Signal;
 pub use primary::{
     DEFAULT_HEARTBEAT, DEFAULT_KILL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, LOG_RING_LINES, LogLine, LogStream,
-    MAX_GROUP_WORKERS, MAX_LOG_LINE, Primary, PrimaryBuilder, PrimaryContext, Program, ReloadOptions,
-    RestartPolicy, Scaled, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions, WorkerState,
+    DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, LOG_RING_BYTES, LOG_RING_LINES, LogLine,
+    LogStream, MAX_GROUP_WORKERS, MAX_LOG_LINE, Primary, PrimaryBuilder, PrimaryContext, Program,
+    ReloadOptions, RestartPolicy, Scaled, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions,
+    WorkerState,
 };
 pub use worker::{
     DEFAULT_WORKER_REQUEST_TIMEOUT, SHUTDOWN_HOOKS_TIMEOUT, ShutdownReason, Worker, WorkerBuilder,

@@ -16,14 +16,17 @@ use tokio::sync::broadcast;
 
 use super::Primary;
 
-/// Lines kept per worker.
+/// Lines kept per worker (fewer if they hold more than [`LOG_RING_BYTES`]).
 pub const LOG_RING_LINES: usize = 1000;
+/// Bytes of text kept per worker: long lines make the ring shorter, never larger.
+pub const LOG_RING_BYTES: usize = 1 << 20;
 /// Longest line kept whole, in bytes; a longer one is cut there and says so.
 pub const MAX_LOG_LINE: usize = 16 * 1024;
-/// Lines waiting to be echoed on the primary's stderr before echoes are dropped.
-const ECHO_QUEUE: usize = 4096;
-/// Lines a follower may lag behind before it misses some.
-const FOLLOW_QUEUE: usize = 4096;
+/// Lines waiting to be echoed on the primary's stderr before echoes are dropped (at most
+/// 16 MiB, as each is at most [`MAX_LOG_LINE`]).
+const ECHO_QUEUE: usize = 1024;
+/// Lines a follower may lag behind before it misses some (the same bound).
+const FOLLOW_QUEUE: usize = 1024;
 /// How a cut line ends.
 const CUT_MARK: &str = " [line cut: longer than 16 KiB]";
 
@@ -40,7 +43,9 @@ pub struct LogLine {
 #[derive(Default)]
 struct Ring {
     lines: VecDeque<LogLine>,
-    /// Lines dropped to keep the bound.
+    /// Bytes of text in `lines`.
+    bytes: usize,
+    /// Lines dropped to keep the bounds.
     dropped: u64,
 }
 
@@ -89,11 +94,13 @@ impl Logs {
         {
             let mut rings = self.rings();
             let ring = rings.entry(line.worker.clone()).or_default();
-            if ring.lines.len() == LOG_RING_LINES {
-                ring.lines.pop_front();
+            ring.bytes += line.text.len();
+            ring.lines.push_back(line.clone());
+            while ring.lines.len() > LOG_RING_LINES || ring.bytes > LOG_RING_BYTES {
+                let Some(oldest) = ring.lines.pop_front() else { break };
+                ring.bytes -= oldest.text.len();
                 ring.dropped += 1;
             }
-            ring.lines.push_back(line.clone());
             // Under the lock, so a follower that read the rings first sees each line once.
             // No follower is fine.
             let _ = self.followers.send(line.clone());
@@ -290,6 +297,13 @@ mod tests {
         assert_eq!(dropped, 5 + (LOG_RING_LINES as u64 - 2));
         let (all, _) = logs.last(|_| true, usize::MAX);
         assert_eq!(all.len(), LOG_RING_LINES + 1);
+        // Long lines: the bytes bound holds, with the newest kept.
+        let long = "y".repeat(MAX_LOG_LINE);
+        for _ in 0..2 * LOG_RING_BYTES / MAX_LOG_LINE {
+            logs.keep(line("c", &long));
+        }
+        let (kept, _) = logs.last(|name| name == "c", usize::MAX);
+        assert_eq!(kept.len(), LOG_RING_BYTES / MAX_LOG_LINE);
     }
 
     #[tokio::test]
