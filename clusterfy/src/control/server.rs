@@ -280,8 +280,7 @@ async fn stream_logs(
         };
         let Some(next) = next else { return };
         let reply = match next {
-            Ok(line) if crate::primary::logs_name(which, &line.worker) => log(line),
-            Ok(_) => continue,
+            Ok(line) => log(line),
             Err(missed) => ControlReply::LogsSkipped { lines: missed },
         };
         if send(writer, &reply).await.is_err() {

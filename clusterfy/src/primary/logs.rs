@@ -208,19 +208,23 @@ fn line_of(worker: &str, bytes: &[u8], cut: bool) -> LogLine {
     LogLine { worker: worker.to_owned(), text }
 }
 
-/// The lines workers write from now on ([`Primary::follow_logs`]).
+/// The lines the workers it follows write from now on ([`Primary::follow_logs`]).
 pub struct LogStream {
     lines: broadcast::Receiver<LogLine>,
+    which: Option<String>,
 }
 
 impl LogStream {
-    /// The next line, or `Err(n)` when this stream fell `n` lines behind and skipped them (it
-    /// goes on with the next); `None` once the primary is gone.
+    /// The next line, or `Err(n)` when this stream fell `n` lines behind and skipped them (of
+    /// any worker: it goes on with the next); `None` once the primary is gone.
     pub async fn next(&mut self) -> Option<std::result::Result<LogLine, u64>> {
-        match self.lines.recv().await {
-            Ok(line) => Some(Ok(line)),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Err(missed)),
-            Err(broadcast::error::RecvError::Closed) => None,
+        loop {
+            match self.lines.recv().await {
+                Ok(line) if names(self.which.as_deref(), &line.worker) => return Some(Ok(line)),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => return Some(Err(missed)),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
         }
     }
 }
@@ -237,12 +241,12 @@ impl Primary {
         Ok(self.inner.logs.last(|name| names(which, name), lines))
     }
 
-    /// [`Primary::logs`], and a stream of every line the workers write after those (of all
-    /// workers: filter by [`LogLine::worker`]), as they write them.
+    /// [`Primary::logs`], and a stream of every line the same workers write after those, as
+    /// they write them.
     pub fn follow_logs(&self, which: Option<&str>, lines: usize) -> Result<((Vec<LogLine>, u64), LogStream)> {
         self.check_which(which)?;
         let (last, lines) = self.inner.logs.last_then_follow(|name| names(which, name), lines);
-        Ok((last, LogStream { lines }))
+        Ok((last, LogStream { lines, which: which.map(str::to_owned) }))
     }
 
     fn check_which(&self, which: Option<&str>) -> Result<()> {
@@ -270,7 +274,7 @@ impl Primary {
 }
 
 /// Whether worker `name` is `which`: its name, or its group's (see [`Primary::fork_group`]).
-pub(crate) fn names(which: Option<&str>, name: &str) -> bool {
+fn names(which: Option<&str>, name: &str) -> bool {
     which.is_none_or(|which| which == name || super::group::member_index(which, name).is_some())
 }
 

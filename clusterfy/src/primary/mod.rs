@@ -34,7 +34,6 @@ use clusterfy_core::{Command, Error, ErrorKind, Origin, Result, Target, WorkerId
 pub use builder::{DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, PrimaryBuilder};
 use inner::Control;
 pub(crate) use inner::PrimaryInner;
-pub(crate) use logs::names as logs_name;
 pub use logs::{LOG_RING_BYTES, LOG_RING_LINES, LogLine, LogStream, MAX_LOG_LINE};
 pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
 pub use reload::ReloadOptions;
