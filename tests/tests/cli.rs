@@ -70,6 +70,13 @@ async fn ok(runtime_dir: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
+/// Runs the command and returns its stderr; fails the test if it succeeded.
+async fn fails(runtime_dir: &Path, args: &[&str]) -> String {
+    let output = run(runtime_dir, args).await;
+    assert!(!output.status.success(), "clusterfy {} succeeded", args.join(" "));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -256,12 +263,10 @@ async fn a_group_is_scaled_reloaded_listed_and_addressed_as_one() {
     let names: Vec<String> = primary.workers().into_iter().map(|w| w.name).collect();
     assert_eq!(names, ["w1", "w2", "jobs-1"]);
 
-    let zero = run(dir.path(), &["scale", "jobs", "0"]).await;
-    let said = String::from_utf8_lossy(&zero.stderr);
-    assert!(!zero.status.success() && said.contains("at least 1"), "{said}");
-    let unknown = run(dir.path(), &["reload", "nope"]).await;
-    let said = String::from_utf8_lossy(&unknown.stderr);
-    assert!(!unknown.status.success() && said.contains("[jobs]"), "names the groups: {said}");
+    let said = fails(dir.path(), &["scale", "jobs", "0"]).await;
+    assert!(said.contains("at least 1"), "{said}");
+    let said = fails(dir.path(), &["reload", "nope"]).await;
+    assert!(said.contains("[jobs]"), "names the groups: {said}");
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
 }
 
@@ -308,9 +313,8 @@ async fn logs_show_each_workers_last_lines_in_order_and_follow_new_ones_without_
     let shown = ok(dir.path(), &["logs", "w1", "--lines", "2"]).await;
     assert!(shown.starts_with("... "), "says what it leaves out: {shown}");
 
-    let unknown = run(dir.path(), &["logs", "nobody"]).await;
-    let said = String::from_utf8_lossy(&unknown.stderr);
-    assert!(!unknown.status.success() && said.contains("[w1, w2]"), "names the workers: {said}");
+    let said = fails(dir.path(), &["logs", "nobody"]).await;
+    assert!(said.contains("[w1, w2]"), "names the workers: {said}");
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
 }
 

@@ -539,8 +539,17 @@ async fn workers_share_a_unix_socket_listener_and_its_file_is_removed_at_shutdow
     assert!(!path.exists(), "the socket file the primary created is removed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigttin_and_sigttou_to_the_example_add_and_remove_a_worker_of_its_group() {
+/// The example with 2 workers on a free port, listening, its runtime directory a temporary one.
+struct RunningExample {
+    child: tokio::process::Child,
+    /// The client of its control socket, in that runtime directory.
+    control: clusterfy::control::ControlClient,
+    /// Read on: the example prints to it, and a closed pipe would end it.
+    _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    _runtime_dir: tempfile::TempDir,
+}
+
+async fn example_with_control_socket() -> RunningExample {
     let runtime_dir = tempfile::tempdir().expect("temp dir");
     let mut child = tokio::process::Command::new(http_cluster_example())
         .args(["--workers", "2", "--listen", "127.0.0.1:0"])
@@ -559,8 +568,16 @@ async fn sigttin_and_sigttou_to_the_example_add_and_remove_a_worker_of_its_group
         panic!("the example ended before it listened");
     })
     .await;
-    let control =
-        clusterfy::control::ControlClient::at(runtime_dir.path().join("clusterfy").join("http_cluster.sock"));
+    let socket = runtime_dir.path().join("clusterfy").join("http_cluster.sock");
+    let control = clusterfy::control::ControlClient::at(socket);
+    RunningExample { child, control, _stdout: lines, _runtime_dir: runtime_dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigttin_and_sigttou_to_the_example_add_and_remove_a_worker_of_its_group() {
+    // Bound whole: its stdout and runtime directory must live as long as the example.
+    let mut example = example_with_control_socket().await;
+    let (child, control) = (&mut example.child, &example.control);
     let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
     for (signal, names) in
         [(Signal::SIGTTIN, vec!["http-1", "http-2", "http-3"]), (Signal::SIGTTOU, vec!["http-1", "http-2"])]
@@ -586,27 +603,9 @@ async fn sigttin_and_sigttou_to_the_example_add_and_remove_a_worker_of_its_group
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_to_the_example_reloads_every_worker_as_the_control_socket_shows() {
-    let runtime_dir = tempfile::tempdir().expect("temp dir");
-    let mut child = tokio::process::Command::new(http_cluster_example())
-        .args(["--workers", "2", "--listen", "127.0.0.1:0"])
-        .env("XDG_RUNTIME_DIR", runtime_dir.path())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the example");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    bounded("the example to listen", async {
-        while let Some(line) = lines.next_line().await.expect("stdout") {
-            if line.starts_with("listening on ") {
-                return;
-            }
-        }
-        panic!("the example ended before it listened");
-    })
-    .await;
-    // The example's control socket, in the runtime directory it was given.
-    let socket = runtime_dir.path().join("clusterfy").join("http_cluster.sock");
-    let control = clusterfy::control::ControlClient::at(socket);
+    // Bound whole: its stdout and runtime directory must live as long as the example.
+    let mut example = example_with_control_socket().await;
+    let (child, control) = (&mut example.child, &example.control);
     let before: Vec<u64> = control.workers().await.expect("workers").iter().map(|w| w.id).collect();
     assert_eq!(before.len(), 2);
     kill(nix::unistd::Pid::from_raw(child.id().expect("pid") as i32), Signal::SIGHUP).expect("SIGHUP");
