@@ -1,6 +1,6 @@
 //! The operating-system edges of spawning a worker: adopting a descriptor the child inherited
-//! (its channel, its listeners), duplicating one for a child, and asking the kernel to kill the
-//! child when its primary dies.
+//! (its channel, its listeners), duplicating one for a child, passing descriptors over a Unix
+//! socket, and asking the kernel to kill the child when its primary dies.
 //!
 //! This is the only module of the workspace that may use `unsafe`; every block says why it is
 //! sound.
@@ -99,15 +99,42 @@ pub fn adopt_inherited_listener(fd: RawFd, name: &str) -> Result<OwnedFd> {
     let owned = adopt(fd, &format!("descriptor {fd} of LISTEN_FDS"), &format!("the listener {name:?}"))?;
     match nix::sys::socket::getsockopt(&owned, nix::sys::socket::sockopt::AcceptConn) {
         Ok(true) => Ok(owned),
-        _ => Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "descriptor {fd} of LISTEN_FDS, named {name:?}, is a socket that does not listen; whoever \
-                 started this process passed the wrong descriptor"
-            ),
-        )
-        .with_context("fd", fd)),
+        _ => Err(not_listening(fd, name)),
     }
+}
+
+/// What a worker found at a shared listener's descriptor.
+#[derive(Debug)]
+pub enum InheritedSocket {
+    /// A listening socket: the worker accepts on it.
+    Listening(OwnedFd),
+    /// A connected `SOCK_SEQPACKET` socket: the primary hands connections over on it.
+    Connected(OwnedFd),
+}
+
+/// [`adopt_inherited_listener`] that also takes the channel a primary hands connections over
+/// on, in place of a listening socket.
+pub fn adopt_inherited_socket_or_listener(fd: RawFd, name: &str) -> Result<InheritedSocket> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let owned = adopt(fd, &format!("descriptor {fd} of LISTEN_FDS"), &format!("the listener {name:?}"))?;
+    if getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false) {
+        return Ok(InheritedSocket::Listening(owned));
+    }
+    if getsockopt(&owned, sockopt::SockType).is_ok_and(|kind| kind == nix::sys::socket::SockType::SeqPacket) {
+        return Ok(InheritedSocket::Connected(owned));
+    }
+    Err(not_listening(fd, name))
+}
+
+fn not_listening(fd: RawFd, name: &str) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!(
+            "descriptor {fd} of LISTEN_FDS, named {name:?}, is a socket that does not listen; whoever \
+             started this process passed the wrong descriptor"
+        ),
+    )
+    .with_context("fd", fd)
 }
 
 /// Marks the inherited descriptor `fd` close-on-exec, if it is open, so that programs this
@@ -132,6 +159,67 @@ pub fn duplicate_at_or_above(fd: BorrowedFd<'_>, min: RawFd) -> std::io::Result<
     let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(min)).map_err(std::io::Error::from)?;
     // SAFETY: F_DUPFD_CLOEXEC just created `raw`; nothing else in this process knows the number.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Sends `bytes` and a copy of `fd` as one message on the connected Unix socket `socket`
+/// (`SCM_RIGHTS`), without blocking: [`std::io::ErrorKind::WouldBlock`] when its buffer is full.
+pub fn send_with_descriptor(socket: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [std::os::fd::AsRawFd::as_raw_fd(&fd)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    let sent = sendmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&socket),
+        &[std::io::IoSlice::new(bytes)],
+        &[ControlMessage::ScmRights(&fds)],
+        flags,
+        None,
+    )?;
+    if sent != bytes.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the message was cut short"));
+    }
+    Ok(())
+}
+
+/// Registers `fd` with the current tokio runtime's reactor, to wait until it is readable or
+/// writable. Must run inside the runtime.
+pub fn register_with_runtime(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` keeps its descriptor open and returns the same number from
+    // `as_raw_fd` for as long as it lives, and the `AsyncFd` owns it from here to its drop.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
+/// One message read by [`receive_with_descriptor`].
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes of the message placed in the buffer (0 with no descriptor: the peer closed).
+    pub len: usize,
+    /// The descriptor sent with it, if any, owned (and close-on-exec) here.
+    pub descriptor: Option<OwnedFd>,
+    /// The message or its descriptors did not fit (the kernel closed the extra descriptors).
+    pub truncated: bool,
+}
+
+/// Receives one message and at most one descriptor sent with it on the Unix socket `socket`,
+/// without blocking: [`std::io::ErrorKind::WouldBlock`] when none is queued.
+pub fn receive_with_descriptor(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> std::io::Result<Received> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut space = nix::cmsg_space!(RawFd);
+    let mut iov = [std::io::IoSliceMut::new(buffer)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    let message = recvmsg::<()>(std::os::fd::AsRawFd::as_raw_fd(&socket), &mut iov, Some(&mut space), flags)?;
+    let truncated = message.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let mut descriptors = Vec::new();
+    for control in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            // SAFETY: the kernel installed each of these numbers in this process for this very
+            // message; no other object knows them, so each gets exactly one owner here.
+            descriptors.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let len = message.bytes;
+    // Room was made for one; any other is closed here, not leaked.
+    let truncated = truncated || descriptors.len() > 1;
+    Ok(Received { len, descriptor: descriptors.into_iter().next(), truncated })
 }
 
 /// `described` names the descriptor for errors ("CLUSTERFY_UDS_FD=3"), `what` says what it was
