@@ -29,7 +29,8 @@ pub use clusterfy_core::{
 pub use commands::BroadcastReply;
 pub use events::{Event, EventStream, ExitReason, GiveUpCause, WorkerRef};
 pub use listen::{
-    Balance, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr, ListenOptions, Listener,
+    Accepted, Balance, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, HandedListener, ListenAddr,
+    ListenOptions, Listener,
 };
 pub use nix::sys::signal::Signal;
 pub use primary::{

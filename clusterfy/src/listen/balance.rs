@@ -2,8 +2,9 @@
 
 /// How the connections of a shared listener are spread over the workers.
 ///
-/// The default, [`Balance::PerWorker`] for TCP and [`Balance::Shared`] for Unix sockets, is
-/// the balanced policy wherever the kernel offers one.
+/// The default is the balanced policy for the address: [`Balance::PerWorker`] for TCP,
+/// [`Balance::Handover`] for Unix sockets. A socket systemd passed is [`Balance::Shared`] unless
+/// asked for [`Balance::Handover`]. The README compares the three, measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
     /// Each worker (by name) accepts on a socket of its own, all bound to the listener's address
@@ -11,8 +12,19 @@ pub enum Balance {
     /// workers get even shares whichever of them is awake first. The primary keeps every
     /// worker's socket open, so the connections queued on it wait while that worker is revived
     /// or replaced (the replacement inherits the same socket) instead of being dropped. TCP
-    /// only: Linux has no `SO_REUSEPORT` group for Unix sockets.
+    /// only: Linux has no `SO_REUSEPORT` group for Unix sockets. Every worker should accept on
+    /// it: one that never takes the listener still gets its share, which waits.
     PerWorker,
+    /// The primary accepts each connection and hands it to one worker process over a private
+    /// channel (`SCM_RIGHTS`), as Node's `cluster` module does: round-robin over the processes
+    /// that accept and are not busy (each holds at most a few connections it has not taken
+    /// yet). A process that ends with connections it had not taken gives them back, and they go
+    /// to another. TCP and Unix sockets; the worker accepts with [`Listener::accept`]
+    /// (`into_tcp` has no listening socket to give, and a worker written for `listenfd` cannot
+    /// use it). Costs the primary an accept and two messages per connection.
+    ///
+    /// [`Listener::accept`]: crate::Listener::accept
+    Handover,
     /// Every worker accepts on the one socket the primary bound: no queue is ever tied to one
     /// worker, but the worker that is awake first takes what is queued, so under load a few
     /// workers may serve nearly every connection.

@@ -1,6 +1,7 @@
 //! The primary's side of the shared listeners: bind (or take from systemd), keep, and hand to
-//! every worker process at spawn: the one shared socket, or the worker's own
-//! ([`Balance::PerWorker`]).
+//! every worker process at spawn: the one shared socket, the worker's own
+//! ([`Balance::PerWorker`]), or its end of the channel the primary hands connections over on
+//! ([`Balance::Handover`]).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -15,6 +16,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use crate::socket_file::{self, SocketFile};
 
 use super::env::inherited_names;
+use super::handover::{self, Handover};
 use super::per_worker::{self, PerWorkerSockets};
 use super::{Balance, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr, ListenOptions};
 
@@ -26,13 +28,23 @@ const MAX_NAME_LEN: usize = 255;
 /// One listener every worker inherits.
 struct SharedListener {
     name: String,
-    /// The socket every worker accepts on; with per-worker sockets, the group's unlistened anchor.
+    /// The socket every worker accepts on, or the primary accepts on for them; with per-worker
+    /// sockets, the group's unlistened anchor.
     socket: OwnedFd,
     address: ListenAddr,
-    /// Each worker's own socket, when the listener is balanced per worker.
-    per_worker: Option<PerWorkerSockets>,
+    spread: Spread,
     /// The socket file this primary created (and its inode), removed when the listener closes.
     created: Option<(PathBuf, u64)>,
+}
+
+/// How a listener's connections reach the workers.
+enum Spread {
+    /// Every worker accepts on the one socket.
+    Shared,
+    /// Each worker accepts on a socket of its own.
+    PerWorker(PerWorkerSockets),
+    /// The primary accepts and hands each connection over.
+    Handover(Handover),
 }
 
 impl Drop for SharedListener {
@@ -121,12 +133,17 @@ impl SharedListeners {
         let above = FIRST_INHERITED_FD + listeners.len() as i32 + TRANSPORT_FDS;
         let mut mappings = Vec::with_capacity(listeners.len());
         for (at, listener) in listeners.iter_mut().enumerate() {
-            let socket = match &mut listener.per_worker {
-                Some(sockets) => sockets.for_worker(&listener.name, worker, BACKLOG)?,
-                None => listener.socket.as_fd(),
-            };
-            let parent_fd = os::duplicate_at_or_above(socket, above)
-                .map_err(|e| Error::io(format!("passing the listener {:?} to a worker", listener.name), e))?;
+            let passing = |e| Error::io(format!("passing the listener {:?} to a worker", listener.name), e);
+            let parent_fd = match &mut listener.spread {
+                Spread::Shared => os::duplicate_at_or_above(listener.socket.as_fd(), above),
+                Spread::PerWorker(sockets) => {
+                    os::duplicate_at_or_above(sockets.for_worker(&listener.name, worker, BACKLOG)?, above)
+                }
+                Spread::Handover(handover) => {
+                    os::duplicate_at_or_above(handover.pair_for(worker)?.as_fd(), above)
+                }
+            }
+            .map_err(passing)?;
             mappings.push(FdMapping { parent_fd, child_fd: FIRST_INHERITED_FD + at as i32 });
         }
         command.fd_mappings(mappings).map_err(|_| {
@@ -137,11 +154,14 @@ impl SharedListeners {
         Ok(())
     }
 
-    /// Sends no new connection to worker `worker`'s own sockets: it is stopping for good.
+    /// Sends no new connection to worker `worker`'s own sockets or processes: it is stopping for
+    /// good.
     pub(crate) fn stop_steering(&self, worker: &str) {
         for listener in self.lock().iter_mut() {
-            if let Some(sockets) = &mut listener.per_worker {
-                sockets.stop_steering(&listener.name, worker);
+            match &mut listener.spread {
+                Spread::Shared => {}
+                Spread::PerWorker(sockets) => sockets.stop_steering(&listener.name, worker),
+                Spread::Handover(handover) => handover.stop_steering(worker),
             }
         }
     }
@@ -149,7 +169,8 @@ impl SharedListeners {
     /// Closes worker `worker`'s own sockets, once no process of it may run again.
     pub(crate) fn release(&self, worker: &str) {
         for listener in self.lock().iter_mut() {
-            if let Some(sockets) = &mut listener.per_worker {
+            // A handover channel is the process's own and closes with it.
+            if let Spread::PerWorker(sockets) = &mut listener.spread {
                 sockets.release(&listener.name, worker);
             }
         }
@@ -175,28 +196,33 @@ fn check_name(name: &str) -> Result<()> {
 
 fn bind(name: &str, address: &ListenAddr, balance: Option<Balance>) -> Result<SharedListener> {
     let failed = |doing: &str, err: std::io::Error| bind_error(name, address, doing, err);
+    let balance = balance.unwrap_or(match address {
+        ListenAddr::Tcp(_) => Balance::PerWorker,
+        ListenAddr::Unix(_) => Balance::Handover,
+    });
     let (socket, created) = match (address, balance) {
-        (ListenAddr::Tcp(addr), None | Some(Balance::PerWorker)) => {
+        (ListenAddr::Tcp(addr), Balance::PerWorker) => {
             let (anchor, bound) = per_worker::open_anchor(*addr).map_err(|e| failed("binding", e))?;
             tracing::debug!(listener = %name, address = %bound, "each worker will listen on a socket of its own");
             return Ok(SharedListener {
                 name: name.to_owned(),
                 socket: anchor.into(),
                 address: ListenAddr::Tcp(bound),
-                per_worker: Some(PerWorkerSockets::new(bound)),
+                spread: Spread::PerWorker(PerWorkerSockets::new(bound)),
                 created: None,
             });
         }
-        (ListenAddr::Unix(_), Some(Balance::PerWorker)) => {
+        (ListenAddr::Unix(_), Balance::PerWorker) => {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
                     "listener {name:?} on {address} cannot be balanced per worker: Linux has no SO_REUSEPORT \
-                     group for Unix sockets; use Balance::Shared, or a TCP address"
+                     group for Unix sockets; use Balance::Handover (the default for Unix sockets) or \
+                     Balance::Shared"
                 ),
             ));
         }
-        (ListenAddr::Tcp(addr), Some(Balance::Shared)) => {
+        (ListenAddr::Tcp(addr), Balance::Shared | Balance::Handover) => {
             let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)
                 .map_err(|e| failed("creating the socket", e))?;
             // A restarted primary can bind at once, while connections of the last one linger.
@@ -204,7 +230,7 @@ fn bind(name: &str, address: &ListenAddr, balance: Option<Balance>) -> Result<Sh
             socket.bind(&(*addr).into()).map_err(|e| failed("binding", e))?;
             (socket, None)
         }
-        (ListenAddr::Unix(path), None | Some(Balance::Shared)) => {
+        (ListenAddr::Unix(path), Balance::Shared | Balance::Handover) => {
             socket_file::check_named_directory(path, &format!("the socket of listener {name:?}"))?;
             remove_stale_socket(name, address, path)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
@@ -217,10 +243,24 @@ fn bind(name: &str, address: &ListenAddr, balance: Option<Balance>) -> Result<Sh
         }
     };
     socket.listen(BACKLOG).map_err(|e| failed("listening", e))?;
+    let spread = match balance {
+        Balance::Handover => {
+            let kind = if matches!(address, ListenAddr::Tcp(_)) {
+                handover::Kind::Tcp
+            } else {
+                handover::Kind::Unix
+            };
+            let accepting = socket.try_clone().map_err(|e| failed("copying the socket", e))?;
+            Spread::Handover(
+                Handover::start(name, accepting.into(), kind).map_err(|e| failed("accepting", e))?,
+            )
+        }
+        Balance::Shared | Balance::PerWorker => Spread::Shared,
+    };
     let socket = OwnedFd::from(socket);
     let address = local_address(&socket).unwrap_or_else(|| address.clone());
-    tracing::debug!(listener = %name, %address, "listening for the workers");
-    Ok(SharedListener { name: name.to_owned(), socket, address, per_worker: None, created })
+    tracing::debug!(listener = %name, %address, ?balance, "listening for the workers");
+    Ok(SharedListener { name: name.to_owned(), socket, address, spread, created })
 }
 
 /// A socket file left by a primary that died is taken over; one that something still listens
@@ -296,9 +336,13 @@ fn inherited_from_systemd() -> Result<Vec<SharedListener>> {
                 .ok_or_else(|| Error::new(ErrorKind::Config, "not a TCP or named Unix stream socket"))
         });
         match adopted {
-            Ok((socket, address)) => {
-                listeners.push(SharedListener { name, socket, address, per_worker: None, created: None })
-            }
+            Ok((socket, address)) => listeners.push(SharedListener {
+                name,
+                socket,
+                address,
+                spread: Spread::Shared,
+                created: None,
+            }),
             Err(err) => {
                 tracing::warn!(fd, name = %name, error = %err, "not handing on a socket systemd passed")
             }
@@ -321,10 +365,10 @@ mod tests {
         [(name.to_owned(), address.to_owned(), options)]
     }
 
-    #[test]
-    fn a_bound_port_is_reported_and_a_second_bind_names_the_address_in_use() {
-        // Either policy finds the other's socket, so two primaries never split one port unnoticed.
-        let policies = [Balance::PerWorker, Balance::Shared];
+    #[tokio::test]
+    async fn a_bound_port_is_reported_and_a_second_bind_names_the_address_in_use() {
+        // Each policy finds the others' sockets, so two primaries never split one port unnoticed.
+        let policies = [Balance::PerWorker, Balance::Shared, Balance::Handover];
         for first_policy in policies {
             for second_policy in policies {
                 let first = SharedListeners::open(&spec_with(
@@ -350,7 +394,9 @@ mod tests {
         let listeners = SharedListeners::open(&spec("http", "127.0.0.1:0")).expect("binds");
         let Some(ListenAddr::Tcp(address)) = listeners.address("http") else { panic!("a TCP address") };
         let mut guard = listeners.lock();
-        let sockets = guard[0].per_worker.as_mut().expect("TCP is balanced per worker by default");
+        let Spread::PerWorker(sockets) = &mut guard[0].spread else {
+            panic!("TCP is balanced per worker by default")
+        };
         let local = |fd: BorrowedFd<'_>| socket2::SockRef::from(&fd).local_addr().expect("bound").as_socket();
         let first = sockets.for_worker("http", "w1", BACKLOG).expect("w1's socket");
         assert_eq!(local(first), Some(address));
@@ -367,13 +413,13 @@ mod tests {
         drop(guard);
         listeners.release("w1");
         let mut guard = listeners.lock();
-        let sockets = guard[0].per_worker.as_mut().expect("per worker");
+        let Spread::PerWorker(sockets) = &mut guard[0].spread else { panic!("per worker") };
         let fresh = sockets.for_worker("http", "w1", BACKLOG).expect("a new w1 socket");
         assert!(!same(w1.as_fd(), fresh), "a released name gets a new socket");
     }
 
-    #[test]
-    fn unix_sockets_cannot_be_balanced_per_worker_and_say_so() {
+    #[tokio::test]
+    async fn unix_sockets_cannot_be_balanced_per_worker_and_say_so() {
         let dir = tempfile::tempdir().expect("temp dir");
         let address = format!("unix:{}", dir.path().join("app.sock").display());
         let per_worker = ListenOptions::new().balance(Balance::PerWorker);
@@ -381,8 +427,8 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Config, "{err}");
         assert!(err.message().contains("Balance::Shared"), "{err}");
         let listeners =
-            SharedListeners::open(&spec("api", &address)).expect("the default is shared for Unix");
-        assert!(listeners.lock()[0].per_worker.is_none());
+            SharedListeners::open(&spec("api", &address)).expect("the default is handover for Unix");
+        assert!(matches!(listeners.lock()[0].spread, Spread::Handover(_)));
     }
 
     #[test]
@@ -396,8 +442,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_stale_unix_socket_is_replaced_and_removed_at_the_end() {
+    #[tokio::test]
+    async fn a_stale_unix_socket_is_replaced_and_removed_at_the_end() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("app.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).expect("a stale socket"));
@@ -410,8 +456,8 @@ mod tests {
         assert!(!path.exists());
     }
 
-    #[test]
-    fn a_unix_socket_in_a_missing_directory_names_the_directory() {
+    #[tokio::test]
+    async fn a_unix_socket_in_a_missing_directory_names_the_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("missing-dir").join("x.sock");
         let err = SharedListeners::open(&spec("api", &format!("unix:{}", path.display())))

@@ -1,5 +1,5 @@
 //! The worker's side of the shared listeners: find one by name among the inherited descriptors
-//! and make it a tokio listener.
+//! and make it a tokio listener, or the receiving end of the primary's handover.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -7,19 +7,34 @@ use clusterfy_core::transport::{FIRST_INHERITED_FD, WorkerEnv};
 use clusterfy_core::{Error, ErrorKind, Result, os};
 
 use super::env::inherited_names;
+use super::handover::HandedListener;
 use super::shared::local_address;
-use super::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ListenAddr};
+use super::{Accepted, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ListenAddr};
 
-/// A shared listener as a worker gets it from [`Worker::listener`](crate::Worker::listener).
+/// A shared listener as a worker gets it from [`Worker::listener`](crate::Worker::listener):
+/// a listening socket, or the connections the primary hands over. [`Listener::accept`] takes
+/// the next connection from either.
 #[derive(Debug)]
 pub enum Listener {
     /// A TCP listener (IPv4 or IPv6).
     Tcp(tokio::net::TcpListener),
     /// A Unix stream socket listener.
     Unix(tokio::net::UnixListener),
+    /// Connections the primary accepts and hands to this process
+    /// ([`Balance::Handover`](crate::Balance::Handover)).
+    Handed(HandedListener),
 }
 
 impl Listener {
+    /// The next connection, whatever the listener's address and policy.
+    pub async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listener::Tcp(listener) => listener.accept().await.map(|(stream, _)| Accepted::Tcp(stream)),
+            Listener::Unix(listener) => listener.accept().await.map(|(stream, _)| Accepted::Unix(stream)),
+            Listener::Handed(listener) => listener.accept().await,
+        }
+    }
+
     /// The TCP listener, or an error naming what it is instead.
     pub fn into_tcp(self) -> Result<tokio::net::TcpListener> {
         match self {
@@ -27,6 +42,7 @@ impl Listener {
             Listener::Unix(_) => {
                 Err(Error::new(ErrorKind::InvalidInput, "this listener is a Unix socket, not TCP"))
             }
+            Listener::Handed(_) => Err(not_a_socket()),
         }
     }
 
@@ -37,8 +53,18 @@ impl Listener {
             Listener::Tcp(_) => {
                 Err(Error::new(ErrorKind::InvalidInput, "this listener is TCP, not a Unix socket"))
             }
+            Listener::Handed(_) => Err(not_a_socket()),
         }
     }
+}
+
+fn not_a_socket() -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "this listener is balanced by the primary (Balance::Handover): it hands each connection over, \
+         so there is no listening socket; take connections with Listener::accept, or have the primary listen \
+         with another Balance",
+    )
 }
 
 /// Marks every inherited listener close-on-exec, so the worker's own children (a shell, a
@@ -78,8 +104,10 @@ pub(crate) fn take_listener(env: &WorkerEnv, name: &str) -> Result<Listener> {
         .with_context("listener", name));
     };
     let fd = FIRST_INHERITED_FD + at as i32;
-    let socket = os::adopt_inherited_listener(fd, name)?;
-    into_tokio(socket, name)
+    match os::adopt_inherited_socket_or_listener(fd, name)? {
+        os::InheritedSocket::Listening(socket) => into_tokio(socket, name),
+        os::InheritedSocket::Connected(channel) => HandedListener::new(channel, name).map(Listener::Handed),
+    }
 }
 
 fn into_tokio(socket: OwnedFd, name: &str) -> Result<Listener> {

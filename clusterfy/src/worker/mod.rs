@@ -117,19 +117,21 @@ impl Worker {
     }
 
     /// Takes the shared listener `name` that the primary bound with
-    /// [`PrimaryBuilder::listen`](crate::PrimaryBuilder::listen) and every worker inherits
-    /// (cluster mode): the kernel hands each incoming connection to one of the workers accepting
-    /// on it. Each listener can be taken once per process. Fails with [`ErrorKind::NotFound`]
-    /// naming the inherited listeners when there is none called `name`. Call it inside the
-    /// runtime.
+    /// [`PrimaryBuilder::listen`](crate::PrimaryBuilder::listen) (cluster mode): a socket this
+    /// worker accepts on, or, with [`Balance::Handover`](crate::Balance::Handover), the
+    /// connections the primary hands it. [`Listener::accept`] takes the next one either way.
+    /// Each listener can be taken once per process. Fails with [`ErrorKind::NotFound`] naming
+    /// the inherited listeners when there is none called `name`. Call it inside the runtime.
     ///
-    /// To stop accepting (at shutdown), drop the listener: the other workers go on accepting on
-    /// the same socket, so no connection is refused.
+    /// To stop accepting (at shutdown), drop the listener: the other workers go on accepting
+    /// (or are handed this one's connections not yet accepted), so no connection is refused.
     pub fn listener(&self, name: &str) -> Result<Listener> {
         take_listener(&self.inner.listeners, name)
     }
 
-    /// [`Worker::listener`] for a TCP listener.
+    /// [`Worker::listener`] for a TCP listener with a socket of its own: not for
+    /// [`Balance::Handover`](crate::Balance::Handover), whose connections come from
+    /// [`Listener::accept`].
     pub fn tcp_listener(&self, name: &str) -> Result<tokio::net::TcpListener> {
         self.listener(name)?.into_tcp().map_err(|e| e.with_context("listener", name))
     }
