@@ -4,8 +4,8 @@
 //! one by one without a failed request.
 //!
 //! Run it with `cargo run --example http_cluster` (options: `--workers N`, default the number
-//! of cores; `--listen ADDRESS`, default `127.0.0.1:8080`; `--balance per-worker|shared`, how
-//! connections are spread, default per worker for TCP), then `curl http://127.0.0.1:8080/`.
+//! of cores; `--listen ADDRESS`, default `127.0.0.1:8080`; `--balance per-worker|handover|shared`,
+//! how connections are spread, default per worker for TCP), then `curl http://127.0.0.1:8080/`.
 //! `kill -HUP <primary pid>` reloads every worker, `kill -TTIN` / `kill -TTOU` add and remove one
 //! (as `clusterfy scale http N` does); Ctrl-C shuts the cluster down gracefully.
 
@@ -65,14 +65,15 @@ fn settings() -> std::result::Result<Settings, String> {
             "--balance" => {
                 let balance = match value("--balance")?.as_str() {
                     "per-worker" => Balance::PerWorker,
+                    "handover" => Balance::Handover,
                     "shared" => Balance::Shared,
-                    other => return Err(format!("--balance {other:?}: give per-worker or shared")),
+                    other => return Err(format!("--balance {other:?}: give per-worker, handover or shared")),
                 };
                 settings.listen_options = settings.listen_options.balance(balance);
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; use --workers N, --listen ADDRESS and --balance per-worker|shared"
+                    "unknown argument {other:?}; use --workers N, --listen ADDRESS and --balance per-worker|handover|shared"
                 ));
             }
         }
@@ -114,7 +115,8 @@ async fn primary() -> Result<()> {
 async fn worker() -> Result<()> {
     // Ready once it can serve: a reload waits for that before it stops an old worker.
     let worker = Worker::builder().manual_ready().connect().await?;
-    let listener = worker.tcp_listener("http")?;
+    // Whatever the balance: a socket of its own, the shared one, or connections handed over.
+    let listener = worker.listener("http")?;
     worker.ready().await?;
     let draining = Arc::new(AtomicBool::new(false));
     let (close, _) = tokio::sync::watch::channel(false);
@@ -123,7 +125,7 @@ async fn worker() -> Result<()> {
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(stream) => stream,
                     // Out of descriptors, say: wait a moment instead of spinning on the error.
                     Err(_) => {
                         tokio::time::sleep(Duration::from_millis(10)).await;

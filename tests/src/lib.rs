@@ -87,9 +87,13 @@ pub enum Scenario {
     /// at an address it could not bind, forks one [`Scenario::ListenfdWorker`], prints
     /// [`READY_LINE`] when it is ready, and waits.
     SocketActivatedPrimary,
-    /// Connects, takes the shared Unix-socket listener "api" with `Worker::listener`, and
-    /// answers every connection with one line [`UNIX_ANSWER`] and its name.
-    UnixListenerWorker,
+    /// Connects, takes the shared listener "api" with `Worker::listener`, and answers every
+    /// connection with one line: [`API_ANSWER`], its name, and the client's address (TCP) or
+    /// `unix`.
+    ApiWorker,
+    /// Connects with `manual_ready`, takes the shared listener "api", says it is ready, and
+    /// never accepts on it; serves as [`Scenario::Normal`] does.
+    HoldListener,
     /// Connects with `manual_ready`, then exits with code 3 before it says it is ready: a new
     /// version that fails while it starts.
     ConnectThenCrash,
@@ -112,8 +116,8 @@ pub const ENV_NON_DUMPABLE_PRIMARY: &str = "CLUSTERFY_TEST_NON_DUMPABLE_PRIMARY"
 /// Milliseconds a [`Scenario::SlowStart`] worker waits before it connects.
 pub const ENV_START_DELAY_MS: &str = "CLUSTERFY_TEST_START_DELAY_MS";
 
-/// What a [`Scenario::UnixListenerWorker`] answers, before its name.
-pub const UNIX_ANSWER: &str = "unix worker";
+/// What a [`Scenario::ApiWorker`] answers, before its name.
+pub const API_ANSWER: &str = "api worker";
 
 /// What a [`Scenario::ListenfdWorker`] answers, before its name.
 pub const LISTENFD_ANSWER: &str = "listenfd worker";
@@ -131,7 +135,7 @@ pub const ACK_LINE_PREFIX: &str = "ACK";
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 18] = [
+    pub const ALL: [Scenario; 19] = [
         Scenario::Normal,
         Scenario::IgnoreShutdown,
         Scenario::NeverConnect,
@@ -145,7 +149,8 @@ impl Scenario {
         Scenario::Grow,
         Scenario::ListenfdWorker,
         Scenario::SocketActivatedPrimary,
-        Scenario::UnixListenerWorker,
+        Scenario::ApiWorker,
+        Scenario::HoldListener,
         Scenario::ConnectThenCrash,
         Scenario::SlowStart,
         Scenario::StallHello,
@@ -168,7 +173,8 @@ impl Scenario {
             Scenario::Grow => "grow",
             Scenario::ListenfdWorker => "listenfd-worker",
             Scenario::SocketActivatedPrimary => "socket-activated-primary",
-            Scenario::UnixListenerWorker => "unix-listener-worker",
+            Scenario::ApiWorker => "api-worker",
+            Scenario::HoldListener => "hold-listener",
             Scenario::ConnectThenCrash => "connect-then-crash",
             Scenario::SlowStart => "slow-start",
             Scenario::StallHello => "stall-hello",

@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clusterfy::{
-    Event, ExitReason, GiveUpCause, Heartbeat, ListenAddr, Primary, Program, ReloadOptions, RestartPolicy,
-    ShutdownOutcome, WorkerOptions, WorkerState, value,
+    Balance, Event, ExitReason, GiveUpCause, Heartbeat, ListenAddr, ListenOptions, Primary, Program,
+    ReloadOptions, RestartPolicy, ShutdownOutcome, WorkerOptions, WorkerState, value,
 };
 use clusterfy_test_support::http_load::{self, LoadReport};
-use clusterfy_tests::{ENV_GROW_BYTES, LISTENFD_ANSWER, READY_LINE, Scenario, UNIX_ANSWER};
+use clusterfy_tests::{API_ANSWER, ENV_GROW_BYTES, LISTENFD_ANSWER, READY_LINE, Scenario};
 use common::{WAIT, bounded, is_about, next_event_matching, options, pid_of, primary_builder, with_notes};
 use nix::sys::signal::{Signal, kill};
 use tokio::io::AsyncBufReadExt;
@@ -477,7 +477,8 @@ async fn a_socket_activated_primary_hands_its_socket_to_workers_written_for_list
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the inherited socket accepts");
     let mut answer = String::new();
     bounded("the worker's answer", stream.read_to_string(&mut answer)).await.expect("read");
-    assert_eq!(answer, format!("{LISTENFD_ANSWER} activated\n"));
+    let client = stream.local_addr().expect("local address").to_string();
+    assert_eq!(answered(&answer, LISTENFD_ANSWER), ("activated".to_owned(), client));
     primary.start_kill().expect("kill the primary");
 }
 
@@ -501,16 +502,25 @@ async fn workers_written_for_listenfd_each_take_their_own_socket_of_a_balanced_p
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the port accepts");
         let mut answer = String::new();
         bounded("an answer", stream.read_to_string(&mut answer)).await.expect("read");
-        let name =
-            answer.strip_prefix(&format!("{LISTENFD_ANSWER} ")).expect("a worker's answer").trim().to_owned();
-        answered_by.insert(name);
+        answered_by.insert(answered(&answer, LISTENFD_ANSWER).0);
     }
     assert_eq!(answered_by.into_iter().collect::<Vec<_>>(), ["lfd-a", "lfd-b"]);
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
 }
 
+/// The worker's name and the client's address (or `unix`) in an answer line that starts with
+/// `prefix`.
+fn answered(answer: &str, prefix: &str) -> (String, String) {
+    let rest = answer.strip_prefix(prefix).unwrap_or_else(|| panic!("not a worker's answer: {answer:?}"));
+    let mut words = rest.split_whitespace().map(str::to_owned);
+    let (Some(name), Some(peer), None) = (words.next(), words.next(), words.next()) else {
+        panic!("not a worker's answer: {answer:?}")
+    };
+    (name, peer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_share_a_unix_socket_listener_and_its_file_is_removed_at_shutdown() {
+async fn the_primary_hands_unix_socket_connections_to_every_worker_and_removes_the_file_at_shutdown() {
     use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("api.sock");
@@ -522,21 +532,52 @@ async fn workers_share_a_unix_socket_listener_and_its_file_is_removed_at_shutdow
         .expect("primary with a Unix listener");
     assert_eq!(primary.listener_addr("api"), Some(ListenAddr::Unix(path.clone())));
     for name in ["unix-a", "unix-b"] {
-        primary.fork(name, options(Scenario::UnixListenerWorker)).await.expect("fork");
+        primary.fork(name, options(Scenario::ApiWorker)).await.expect("fork");
     }
     bounded("ready", primary.ready()).await.expect("ready");
+    // Handed over round-robin (the default for Unix sockets) once both take the listener.
     let mut answered_by = std::collections::BTreeSet::new();
-    for _ in 0..20 {
-        let mut stream = tokio::net::UnixStream::connect(&path).await.expect("the shared socket accepts");
-        let mut answer = String::new();
-        bounded("an answer", stream.read_to_string(&mut answer)).await.expect("read");
-        let name =
-            answer.strip_prefix(&format!("{UNIX_ANSWER} ")).expect("a worker's answer").trim().to_owned();
-        answered_by.insert(name);
-    }
-    assert!(!answered_by.is_empty() && answered_by.iter().all(|n| n.starts_with("unix-")), "{answered_by:?}");
+    bounded("both workers answer", async {
+        while answered_by.len() < 2 {
+            let mut stream = tokio::net::UnixStream::connect(&path).await.expect("the socket accepts");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.expect("read");
+            answered_by.insert(answered(&answer, API_ANSWER).0);
+        }
+    })
+    .await;
+    assert_eq!(answered_by.into_iter().collect::<Vec<_>>(), ["unix-a", "unix-b"]);
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
     assert!(!path.exists(), "the socket file the primary created is removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_handed_to_a_worker_that_dies_before_taking_them_go_to_another_with_their_peer() {
+    use tokio::io::AsyncReadExt;
+    let primary = primary_builder()
+        .listen_with("api", "127.0.0.1:0", ListenOptions::new().balance(Balance::Handover))
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("primary with a handover listener");
+    let Some(ListenAddr::Tcp(addr)) = primary.listener_addr("api") else { panic!("a TCP listener") };
+    primary.fork("holder", options(Scenario::HoldListener)).await.expect("fork");
+    bounded("ready", primary.ready()).await.expect("ready");
+    // The holder took the listener before it said it was ready: these go to it, and wait there.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(tokio::net::TcpStream::connect(addr).await.expect("the port accepts"));
+    }
+    let holder = pid_of(&primary, "holder");
+    kill(holder, Signal::SIGKILL).expect("kill the holder");
+    primary.fork("server", options(Scenario::ApiWorker)).await.expect("fork");
+    for mut client in clients {
+        let mut answer = String::new();
+        bounded("an answer from the other worker", client.read_to_string(&mut answer)).await.expect("read");
+        let mine = client.local_addr().expect("local address").to_string();
+        assert_eq!(answered(&answer, API_ANSWER), ("server".to_owned(), mine), "handed over with its peer");
+    }
+    primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
 }
 
 /// The example with 2 workers on a free port, listening, its runtime directory a temporary one.

@@ -10,17 +10,17 @@ use clusterfy::core::protocol::{Hello, Message, Notice, PROTOCOL_VERSION};
 use clusterfy::core::transport::{ByteReader, ByteWriter, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
 use clusterfy::transport::{Connection, Transport, WorkerEnv};
 use clusterfy::{
-    ENV_WORKER_NAME, Error, ErrorKind, Listener, Primary, Program, Result, ShutdownReason, Value, Worker,
-    WorkerBuilder, WorkerId, WorkerOptions, WorkerStatus,
+    Accepted, ENV_WORKER_NAME, Error, ErrorKind, Listener, Primary, Program, Result, ShutdownReason, Value,
+    Worker, WorkerBuilder, WorkerId, WorkerOptions, WorkerStatus,
 };
 use clusterfy_tests::{
-    ACK_LINE_PREFIX, AskWhoAmI, AtomicOp, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt, ENV_GARBAGE,
-    ENV_GROW_BYTES, ENV_HOOK_FILE, ENV_NON_DUMPABLE_PRIMARY, ENV_START_DELAY_MS, Echo, ExitGracefully,
-    ExitWith, FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE, HOOK_NO_SHUTDOWN_REQUEST,
-    HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE, HUNG_UP_WITHOUT_NOTICE, Identity, IncrementHot,
-    IncrementMany, LISTENFD_ANSWER, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX, PrimaryEcho,
-    READY_LINE, ReadAt, ReplicaGet, RunAtomic, RunKv, SaveAt, SaveThenReadReplica, Scenario, SetStatus,
-    Sleep, SlowWhoAmI, StartReplica, StartWatch, TopScores, UNIX_ANSWER, WhoAmI, WorkUntilShutdown,
+    ACK_LINE_PREFIX, API_ANSWER, AskWhoAmI, AtomicOp, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt,
+    ENV_GARBAGE, ENV_GROW_BYTES, ENV_HOOK_FILE, ENV_NON_DUMPABLE_PRIMARY, ENV_START_DELAY_MS, Echo,
+    ExitGracefully, ExitWith, FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE,
+    HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE, HUNG_UP_WITHOUT_NOTICE, Identity,
+    IncrementHot, IncrementMany, LISTENFD_ANSWER, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX,
+    PrimaryEcho, READY_LINE, ReadAt, ReplicaGet, RunAtomic, RunKv, SaveAt, SaveThenReadReplica, Scenario,
+    SetStatus, Sleep, SlowWhoAmI, StartReplica, StartWatch, TopScores, WhoAmI, WorkUntilShutdown,
     WriteSequence,
 };
 use futures::StreamExt;
@@ -111,10 +111,16 @@ async fn run(scenario: Scenario) -> Result<()> {
             eprintln!("test-worker: failing before it is ready, as scenario {scenario} asks");
             std::process::exit(3);
         }
-        Scenario::UnixListenerWorker => {
+        Scenario::ApiWorker => {
             let worker = connect(worker_builder()).await?;
             let listener = worker.listener("api")?;
-            answer_each_connection(&worker, listener, UNIX_ANSWER).await?;
+            answer_each_connection(&worker, listener, API_ANSWER).await?;
+        }
+        Scenario::HoldListener => {
+            let worker = connect(worker_builder().manual_ready()).await?;
+            let _listener = worker.listener("api")?;
+            worker.ready().await?;
+            serve_until_shutdown(worker).await;
         }
         Scenario::SlowStart => {
             let delay: u64 = env_var(ENV_START_DELAY_MS)?
@@ -558,24 +564,22 @@ async fn listenfd_worker() -> Result<()> {
     answer_each_connection(&worker, Listener::Tcp(listener), LISTENFD_ANSWER).await
 }
 
-/// Writes one line, `answer` and the worker's name, to every connection, until shutdown.
+/// Writes one line to every connection until shutdown: `answer`, the worker's name, and the
+/// client's address (TCP) or `unix`.
 async fn answer_each_connection(worker: &Worker, listener: Listener, answer: &str) -> Result<()> {
-    let line = format!("{answer} {}\n", worker.name());
     loop {
         let mut stream = tokio::select! {
-            accepted = accept(&listener) => accepted.map_err(|e| Error::io("accepting", e))?,
+            accepted = listener.accept() => accepted.map_err(|e| Error::io("accepting", e))?,
             () = worker.shutdown_requested() => return Ok(()),
         };
-        let _ = stream.write_all(line.as_bytes()).await;
+        let peer = match &stream {
+            Accepted::Tcp(tcp) => {
+                tcp.peer_addr().map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+            }
+            Accepted::Unix(_) => "unix".to_owned(),
+        };
+        let _ = stream.write_all(format!("{answer} {} {peer}\n", worker.name()).as_bytes()).await;
     }
-}
-
-/// The next connection on either kind of listener.
-async fn accept(listener: &Listener) -> std::io::Result<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> {
-    Ok(match listener {
-        Listener::Tcp(tcp) => Box::new(tcp.accept().await?.0),
-        Listener::Unix(unix) => Box::new(unix.accept().await?.0),
-    })
 }
 
 /// A primary started by socket activation (see [`Scenario::SocketActivatedPrimary`]).

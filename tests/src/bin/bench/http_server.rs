@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use clusterfy::Worker;
+use clusterfy::{Listener, Worker};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONNECTION, HeaderValue};
@@ -61,7 +61,7 @@ enum Hits {
 
 /// A Clusterfy worker's HTTP server on the shared listener, until the primary stops it.
 pub(crate) async fn serve_worker(worker: &Worker) -> BenchResult<()> {
-    let listener = worker.tcp_listener(HTTP_LISTENER)?;
+    let listener = worker.listener(HTTP_LISTENER)?;
     let name = worker.name().to_owned();
     serve(listener, name, Hits::Shared(worker.clone()), worker.shutdown_requested()).await;
     Ok(())
@@ -81,12 +81,12 @@ pub(crate) async fn raw_http_server() -> BenchResult<()> {
         while !matches!(stdin.read(&mut byte).await, Ok(0) | Err(_)) {}
     };
     let hits = Hits::Local(Arc::new(AtomicU64::new(0)));
-    serve(listener, RAW_HTTP_NAME.to_owned(), hits, stdin_closed).await;
+    serve(Listener::Tcp(listener), RAW_HTTP_NAME.to_owned(), hits, stdin_closed).await;
     Ok(())
 }
 
 /// Accepts on `listener` until `stop` resolves, then drains as the example does.
-async fn serve(listener: TcpListener, name: String, hits: Hits, stop: impl Future<Output = ()>) {
+async fn serve(listener: Listener, name: String, hits: Hits, stop: impl Future<Output = ()>) {
     let (name, draining) = (Arc::<str>::from(name), Arc::new(AtomicBool::new(false)));
     let (close, _) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
@@ -94,7 +94,7 @@ async fn serve(listener: TcpListener, name: String, hits: Hits, stop: impl Futur
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok(stream) = accepted else { continue };
                 let (hits, name, draining) = (hits.clone(), Arc::clone(&name), Arc::clone(&draining));
                 let service = hyper::service::service_fn(move |request| {
                     answer(hits.clone(), Arc::clone(&name), Arc::clone(&draining), request)
@@ -116,7 +116,7 @@ async fn serve(listener: TcpListener, name: String, hits: Hits, stop: impl Futur
             () = &mut stop => break,
         }
     }
-    // Stop accepting: the other workers accept on the same socket, so no connection is refused.
+    // Stop accepting: the other workers accept on the same port, so no connection is refused.
     drop(listener);
     draining.store(true, Ordering::SeqCst);
     let all_closed = async { while connections.join_next().await.is_some() {} };

@@ -199,6 +199,19 @@ const ROWS: &[Row] = {
         Row::new(Http, "http_scale_failed", "http_steady_failed", Failed)
             .goal(Goal::ValueAtMost(0.0))
             .summed(),
+        Row::new(Http, "http_busiest_handover", "http_fair_share_handover", Answered),
+        Row::new(Http, "http_rps_n_handover", "raw_http_rps", ReqPerSec),
+        Row::new(Http, "http_rps_n_shared", "raw_http_rps", ReqPerSec),
+        Row::new(Http, "http_new_conn_p99_handover", "http_new_conn_p99_shared", Millis),
+        Row::new(Http, "http_reload_failed_handover", "http_steady_failed", Failed)
+            .goal(Goal::ValueAtMost(0.0))
+            .summed(),
+        Row::new(Http, "http_reload_failed_shared", "http_steady_failed", Failed)
+            .goal(Goal::ValueAtMost(0.0))
+            .summed(),
+        Row::new(Http, "http_scale_failed_handover", "http_steady_failed", Failed)
+            .goal(Goal::ValueAtMost(0.0))
+            .summed(),
     ]
 };
 
@@ -337,6 +350,13 @@ pub(crate) fn report(
          time) until it returned: requests answered (baseline http_steady_served: the steady http_rps_n rate \
          times the same window), failed + connection errors (summed over the repetitions; baseline: those of the \
          steady load; target 0), p99 latency (baseline http_steady_p99: the steady load's)"
+    );
+    println!(
+        "  balance policies: the rows without a suffix are the default (Balance::PerWorker, one SO_REUSEPORT \
+         socket per worker); _handover: the primary accepts and hands each connection over (Balance::Handover); \
+         _shared: every worker accepts on one socket (Balance::Shared). http_busiest*: answers of the busiest \
+         worker in the counter load, baseline a fair share (all over n); http_new_conn_p99*: p99 latency of a \
+         request over a new connection each; http_scale_failed*: the load while the group scales n -> 2n -> 1 -> n"
     );
     println!(
         "  ratio = Clusterfy / raw baseline (1 when both are 0); 'better' says which direction is better for the \

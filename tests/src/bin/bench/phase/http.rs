@@ -35,6 +35,7 @@ pub(crate) async fn run_http_phase(options: &Options, plan: &Plan, samples: &mut
     let mut one = HttpCluster::start(1, ListenOptions::new()).await?;
     let mut many = HttpCluster::start(workers, ListenOptions::new()).await?;
     let mut shared = HttpCluster::start(workers, ListenOptions::new().balance(Balance::Shared)).await?;
+    let mut handover = HttpCluster::start(workers, ListenOptions::new().balance(Balance::Handover)).await?;
     for repetition in 1..=plan.repetitions {
         eprintln!("[bench] http repetition {repetition}/{}", plan.repetitions);
         let load = Steady { flavor, plan, repetition };
@@ -49,9 +50,16 @@ pub(crate) async fn run_http_phase(options: &Options, plan: &Plan, samples: &mut
         note_balance(samples, ["http_busiest", "http_fair_share"], workers, &report);
         let on_shared = shared.steady(&load, "http_rps_shared_accept", samples).await?;
         note_balance(samples, ["http_busiest_shared", "http_fair_share_shared"], workers, &on_shared);
+        let handed = handover.steady(&load, "http_rps_counter_handover", samples).await?;
+        samples.add("http_rps_counter_handover", handed.per_second());
+        note_balance(samples, ["http_busiest_handover", "http_fair_share_handover"], workers, &handed);
         let plain = many.steady_uncounted(&load, PLAIN_PATH, "http_rps_plain", samples).await?;
         samples.add("http_rps_plain", plain.per_second());
         samples.add("http_rps_n", plain.per_second());
+        let plain = handover.steady_uncounted(&load, PLAIN_PATH, "http_rps_n_handover", samples).await?;
+        samples.add("http_rps_n_handover", plain.per_second());
+        let plain = shared.steady_uncounted(&load, PLAIN_PATH, "http_rps_n_shared", samples).await?;
+        samples.add("http_rps_n_shared", plain.per_second());
         let cpu_1 = one.steady_uncounted(&load, CPU_PATH, "http_rps_cpu_1", samples).await?;
         samples.add("http_rps_cpu_1_times_n", cpu_1.per_second() * workers as f64);
         let cpu_n = many.steady_uncounted(&load, CPU_PATH, "http_rps_cpu_n", samples).await?;
@@ -61,9 +69,23 @@ pub(crate) async fn run_http_phase(options: &Options, plan: &Plan, samples: &mut
         samples.add_millis("http_new_conn_p99", fresh.quantile(0.99));
         let fresh = shared.new_connections(&load, "http_new_conn_shared", samples).await?;
         samples.add_millis("http_new_conn_p99_shared", fresh.quantile(0.99));
+        let fresh = handover.new_connections(&load, "http_new_conn_handover", samples).await?;
+        samples.add_millis("http_new_conn_p99_handover", fresh.quantile(0.99));
         let scaled = many.scale_under_load(flavor).await?;
         note_failures(samples, "http_scale", repetition, &scaled);
         samples.add("http_scale_failed", failures(&scaled));
+        let scaled = handover.scale_under_load(flavor).await?;
+        note_failures(samples, "http_scale_handover", repetition, &scaled);
+        samples.add("http_scale_failed_handover", failures(&scaled));
+        let other_policies = [
+            (&mut handover, "http_reload_handover", "http_reload_failed_handover"),
+            (&mut shared, "http_reload_shared", "http_reload_failed_shared"),
+        ];
+        for (cluster, what, row) in other_policies {
+            let reload = cluster.reload_under_load(flavor).await?;
+            note_failures(samples, what, repetition, &reload);
+            samples.add(row, failures(&reload));
+        }
         let reload = many.reload_under_load(flavor).await?;
         note_failures(samples, "http_reload", repetition, &reload);
         let window = reload.elapsed.as_secs_f64();
@@ -85,6 +107,7 @@ pub(crate) async fn run_http_phase(options: &Options, plan: &Plan, samples: &mut
     one.finish(samples).await?;
     many.finish(samples).await?;
     shared.finish(samples).await?;
+    handover.finish(samples).await?;
     Ok(())
 }
 
