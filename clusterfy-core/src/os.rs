@@ -180,35 +180,55 @@ pub fn send_with_descriptor(socket: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd
     Ok(())
 }
 
-/// Registers `fd` with the current tokio runtime's reactor, to wait until it is readable or
-/// writable. Must run inside the runtime.
-pub fn register_with_runtime(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+/// A descriptor registered with a tokio runtime's reactor ([`register_with_runtime`]): waits
+/// until it is readable or writable. Only shared access is given out, so the registered
+/// descriptor cannot be swapped for another while it is registered.
+#[derive(Debug)]
+pub struct Registered(tokio::io::unix::AsyncFd<OwnedFd>);
+
+impl std::ops::Deref for Registered {
+    type Target = tokio::io::unix::AsyncFd<OwnedFd>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+/// Registers `fd` with the current tokio runtime's reactor. Must run inside the runtime.
+pub fn register_with_runtime(fd: OwnedFd) -> std::io::Result<Registered> {
     // SAFETY: an `OwnedFd` keeps its descriptor open and returns the same number from
-    // `as_raw_fd` for as long as it lives, and the `AsyncFd` owns it from here to its drop.
-    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+    // `as_raw_fd` for as long as it lives, and `Registered` lets no one replace it (no mutable
+    // access) until the `AsyncFd` is dropped with it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map(Registered).map_err(std::io::Error::from)
 }
 
 /// One message read by [`receive_with_descriptor`].
 #[derive(Debug)]
 pub struct Received {
-    /// Bytes of the message placed in the buffer (0 with no descriptor: the peer closed).
+    /// Bytes of the message placed in the buffer (0 for an empty message, or the end of file).
     pub len: usize,
-    /// The descriptor sent with it, if any, owned (and close-on-exec) here.
+    /// The first descriptor sent with it, if any, owned (and close-on-exec) here; any other is
+    /// closed.
     pub descriptor: Option<OwnedFd>,
-    /// The message or its descriptors did not fit (the kernel closed the extra descriptors).
+    /// The message was longer than the buffer, or came with more than one descriptor.
     pub truncated: bool,
 }
 
-/// Receives one message and at most one descriptor sent with it on the Unix socket `socket`,
-/// without blocking: [`std::io::ErrorKind::WouldBlock`] when none is queued.
+/// Most descriptors Linux passes in one message (`SCM_MAX_FD`): room for all of them, so the
+/// kernel never truncates the control data and every descriptor sent is owned (and closed) here.
+const MAX_DESCRIPTORS_PER_MESSAGE: usize = 253;
+
+/// Receives one message and the descriptors sent with it on the Unix socket `socket`, without
+/// blocking: [`std::io::ErrorKind::WouldBlock`] when none is queued.
 pub fn receive_with_descriptor(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> std::io::Result<Received> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let mut space = nix::cmsg_space!(RawFd);
+    let mut space = nix::cmsg_space!([RawFd; MAX_DESCRIPTORS_PER_MESSAGE]);
     let mut iov = [std::io::IoSliceMut::new(buffer)];
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
     let message = recvmsg::<()>(std::os::fd::AsRawFd::as_raw_fd(&socket), &mut iov, Some(&mut space), flags)?;
-    let truncated = message.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let mut truncated = message.flags.contains(MsgFlags::MSG_TRUNC);
     let mut descriptors = Vec::new();
+    // Truncated control data (impossible with room for SCM_MAX_FD) would be an error here.
     for control in message.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = control {
             // SAFETY: the kernel installed each of these numbers in this process for this very
@@ -216,10 +236,8 @@ pub fn receive_with_descriptor(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> std
             descriptors.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
-    let len = message.bytes;
-    // Room was made for one; any other is closed here, not leaked.
-    let truncated = truncated || descriptors.len() > 1;
-    Ok(Received { len, descriptor: descriptors.into_iter().next(), truncated })
+    truncated |= descriptors.len() > 1;
+    Ok(Received { len: message.bytes, descriptor: descriptors.into_iter().next(), truncated })
 }
 
 /// `described` names the descriptor for errors ("CLUSTERFY_UDS_FD=3"), `what` says what it was

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// stream inside it does, so a server can take it whatever the listener's address and
 /// [`Balance`](crate::Balance).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Accepted {
     /// From a TCP listener; its `peer_addr` is the client's.
     Tcp(tokio::net::TcpStream),

@@ -17,9 +17,9 @@ pub enum Balance {
     PerWorker,
     /// The primary accepts each connection and hands it to one worker process over a private
     /// channel (`SCM_RIGHTS`), as Node's `cluster` module does: round-robin over the processes
-    /// that accept and are not busy (each holds at most a few connections it has not taken
-    /// yet). A process that ends with connections it had not taken gives them back, and they go
-    /// to another. TCP and Unix sockets; the worker accepts with [`Listener::accept`]
+    /// that took the listener (each holds at most 64 connections it has not accepted yet; the
+    /// primary accepts while one has room, the kernel's backlog queues the rest). A process that
+    /// ends with connections it had not accepted gives them back, and they go to another. TCP and Unix sockets; the worker accepts with [`Listener::accept`]
     /// (`into_tcp` has no listening socket to give, and a worker written for `listenfd` cannot
     /// use it). Costs the primary an accept and two messages per connection.
     ///

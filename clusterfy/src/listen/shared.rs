@@ -83,9 +83,9 @@ impl SharedListeners {
             }
             match inherited.iter().position(|l| l.name == *name) {
                 Some(at) => {
-                    // Already listening: every worker accepts on it.
-                    let listener = inherited.remove(at);
+                    let mut listener = inherited.remove(at);
                     tracing::info!(listener = %name, address = %listener.address, "using the socket systemd passed");
+                    listener.spread = spread_of_inherited(&listener, options.chosen_balance())?;
                     listeners.push(listener);
                 }
                 None => listeners.push(bind(name, &address.parse()?, options.chosen_balance())?),
@@ -245,15 +245,10 @@ fn bind(name: &str, address: &ListenAddr, balance: Option<Balance>) -> Result<Sh
     socket.listen(BACKLOG).map_err(|e| failed("listening", e))?;
     let spread = match balance {
         Balance::Handover => {
-            let kind = if matches!(address, ListenAddr::Tcp(_)) {
-                handover::Kind::Tcp
-            } else {
-                handover::Kind::Unix
-            };
             let accepting = socket.try_clone().map_err(|e| failed("copying the socket", e))?;
-            Spread::Handover(
-                Handover::start(name, accepting.into(), kind).map_err(|e| failed("accepting", e))?,
-            )
+            let handover = Handover::start(name, accepting.into(), kind_of(address))
+                .map_err(|e| failed("accepting", e))?;
+            Spread::Handover(handover)
         }
         Balance::Shared | Balance::PerWorker => Spread::Shared,
     };
@@ -261,6 +256,39 @@ fn bind(name: &str, address: &ListenAddr, balance: Option<Balance>) -> Result<Sh
     let address = local_address(&socket).unwrap_or_else(|| address.clone());
     tracing::debug!(listener = %name, %address, ?balance, "listening for the workers");
     Ok(SharedListener { name: name.to_owned(), socket, address, spread, created })
+}
+
+/// How a socket systemd passed is spread: already listening, it is shared unless the primary
+/// asked to hand its connections over; it cannot join a group of per-worker sockets it did not
+/// create.
+fn spread_of_inherited(listener: &SharedListener, balance: Option<Balance>) -> Result<Spread> {
+    match balance {
+        None | Some(Balance::Shared) => Ok(Spread::Shared),
+        Some(Balance::Handover) => {
+            let failed =
+                |doing: &str, err: std::io::Error| bind_error(&listener.name, &listener.address, doing, err);
+            let accepting = listener.socket.try_clone().map_err(|e| failed("copying the socket", e))?;
+            let handover = Handover::start(&listener.name, accepting, kind_of(&listener.address))
+                .map_err(|e| failed("accepting", e))?;
+            Ok(Spread::Handover(handover))
+        }
+        Some(Balance::PerWorker) => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "listener {:?} is the socket systemd passed (socket activation): it cannot be balanced per \
+                 worker, which needs a socket the primary binds for each worker; use Balance::Handover or \
+                 Balance::Shared",
+                listener.name
+            ),
+        )),
+    }
+}
+
+fn kind_of(address: &ListenAddr) -> handover::Kind {
+    match address {
+        ListenAddr::Tcp(_) => handover::Kind::Tcp,
+        ListenAddr::Unix(_) => handover::Kind::Unix,
+    }
 }
 
 /// A socket file left by a primary that died is taken over; one that something still listens
@@ -429,6 +457,27 @@ mod tests {
         let listeners =
             SharedListeners::open(&spec("api", &address)).expect("the default is handover for Unix");
         assert!(matches!(listeners.lock()[0].spread, Spread::Handover(_)));
+    }
+
+    #[tokio::test]
+    async fn a_socket_systemd_passed_is_shared_or_handed_over_but_not_per_worker() {
+        let passed = || {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let address = ListenAddr::Tcp(socket.local_addr().expect("address"));
+            SharedListener {
+                name: "http".into(),
+                socket: socket.into(),
+                address,
+                spread: Spread::Shared,
+                created: None,
+            }
+        };
+        assert!(matches!(spread_of_inherited(&passed(), None), Ok(Spread::Shared)));
+        let handed = spread_of_inherited(&passed(), Some(Balance::Handover));
+        assert!(matches!(handed, Ok(Spread::Handover(_))));
+        let Err(err) = spread_of_inherited(&passed(), Some(Balance::PerWorker)) else { panic!("refused") };
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.message().contains("Balance::Handover"), "{err}");
     }
 
     #[test]

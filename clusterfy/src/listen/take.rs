@@ -15,6 +15,7 @@ use super::{Accepted, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ListenAddr};
 /// a listening socket, or the connections the primary hands over. [`Listener::accept`] takes
 /// the next connection from either.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Listener {
     /// A TCP listener (IPv4 or IPv6).
     Tcp(tokio::net::TcpListener),
@@ -26,7 +27,9 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// The next connection, whatever the listener's address and policy.
+    /// The next connection, whatever the listener's address and policy. A handed-over
+    /// listener whose primary is gone gets no connection any more and waits forever (the worker
+    /// ends with its primary, or on its shutdown request: select on that too).
     pub async fn accept(&self) -> std::io::Result<Accepted> {
         match self {
             Listener::Tcp(listener) => listener.accept().await.map(|(stream, _)| Accepted::Tcp(stream)),

@@ -577,6 +577,7 @@ async fn answer_each_connection(worker: &Worker, listener: Listener, answer: &st
                 tcp.peer_addr().map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
             }
             Accepted::Unix(_) => "unix".to_owned(),
+            _ => "another kind".to_owned(),
         };
         let _ = stream.write_all(format!("{answer} {} {peer}\n", worker.name()).as_bytes()).await;
     }

@@ -1,29 +1,29 @@
-//! The primary's side of [`Balance::Handover`](crate::Balance::Handover): accept on the listener,
-//! hand each connection to the next worker process that accepts (round-robin over those with
-//! room), and take back what a process that ended had not taken.
+//! The primary's side of [`Balance::Handover`](crate::Balance::Handover): accept on the listener
+//! while some worker process has room, hand each connection to the next one (round-robin), and
+//! take back what a process that ended had not taken.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use clusterfy_core::{Error, Result, os};
+use clusterfy_core::os::{self, Registered};
+use clusterfy_core::{Error, Result};
+use nix::errno::Errno;
 use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::{Kind, TAKEN_LEN, decode_taken, encode_handed};
 
-/// Connections handed to one process and not yet taken: a process whose runtime is busy gets
-/// no more until it catches up, so the others get them (least busy, roughly), and one that hangs
-/// holds at most this many.
-const IN_FLIGHT_PER_PROCESS: usize = 4;
-/// Connections the primary holds while no process can take them (all busy, or restarting);
-/// beyond this the kernel's backlog queues them.
-const MAX_WAITING: usize = 1024;
-/// Pause after the process ran out of descriptors, before accepting again.
-const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(100);
+/// Connections handed to one process and not yet taken. Round-robin hands each process its
+/// share of a burst whether or not it took the last ones yet (with a small window the process
+/// whose accept task runs first would take most of a burst of new keep-alive connections); a
+/// process that hangs holds at most this many, until it ends and gives them back.
+const IN_FLIGHT_PER_PROCESS: usize = 64;
+/// Pause before trying again after the system refused for a moment (out of descriptors or
+/// memory, a full buffer).
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// One listener balanced by handover: its accept loop and every worker process's pair.
 pub(in crate::listen) struct Handover {
@@ -39,36 +39,56 @@ struct State {
     pairs: Vec<Pair>,
     /// Where the round-robin goes on.
     next: usize,
-    /// Accepted, not handed to any process yet (oldest first).
+    /// Accepted (or given back) and not handed to any process yet, oldest first. The loop
+    /// accepts only while this is empty and some process has room, so it holds few; the rest
+    /// wait in the kernel's backlog.
     waiting: VecDeque<OwnedFd>,
-    /// Wakes the accept loop when `waiting` has room again.
-    room: Arc<Notify>,
+    /// Wakes the accept loop: room again, or a retry due.
+    wake: Arc<Notify>,
+    /// The system refused a moment ago; the accept loop tries again after [`RETRY_PAUSE`].
+    retry_due: bool,
     last_sequence: u64,
     last_pair: u64,
-    /// Connections closed because no process could take them before the listener closed.
-    closed_unhanded: u64,
 }
 
 /// The primary's end of one worker process's pair.
 struct Pair {
     id: u64,
     worker: String,
-    socket: Arc<AsyncFd<OwnedFd>>,
+    socket: Arc<Registered>,
     /// The process took the listener: it accepts.
     accepting: bool,
     /// New connections may go to it: its worker is not stopping for good.
     steered: bool,
-    /// Its buffer was full at the last try; until it takes one, nothing more is sent.
-    full: bool,
+    /// The last send was refused for a moment (full buffer, no memory): nothing more until it
+    /// takes one or the retry.
+    paused: bool,
+    /// The process is gone (the send said so); its reader sees the end and gives its own back.
+    gone: bool,
     /// Handed and not yet taken, with their sequence numbers: the primary's copies.
     in_flight: VecDeque<(u64, OwnedFd)>,
+    /// The highest sequence number handed to it: it cannot have taken more.
+    last_handed: u64,
     reader: AbortHandle,
 }
 
 impl Pair {
     fn has_room(&self) -> bool {
-        self.accepting && self.steered && !self.full && self.in_flight.len() < IN_FLIGHT_PER_PROCESS
+        self.accepting
+            && self.steered
+            && !self.paused
+            && !self.gone
+            && self.in_flight.len() < IN_FLIGHT_PER_PROCESS
     }
+}
+
+/// How the reader of a pair stopped.
+enum PairEnd {
+    /// The process ended or dropped the listener: its queue is gone, so what it had not taken
+    /// goes to others.
+    Closed,
+    /// It broke the protocol: it may still take what it holds, so that is not handed again.
+    Misbehaved(&'static str),
 }
 
 impl Handover {
@@ -81,26 +101,26 @@ impl Handover {
         }
         socket2::SockRef::from(&socket).set_nonblocking(true)?;
         let socket = os::register_with_runtime(socket)?;
-        let room = Arc::new(Notify::new());
+        let wake = Arc::new(Notify::new());
         let state = Arc::new(Mutex::new(State {
             listener: listener.to_owned(),
             kind,
             pairs: Vec::new(),
             next: 0,
             waiting: VecDeque::new(),
-            room: Arc::clone(&room),
+            wake: Arc::clone(&wake),
+            retry_due: false,
             last_sequence: 0,
             last_pair: 0,
-            closed_unhanded: 0,
         }));
-        let accepting = tokio::spawn(accept_loop(socket, Arc::clone(&state), room)).abort_handle();
+        let accepting = tokio::spawn(accept_loop(socket, Arc::clone(&state), wake)).abort_handle();
         Ok(Handover { state, accepting })
     }
 
     /// A new pair for a process of worker `worker`: its end to pass to the process. The process
     /// gets connections once it takes the listener, until it ends or `worker` stops for good.
     pub(in crate::listen) fn pair_for(&self, worker: &str) -> Result<OwnedFd> {
-        let opening = |e: nix::Error| {
+        let opening = |e: Errno| {
             Error::io(format!("opening worker {worker:?}'s handover channel"), std::io::Error::from(e))
         };
         let (primary_end, worker_end) = nix::sys::socket::socketpair(
@@ -125,8 +145,10 @@ impl Handover {
             socket,
             accepting: false,
             steered: true,
-            full: false,
+            paused: false,
+            gone: false,
             in_flight: VecDeque::new(),
+            last_handed: 0,
             reader,
         });
         Ok(worker_end)
@@ -158,15 +180,13 @@ impl Drop for Handover {
         for pair in state.pairs.drain(..) {
             pair.reader.abort();
         }
-        let unhanded = state.waiting.len() as u64;
-        state.waiting.clear();
-        state.closed_unhanded += unhanded;
-        if state.closed_unhanded > 0 {
+        if !state.waiting.is_empty() {
             tracing::warn!(
                 listener = %state.listener,
-                connections = state.closed_unhanded,
-                "closed connections that no worker took before the listener closed"
+                connections = state.waiting.len(),
+                "closing connections that no worker took before the listener closed"
             );
+            state.waiting.clear();
         }
     }
 }
@@ -177,74 +197,126 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl State {
-    /// Hands waiting connections over while some process has room.
+    /// The accept loop may take one more connection: nothing waits, and some process has room.
+    fn can_accept(&self) -> bool {
+        self.waiting.is_empty() && self.pairs.iter().any(Pair::has_room)
+    }
+
+    /// Hands waiting connections over while some process has room; wakes the accept loop when
+    /// it may accept again.
     fn dispatch(&mut self) {
         while !self.waiting.is_empty() && !self.pairs.is_empty() {
             let count = self.pairs.len();
             let Some(at) = (0..count).map(|i| (self.next + i) % count).find(|&at| self.pairs[at].has_room())
             else {
-                return;
+                break;
             };
+            let Some(connection) = self.waiting.pop_front() else { break };
             let sequence = self.last_sequence + 1;
             let message = encode_handed(self.kind, sequence);
-            let Some(connection) = self.waiting.pop_front() else { return };
             let pair = &mut self.pairs[at];
             match os::send_with_descriptor(pair.socket.get_ref().as_fd(), &message, connection.as_fd()) {
                 Ok(()) => {
                     self.last_sequence = sequence;
+                    pair.last_handed = sequence;
                     pair.in_flight.push_back((sequence, connection));
                     self.next = at + 1;
-                    self.room.notify_one();
                     continue;
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => pair.full = true,
-                // The process is gone: its reader sees the end and takes its connections back.
-                Err(_) => pair.accepting = false,
+                Err(err) if is_gone(&err) => pair.gone = true,
+                Err(err) => {
+                    tracing::debug!(worker = %pair.worker, error = %err, "a worker's handover channel refused for now");
+                    pair.paused = true;
+                    self.retry_due = true;
+                }
             }
             self.waiting.push_front(connection);
         }
+        if self.can_accept() || self.retry_due {
+            self.wake.notify_one();
+        }
     }
 
-    /// Pair `id`'s process took every connection up to `sequence` (0: it accepts now).
-    fn taken(&mut self, id: u64, sequence: u64) {
-        let Some(pair) = self.pairs.iter_mut().find(|p| p.id == id) else { return };
-        pair.accepting = true;
-        pair.full = false;
-        while pair.in_flight.front().is_some_and(|(handed, _)| *handed <= sequence) {
-            pair.in_flight.pop_front();
+    /// A retry is due: the processes paused may take connections again.
+    fn retry(&mut self) {
+        self.retry_due = false;
+        for pair in &mut self.pairs {
+            pair.paused = false;
         }
         self.dispatch();
     }
 
-    /// Pair `id`'s process ended or dropped the listener: what it had not taken goes to others
-    /// first, in the order it was accepted.
-    fn ended(&mut self, id: u64) {
+    /// Pair `id`'s process took every connection up to `sequence` (0: it accepts now). False
+    /// when it says it took one it was never handed.
+    fn taken(&mut self, id: u64, sequence: u64) -> bool {
+        let Some(pair) = self.pairs.iter_mut().find(|p| p.id == id) else { return true };
+        if sequence > pair.last_handed {
+            return false;
+        }
+        pair.accepting = true;
+        pair.paused = false;
+        while pair.in_flight.front().is_some_and(|(handed, _)| *handed <= sequence) {
+            pair.in_flight.pop_front();
+        }
+        self.dispatch();
+        true
+    }
+
+    /// Pair `id`'s reader stopped: a process that ended gives what it had not taken to others
+    /// first, in the order it was accepted; one that misbehaved keeps it.
+    fn ended(&mut self, id: u64, end: PairEnd) {
         let Some(at) = self.pairs.iter().position(|p| p.id == id) else { return };
         let pair = self.pairs.remove(at);
         if self.next > at {
             self.next -= 1;
         }
-        if !pair.in_flight.is_empty() {
-            tracing::debug!(
+        match end {
+            PairEnd::Closed => {
+                if !pair.in_flight.is_empty() {
+                    tracing::debug!(
+                        listener = %self.listener,
+                        worker = %pair.worker,
+                        connections = pair.in_flight.len(),
+                        "a worker process ended before taking its connections; handing them to others"
+                    );
+                }
+                for (_, connection) in pair.in_flight.into_iter().rev() {
+                    self.waiting.push_front(connection);
+                }
+            }
+            PairEnd::Misbehaved(what) => tracing::warn!(
                 listener = %self.listener,
                 worker = %pair.worker,
-                connections = pair.in_flight.len(),
-                "a worker process ended before taking its connections; handing them to others"
-            );
-        }
-        for (_, connection) in pair.in_flight.into_iter().rev() {
-            self.waiting.push_front(connection);
+                "{what} on a worker's handover channel; no more connections go to that process"
+            ),
         }
         self.dispatch();
     }
 }
 
-/// Accepts while there is room to hold connections, handing each one over at once.
-async fn accept_loop(socket: AsyncFd<OwnedFd>, state: Arc<Mutex<State>>, room: Arc<Notify>) {
+/// The send failed because the process at the other end is gone.
+fn is_gone(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(nix::libc::EPIPE | nix::libc::ECONNRESET | nix::libc::ENOTCONN))
+}
+
+/// Accepts one connection at a time while some process has room, handing each over at once.
+async fn accept_loop(socket: Registered, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
     loop {
         // A permit stored by `notify_one` is not lost between the check and the wait.
-        while lock(&state).waiting.len() >= MAX_WAITING {
-            room.notified().await;
+        loop {
+            let retry_due = {
+                let state = lock(&state);
+                if state.can_accept() {
+                    break;
+                }
+                state.retry_due
+            };
+            if retry_due {
+                tokio::time::sleep(RETRY_PAUSE).await;
+                lock(&state).retry();
+            } else {
+                wake.notified().await;
+            }
         }
         let Ok(mut ready) = socket.readable().await else { return };
         match ready.try_io(|socket| socket2::SockRef::from(socket.get_ref()).accept()) {
@@ -253,9 +325,9 @@ async fn accept_loop(socket: AsyncFd<OwnedFd>, state: Arc<Mutex<State>>, room: A
                 state.waiting.push_back(connection.into());
                 state.dispatch();
             }
-            Ok(Err(err)) if is_out_of_descriptors(&err) => {
+            Ok(Err(err)) if is_out_of_resources(&err) => {
                 tracing::warn!(error = %err, "cannot accept a connection now; retrying shortly");
-                tokio::time::sleep(OUT_OF_DESCRIPTORS_PAUSE).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
             // The client gave up before the accept (ECONNABORTED), or a signal: next one.
             Ok(Err(_)) | Err(_) => {}
@@ -263,18 +335,18 @@ async fn accept_loop(socket: AsyncFd<OwnedFd>, state: Arc<Mutex<State>>, room: A
     }
 }
 
-fn is_out_of_descriptors(err: &std::io::Error) -> bool {
+fn is_out_of_resources(err: &std::io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS | nix::libc::ENOMEM)
     )
 }
 
-/// Reads what pair `id`'s process took, until it ends.
-async fn read_taken(socket: Arc<AsyncFd<OwnedFd>>, id: u64, state: Arc<Mutex<State>>) {
+/// Reads what pair `id`'s process took, until it ends or breaks the protocol.
+async fn read_taken(socket: Arc<Registered>, id: u64, state: Arc<Mutex<State>>) {
     let mut message = [0u8; TAKEN_LEN + 1];
-    loop {
-        let Ok(mut ready) = socket.readable().await else { break };
+    let end = loop {
+        let Ok(mut ready) = socket.readable().await else { break PairEnd::Closed };
         let received = ready.try_io(|socket| {
             nix::sys::socket::recv(socket.get_ref().as_raw_fd(), &mut message, MsgFlags::MSG_DONTWAIT)
                 .map_err(std::io::Error::from)
@@ -282,19 +354,30 @@ async fn read_taken(socket: Arc<AsyncFd<OwnedFd>>, id: u64, state: Arc<Mutex<Sta
         match received {
             Err(_would_block) => continue,
             Ok(Err(err)) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            // The end of the process (0 bytes), or its pair failed.
-            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Err(_)) => break PairEnd::Closed,
+            // The end of the file, or an empty message (which no worker of ours sends).
+            Ok(Ok(0)) if peer_closed(socket.get_ref()) => break PairEnd::Closed,
+            Ok(Ok(0)) => break PairEnd::Misbehaved("an empty message"),
             Ok(Ok(len)) => match decode_taken(&message[..len]) {
-                Some(sequence) => lock(&state).taken(id, sequence),
-                None => {
-                    // Only a process of ours holds the other end; it does not speak the protocol.
-                    tracing::warn!(len, "a malformed answer on a worker's handover channel; closing it");
-                    break;
-                }
+                Some(sequence) if lock(&state).taken(id, sequence) => {}
+                Some(_) => break PairEnd::Misbehaved("a connection taken that was never handed"),
+                None => break PairEnd::Misbehaved("a malformed answer"),
             },
         }
+    };
+    lock(&state).ended(id, end);
+}
+
+/// The other end of `socket` is closed, as the kernel says now (the reactor's view may lag): a
+/// pair whose peer closed reports a hang-up.
+fn peer_closed(socket: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+        // Cannot tell: as if closed, so what it held is not lost.
+        Err(_) => true,
     }
-    lock(&state).ended(id);
 }
 
 #[cfg(test)]
@@ -348,6 +431,52 @@ mod tests {
         let mut want: Vec<_> = later.iter().map(|c| c.local_addr().expect("local")).collect();
         want.sort();
         assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn a_process_that_breaks_the_protocol_is_cut_off_and_the_others_go_on() {
+        use super::super::{HANDED_LEN, encode_taken};
+        for bad_answer in [Vec::new(), encode_taken(99).to_vec(), vec![1, 2, 3]] {
+            let (socket, address) = listening();
+            let handover = Handover::start("http", socket, Kind::Tcp).expect("accepting");
+            let bad = std::os::unix::net::UnixDatagram::from(handover.pair_for("bad").expect("pair"));
+            bad.send(&encode_taken(0)).expect("says it accepts");
+            handover.until_accepting(1).await;
+            bad.send(&bad_answer).expect("a bad answer");
+            // The primary closes its end: the bad process reads to the end of what it was sent.
+            bad.set_nonblocking(false).expect("blocking");
+            bad.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let mut message = [0u8; HANDED_LEN];
+            let read = tokio::task::spawn_blocking(move || {
+                loop {
+                    match bad.recv(&mut message) {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => continue,
+                        Err(err) => return Err(err),
+                    }
+                }
+            });
+            read.await.expect("joined").unwrap_or_else(|e| panic!("{bad_answer:?}: the pair closes: {e}"));
+            let good =
+                HandedListener::new(handover.pair_for("good").expect("pair"), "http").expect("takes it");
+            let client = TcpStream::connect(address).expect("connect");
+            let peer = peer_of(good.accept().await.expect("the good process gets it")).await;
+            assert_eq!(peer, client.local_addr().expect("local"), "{bad_answer:?}");
+        }
+    }
+
+    #[test]
+    fn a_closed_peer_is_told_from_a_live_one() {
+        let (mine, peer) = nix::sys::socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("pair");
+        assert!(!peer_closed(&mine));
+        drop(peer);
+        assert!(peer_closed(&mine));
     }
 
     #[tokio::test]

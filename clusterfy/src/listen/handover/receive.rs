@@ -4,9 +4,9 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use clusterfy_core::{Error, Result, os};
+use clusterfy_core::os::{self, Registered};
+use clusterfy_core::{Error, Result};
 use nix::sys::socket::MsgFlags;
-use tokio::io::unix::AsyncFd;
 
 use super::{HANDED_LEN, Kind, decode_handed, encode_taken};
 use crate::listen::Accepted;
@@ -21,7 +21,7 @@ use crate::listen::Accepted;
 /// hands the ones not yet accepted to the other workers.
 #[derive(Debug)]
 pub struct HandedListener {
-    channel: AsyncFd<OwnedFd>,
+    channel: Registered,
     name: String,
     /// The highest sequence number taken but not yet confirmed to the primary (its buffer was
     /// full): confirmed with the next one.
