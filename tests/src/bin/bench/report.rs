@@ -31,6 +31,8 @@ enum Unit {
     Answered,
     /// HTTP requests failed: lower is better.
     Failed,
+    /// HTTP requests the busiest worker answered, beside a fair share: lower is better.
+    Busiest,
 }
 
 impl Unit {
@@ -41,13 +43,13 @@ impl Unit {
             Unit::Millis => "ms",
             Unit::KiB => "KiB",
             Unit::ReqPerSec => "req/s",
-            Unit::Answered | Unit::Failed => "requests",
+            Unit::Answered | Unit::Failed | Unit::Busiest => "requests",
         }
     }
 
     fn better(self) -> &'static str {
         match self {
-            Unit::Micros | Unit::Millis | Unit::KiB | Unit::Failed => "lower",
+            Unit::Micros | Unit::Millis | Unit::KiB | Unit::Failed | Unit::Busiest => "lower",
             Unit::OpsPerSec | Unit::ReqPerSec | Unit::Answered => "higher",
         }
     }
@@ -55,7 +57,7 @@ impl Unit {
     fn format(self, value: f64) -> String {
         match self {
             Unit::Micros | Unit::Millis => format!("{value:.2}"),
-            Unit::OpsPerSec | Unit::KiB | Unit::ReqPerSec | Unit::Answered | Unit::Failed => {
+            Unit::OpsPerSec | Unit::KiB | Unit::ReqPerSec | Unit::Answered | Unit::Failed | Unit::Busiest => {
                 format!("{value:.0}")
             }
         }
@@ -143,7 +145,7 @@ impl Row {
 
 const ROWS: &[Row] = {
     use Section::{Http, Process, Redis, Sled, Stdio, Storm, Uds};
-    use Unit::{Answered, Failed, KiB, Micros, Millis, OpsPerSec, ReqPerSec};
+    use Unit::{Answered, Busiest, Failed, KiB, Micros, Millis, OpsPerSec, ReqPerSec};
     &[
         Row::new(Uds, "save_rtt_p50", "raw_rtt_p50", Micros).goal(Goal::AtMost(2.0)),
         Row::new(Uds, "save_rtt_p99", "raw_rtt_p99", Micros),
@@ -193,13 +195,13 @@ const ROWS: &[Row] = {
             .goal(Goal::ValueAtMost(0.0))
             .summed(),
         Row::new(Http, "http_reload_p99", "http_steady_p99", Millis),
-        Row::new(Http, "http_busiest", "http_fair_share", Answered).goal(Goal::AtMost(1.25)),
-        Row::new(Http, "http_busiest_shared", "http_fair_share_shared", Answered),
+        Row::new(Http, "http_busiest", "http_fair_share", Busiest).goal(Goal::AtMost(1.25)),
+        Row::new(Http, "http_busiest_shared", "http_fair_share_shared", Busiest),
         Row::new(Http, "http_new_conn_p99", "http_new_conn_p99_shared", Millis).goal(Goal::AtMost(1.5)),
         Row::new(Http, "http_scale_failed", "http_steady_failed", Failed)
             .goal(Goal::ValueAtMost(0.0))
             .summed(),
-        Row::new(Http, "http_busiest_handover", "http_fair_share_handover", Answered),
+        Row::new(Http, "http_busiest_handover", "http_fair_share_handover", Busiest),
         Row::new(Http, "http_rps_n_handover", "raw_http_rps", ReqPerSec),
         Row::new(Http, "http_rps_n_shared", "raw_http_rps", ReqPerSec),
         Row::new(Http, "http_new_conn_p99_handover", "http_new_conn_p99_shared", Millis),
