@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use clusterfy::control::{ControlClient, LogEntry, RunningApp};
 use clusterfy::core::control::CONTROL_PROTOCOL_VERSION;
-use clusterfy::{Error, ErrorKind, Result, Value, from_value, to_value};
+use clusterfy::{Error, ErrorKind, Result};
+use clusterfy_cli::json::{as_json, parse_json};
 
 /// Operate a running Clusterfy cluster: list its workers, restart or stop one, roll a reload,
 /// follow its events, read and write its shared storage.
@@ -270,21 +271,4 @@ async fn locate(cli: &Cli, positional: Option<&str>) -> Result<ControlClient> {
 
 fn names(apps: &[RunningApp]) -> String {
     apps.iter().map(|a| a.info.app.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-fn parse_json(text: &str) -> Result<Value> {
-    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "bad JSON ({e}); quote it for the shell and write strings in double quotes: '\"text\"', '42', \
-                 '{{\"a\": 1}}'"
-            ),
-        )
-    })?;
-    to_value(&json)
-}
-
-fn as_json(value: Option<Value>) -> Result<serde_json::Value> {
-    value.map_or(Ok(serde_json::Value::Null), from_value)
 }

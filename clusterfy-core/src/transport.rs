@@ -49,8 +49,11 @@ impl WorkerEnv {
     /// The `CLUSTERFY_*` variables of the current process, and the shared listeners'
     /// `LISTEN_FDS` and `LISTEN_FDNAMES`.
     pub fn from_process() -> Self {
-        let ours =
-            |k: &str| k.starts_with(crate::env::ENV_PREFIX) || k == "LISTEN_FDS" || k == "LISTEN_FDNAMES";
+        let ours = |k: &str| {
+            k.starts_with(crate::env::ENV_PREFIX)
+                || k == crate::env::ENV_LISTEN_FDS
+                || k == crate::env::ENV_LISTEN_FDNAMES
+        };
         WorkerEnv { vars: std::env::vars().filter(|(k, _)| ours(k)).collect() }
     }
 

@@ -8,7 +8,6 @@
 mod accepted;
 mod address;
 mod balance;
-mod env;
 mod handover;
 mod per_worker;
 mod shared;
@@ -22,10 +21,4 @@ pub(crate) use shared::SharedListeners;
 pub use take::Listener;
 pub(crate) use take::{keep_listeners_from_children, take_listener};
 
-/// Number of inherited listeners, from descriptor 3 on (the socket-activation convention).
-pub const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
-/// Their names, separated by `:`, in descriptor order.
-pub const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
-/// The process the descriptors are meant for; the primary leaves it unset for its workers, as
-/// `listenfd` allows, because a child's pid is not known before it is started.
-pub const ENV_LISTEN_PID: &str = "LISTEN_PID";
+pub use clusterfy_core::env::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID};

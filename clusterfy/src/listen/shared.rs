@@ -15,10 +15,10 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::socket_file::{self, SocketFile};
 
-use super::env::inherited_names;
 use super::handover::{self, Handover};
 use super::per_worker::{self, PerWorkerSockets};
 use super::{Balance, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ListenAddr, ListenOptions};
+use clusterfy_core::env::listen_fd_names;
 
 /// Connections a listener queues before one is accepted: enough to ride out a worker restart.
 const BACKLOG: i32 = 1024;
@@ -353,7 +353,7 @@ fn inherited_from_systemd() -> Result<Vec<SharedListener>> {
         return Ok(Vec::new());
     }
     let (fds, names) = (std::env::var(ENV_LISTEN_FDS).ok(), std::env::var(ENV_LISTEN_FDNAMES).ok());
-    let names = inherited_names(fds.as_deref(), names.as_deref())?;
+    let names = listen_fd_names(fds.as_deref(), names.as_deref())?;
     let mut listeners = Vec::with_capacity(names.len());
     for (at, name) in names.into_iter().enumerate() {
         let fd = FIRST_INHERITED_FD + at as i32;

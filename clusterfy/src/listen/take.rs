@@ -3,13 +3,12 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use clusterfy_core::transport::{FIRST_INHERITED_FD, WorkerEnv};
+use clusterfy_core::transport::FIRST_INHERITED_FD;
 use clusterfy_core::{Error, ErrorKind, Result, os};
 
-use super::env::inherited_names;
 use super::handover::HandedListener;
 use super::shared::local_address;
-use super::{Accepted, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ListenAddr};
+use super::{Accepted, ListenAddr};
 
 /// A shared listener as a worker gets it from [`Worker::listener`](crate::Worker::listener):
 /// a listening socket, or the connections the primary hands over. [`Listener::accept`] takes
@@ -70,30 +69,25 @@ fn not_a_socket() -> Error {
     )
 }
 
-/// Marks every inherited listener close-on-exec, so the worker's own children (a shell, a
-/// helper, a nested primary) do not inherit the cluster's sockets. `LISTEN_FDS` stays in the
-/// environment, which a process cannot change safely once it runs threads.
-pub(crate) fn keep_listeners_from_children(env: &WorkerEnv) {
-    // Malformed variables are reported when a listener is asked for; here there is nothing to mark.
-    let count = names_in(env).map_or(0, |names| names.len());
-    for fd in FIRST_INHERITED_FD..FIRST_INHERITED_FD + count as i32 {
+/// Marks every inherited listener (`names`, in descriptor order) close-on-exec, so the worker's
+/// own children (a shell, a helper, a nested primary) do not inherit the cluster's sockets.
+/// `LISTEN_FDS` stays in the environment, which a process cannot change safely once it runs
+/// threads.
+pub(crate) fn keep_listeners_from_children(names: &[String]) {
+    for fd in FIRST_INHERITED_FD..FIRST_INHERITED_FD + names.len() as i32 {
         os::keep_from_children(fd);
     }
 }
 
-fn names_in(env: &WorkerEnv) -> Result<Vec<String>> {
-    inherited_names(env.get(ENV_LISTEN_FDS), env.get(ENV_LISTEN_FDNAMES))
-}
-
-/// Takes the inherited listener `name` described in `env`. Must run inside a tokio runtime.
-pub(crate) fn take_listener(env: &WorkerEnv, name: &str) -> Result<Listener> {
+/// Takes the inherited listener `name`, one of `names` (in descriptor order). Must run inside a
+/// tokio runtime.
+pub(crate) fn take_listener(names: &[String], name: &str) -> Result<Listener> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::new(
             ErrorKind::InvalidState,
             "Worker::listener needs a tokio runtime: call it from async code running on one",
         ));
     }
-    let names = names_in(env)?;
     let Some(at) = names.iter().position(|n| n == name) else {
         let known = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
         return Err(Error::new(
@@ -140,22 +134,22 @@ fn into_tokio(socket: OwnedFd, name: &str) -> Result<Listener> {
 mod tests {
     use super::*;
 
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
     #[tokio::test]
     async fn an_unknown_name_is_refused_naming_the_inherited_listeners() {
-        let env = WorkerEnv::from_pairs([(ENV_LISTEN_FDS, "2"), (ENV_LISTEN_FDNAMES, "http:admin")]);
-        let err = take_listener(&env, "metrics").expect_err("no such listener");
+        let err = take_listener(&names(&["http", "admin"]), "metrics").expect_err("no such listener");
         assert_eq!(err.kind(), ErrorKind::NotFound);
         assert!(err.message().contains("http, admin"), "{err}");
-        let none = take_listener(&WorkerEnv::default(), "http").expect_err("no listeners at all");
+        let none = take_listener(&[], "http").expect_err("no listeners at all");
         assert!(none.message().contains("inherited: none"), "{none}");
-        let malformed = WorkerEnv::from_pairs([(ENV_LISTEN_FDS, "two")]);
-        assert_eq!(take_listener(&malformed, "http").expect_err("malformed").kind(), ErrorKind::Config);
     }
 
     #[test]
     fn outside_a_runtime_the_error_says_so() {
-        let env = WorkerEnv::from_pairs([(ENV_LISTEN_FDS, "1"), (ENV_LISTEN_FDNAMES, "http")]);
-        let err = take_listener(&env, "http").expect_err("no runtime");
+        let err = take_listener(&names(&["http"]), "http").expect_err("no runtime");
         assert!(err.message().contains("tokio runtime"), "{err}");
     }
 }

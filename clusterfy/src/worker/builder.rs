@@ -5,16 +5,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder};
-use clusterfy_core::env::{
-    ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID,
-};
+use clusterfy_core::codec::FrameDecoder;
+use clusterfy_core::env::{ENV_TOKEN, WorkerSettings};
 use clusterfy_core::protocol::{Hello, Message, PROTOCOL_VERSION};
 use clusterfy_core::session::check_welcome;
 use clusterfy_core::transport::Authentication;
-use clusterfy_core::{
-    Command, Error, ErrorKind, Result, Target, Transport, WorkerEnv, WorkerId, WorkerStatus,
-};
+use clusterfy_core::{Command, Error, ErrorKind, Result, Target, Transport, WorkerEnv, WorkerStatus};
 use futures::FutureExt;
 use tokio::sync::{broadcast, watch};
 
@@ -24,7 +20,7 @@ use super::{DEFAULT_WORKER_REQUEST_TIMEOUT, Worker, WorkerContext, WorkerInner};
 use crate::commands::CommandRegistry;
 use crate::events::{EVENT_BUFFER, WorkerRef};
 use crate::link::{Link, read_first, write_single};
-use crate::listen::{ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, keep_listeners_from_children};
+use crate::listen::keep_listeners_from_children;
 use crate::storage::{RemoteStorage, ReplicaRegistry};
 
 /// Builds a [`Worker`] and connects it.
@@ -120,36 +116,23 @@ impl WorkerBuilder {
             return Err(err);
         }
         let env = self.env.take().unwrap_or_else(WorkerEnv::from_process);
-        if let Some(parent) = env.get(ENV_PARENT_PID) {
-            let parent = parent.parse::<u32>().map_err(|_| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("{ENV_PARENT_PID} must be a process id, not {parent:?}"),
-                )
-            })?;
+        let settings = WorkerSettings::from_env(&env)?;
+        if let Some(parent) = settings.parent_pid {
             clusterfy_core::os::die_with_parent_now(parent)?;
         }
-        if env.get(ENV_NON_DUMPABLE) == Some("1") {
+        if settings.non_dumpable {
             // Before the channel is adopted: from here on no process of this user may take it.
             crate::hardening::mark_non_dumpable()?;
         }
-        let listeners = WorkerEnv::from_pairs(
-            [ENV_LISTEN_FDS, ENV_LISTEN_FDNAMES]
-                .into_iter()
-                .filter_map(|k| env.get(k).map(|v| (k, v.to_owned()))),
-        );
-        keep_listeners_from_children(&listeners);
-        let worker_id = parse_env::<u64>(&env, ENV_WORKER_ID).map(WorkerId)?;
-        let max_frame_len = match env.get(ENV_MAX_FRAME_LEN) {
-            Some(_) => parse_env::<usize>(&env, ENV_MAX_FRAME_LEN)?,
-            None => DEFAULT_MAX_FRAME_LEN,
-        };
+        keep_listeners_from_children(&settings.listeners);
+        let (worker_id, max_frame_len) = (settings.worker_id, settings.max_frame_len);
         let transport = match self.transport.take() {
             Some(t) => t,
-            None => transport_named(env.require(ENV_TRANSPORT)?)?,
+            None => transport_named(&settings.transport)?,
         };
-        let token = match transport.authentication() {
-            Authentication::Token => env.require(ENV_TOKEN)?.to_owned(),
+        let token = match (transport.authentication(), settings.token) {
+            (Authentication::Token, Some(token)) => token,
+            (Authentication::Token, None) => env.require(ENV_TOKEN).map(str::to_owned)?,
             // The channel is the proof: nobody else holds it.
             _ => String::new(),
         };
@@ -192,7 +175,7 @@ impl WorkerBuilder {
                     replicas: ReplicaRegistry::default(),
                 }),
                 request_timeout: self.request_timeout,
-                listeners,
+                listeners: settings.listeners,
                 announced_ready: std::sync::atomic::AtomicBool::new(false),
             }),
         };
@@ -203,13 +186,6 @@ impl WorkerBuilder {
         }
         Ok(worker)
     }
-}
-
-fn parse_env<T: std::str::FromStr>(env: &WorkerEnv, key: &str) -> Result<T> {
-    let raw = env.require(key)?;
-    raw.parse().map_err(|_| {
-        Error::new(ErrorKind::Config, format!("environment variable {key} has the malformed value {raw:?}"))
-    })
 }
 
 fn transport_named(name: &str) -> Result<Arc<dyn Transport>> {

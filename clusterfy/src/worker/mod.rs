@@ -11,7 +11,7 @@ use std::time::Duration;
 use clusterfy_core::codec::{from_payload, to_payload};
 use clusterfy_core::protocol::{CommandRequest, Destination, Notice, Reply, Request};
 use clusterfy_core::{
-    Command, Error, ErrorKind, Origin, Result, Target, WorkerEnv, WorkerId, WorkerSelector, WorkerStatus,
+    Command, Error, ErrorKind, Origin, Result, Target, WorkerId, WorkerSelector, WorkerStatus,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -85,8 +85,8 @@ struct WorkerInner {
     /// The storage side of the connection: watches and replicas.
     storage: Arc<RemoteStorage>,
     request_timeout: Duration,
-    /// `LISTEN_FDS` and `LISTEN_FDNAMES`: the shared listeners this process inherited.
-    listeners: WorkerEnv,
+    /// The names of the shared listeners this process inherited, in descriptor order.
+    listeners: Vec<String>,
     /// [`Worker::ready`] ran.
     announced_ready: std::sync::atomic::AtomicBool,
 }
