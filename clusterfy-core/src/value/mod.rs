@@ -30,6 +30,7 @@
 /// Serde glue for `Vec<u8>` as a byte string (postcard writes it exactly like a byte sequence,
 /// but in one copy instead of one call per byte).
 pub(crate) mod bytes_repr;
+mod canonical;
 mod de;
 mod display;
 mod error;
@@ -60,9 +61,10 @@ const MAX_PREALLOC: usize = 1024;
 /// [`UInt`](Value::UInt) only holds values greater than `i64::MAX` (see the [module docs](self)).
 ///
 /// The serde form is the derived, externally tagged one; it is the wire form used with postcard.
+/// Decoding gives the canonical form (a `UInt` up to `i64::MAX` comes back as `Int`).
 /// [`to_value`] and [`from_value`] recognise a `Value` and keep it as it is instead.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename = "$clusterfy::Value")]
+#[serde(rename = "$clusterfy::Value", from = "canonical::WireValue")]
 pub enum Value {
     /// No value: `()`, `None`, a unit struct.
     #[default]
@@ -82,9 +84,9 @@ pub enum Value {
     // postcard encodes both the same way.
     Bytes(#[serde(with = "bytes_repr")] Vec<u8>),
     /// An ordered list of values.
-    List(#[serde(deserialize_with = "nesting::list")] Vec<Value>),
+    List(Vec<Value>),
     /// A map with string keys, sorted by key.
-    Map(#[serde(deserialize_with = "nesting::map")] BTreeMap<String, Value>),
+    Map(BTreeMap<String, Value>),
 }
 
 /// Deepest nesting of lists and maps a decoded [`Value`] may have. Decoding is recursive, so
