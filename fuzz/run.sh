@@ -4,7 +4,9 @@
 #
 #   fuzz/run.sh [TARGET|all] [SECONDS] [RUNS]
 #
-# Each target runs for SECONDS (default 60), or until RUNS executions when RUNS is given. A crash,
+# Each target runs for SECONDS (default 60), or until RUNS executions when RUNS is given, built
+# with debug assertions and overflow checks (cargo-fuzz's default; -O would drop them). The
+# environment variable SEED fixes libFuzzer's seed (CI sets it). A crash,
 # a timeout (10 s for one input) or an RSS over 1 GiB stops the run and fails the script; the
 # input is kept in fuzz/artifacts/<target>/ (make it a regression test, see fuzz/README.md).
 set -euo pipefail
@@ -16,19 +18,20 @@ seconds="${2:-60}"
 runs="${3:-}"
 if [[ "$which" == all ]]; then targets=("${ALL[@]}"); else targets=("$which"); fi
 
-cargo +nightly fuzz build -O
+cargo +nightly fuzz build
 status=0
-printf '%-16s %14s %8s %10s %s\n' target executions corpus peak_rss result
+printf '%-16s %14s %8s %11s %s\n' target executions corpus peak_rss result
 for target in "${targets[@]}"; do
     mkdir -p "corpus/$target" "artifacts/$target"
     log="$(mktemp)"
     limit=(-max_total_time="$seconds")
-    [[ -n "$runs" ]] && limit=(-runs="$runs")
-    if cargo +nightly fuzz run -O "$target" "corpus/$target" -- "${limit[@]}" -rss_limit_mb=1024 \
+    if [[ -n "$runs" ]]; then limit=(-runs="$runs"); fi
+    if [[ -n "${SEED:-}" ]]; then limit+=(-seed="$SEED"); fi
+    if cargo +nightly fuzz run "$target" "corpus/$target" -- "${limit[@]}" -rss_limit_mb=1024 \
         -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
         result=ok
     else
-        result="FAILED (see fuzz/artifacts/$target/)"
+        result="FAILED (its output is above; a crashing input is in fuzz/artifacts/$target/)"
         status=1
         tail -40 "$log" >&2
     fi

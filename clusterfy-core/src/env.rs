@@ -69,8 +69,8 @@ pub fn listen_fd_names(fds: Option<&str>, names: Option<&str>) -> Result<Vec<Str
 pub struct WorkerSettings {
     /// [`ENV_WORKER_ID`].
     pub worker_id: WorkerId,
-    /// [`ENV_TRANSPORT`]: the transport's name.
-    pub transport: String,
+    /// [`ENV_TRANSPORT`]: the transport's name (not needed by a worker given its transport).
+    pub transport: Option<String>,
     /// [`ENV_TOKEN`], for transports that authenticate with one.
     pub token: Option<String>,
     /// [`ENV_MAX_FRAME_LEN`], or the default.
@@ -85,7 +85,8 @@ pub struct WorkerSettings {
 
 impl WorkerSettings {
     /// Reads and checks every setting in `env`: a missing or malformed one is a
-    /// [`ErrorKind::Config`] error naming the variable and its value.
+    /// [`ErrorKind::Config`] error naming the variable and its value, listeners included (a
+    /// worker with a malformed `LISTEN_FDS` fails to connect, whether or not it takes one).
     pub fn from_env(env: &WorkerEnv) -> Result<Self> {
         let max_frame_len = match env.get(ENV_MAX_FRAME_LEN) {
             Some(_) => parsed::<usize>(env, ENV_MAX_FRAME_LEN)?,
@@ -97,7 +98,7 @@ impl WorkerSettings {
         };
         Ok(WorkerSettings {
             worker_id: WorkerId(parsed::<u64>(env, ENV_WORKER_ID)?),
-            transport: env.require(ENV_TRANSPORT)?.to_owned(),
+            transport: env.get(ENV_TRANSPORT).map(str::to_owned),
             token: env.get(ENV_TOKEN).map(str::to_owned),
             max_frame_len,
             parent_pid,
@@ -144,7 +145,9 @@ mod tests {
         assert_eq!(settings.worker_id, WorkerId(7));
         assert_eq!((settings.parent_pid, settings.max_frame_len), (Some(42), DEFAULT_MAX_FRAME_LEN));
         assert_eq!(settings.listeners, ["http"]);
-        for (key, bad) in [(ENV_WORKER_ID, "seven"), (ENV_MAX_FRAME_LEN, "-1"), (ENV_PARENT_PID, "x")] {
+        let bad_values =
+            [(ENV_WORKER_ID, "seven"), (ENV_MAX_FRAME_LEN, "-1"), (ENV_PARENT_PID, "x"), (ENV_LISTEN_FDS, "two")];
+        for (key, bad) in bad_values {
             let mut env = env.clone();
             env.set(key, bad);
             let err = WorkerSettings::from_env(&env).expect_err(key);

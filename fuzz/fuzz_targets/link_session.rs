@@ -187,4 +187,9 @@ fuzz_target!(|ops: Vec<Op>| {
         assert_eq!(driver.link.answering(), answering);
         assert_eq!(driver.link.reading_paused(), answering >= MAX_ANSWERING);
     }
+    // However it went, once closed every waiter came back (or was abandoned), exactly once.
+    for waiter in driver.link.close() {
+        driver.hand_back(waiter);
+    }
+    assert_eq!(driver.handed_back.len(), driver.next_waiter as usize, "a waiter was never handed back");
 });

@@ -62,7 +62,8 @@ const MAX_PREALLOC: usize = 1024;
 ///
 /// The serde form is the derived, externally tagged one; it is the wire form used with postcard.
 /// Decoding gives the canonical form (a `UInt` up to `i64::MAX` comes back as `Int`).
-/// [`to_value`] and [`from_value`] recognise a `Value` and keep it as it is instead.
+/// [`to_value`] and [`from_value`] recognise a `Value` and keep it as it is (in canonical form)
+/// instead of converting it.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename = "$clusterfy::Value", from = "canonical::WireValue")]
 pub enum Value {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clusterfy_core::codec::FrameDecoder;
-use clusterfy_core::env::{ENV_TOKEN, WorkerSettings};
+use clusterfy_core::env::{ENV_TOKEN, ENV_TRANSPORT, WorkerSettings};
 use clusterfy_core::protocol::{Hello, Message, PROTOCOL_VERSION};
 use clusterfy_core::session::check_welcome;
 use clusterfy_core::transport::Authentication;
@@ -128,7 +128,10 @@ impl WorkerBuilder {
         let (worker_id, max_frame_len) = (settings.worker_id, settings.max_frame_len);
         let transport = match self.transport.take() {
             Some(t) => t,
-            None => transport_named(&settings.transport)?,
+            None => match &settings.transport {
+                Some(name) => transport_named(name)?,
+                None => transport_named(env.require(ENV_TRANSPORT)?)?,
+            },
         };
         let token = match (transport.authentication(), settings.token) {
             (Authentication::Token, Some(token)) => token,
