@@ -145,8 +145,12 @@ mod tests {
         assert_eq!(settings.worker_id, WorkerId(7));
         assert_eq!((settings.parent_pid, settings.max_frame_len), (Some(42), DEFAULT_MAX_FRAME_LEN));
         assert_eq!(settings.listeners, ["http"]);
-        let bad_values =
-            [(ENV_WORKER_ID, "seven"), (ENV_MAX_FRAME_LEN, "-1"), (ENV_PARENT_PID, "x"), (ENV_LISTEN_FDS, "two")];
+        let bad_values = [
+            (ENV_WORKER_ID, "seven"),
+            (ENV_MAX_FRAME_LEN, "-1"),
+            (ENV_PARENT_PID, "x"),
+            (ENV_LISTEN_FDS, "two"),
+        ];
         for (key, bad) in bad_values {
             let mut env = env.clone();
             env.set(key, bad);
