@@ -39,6 +39,10 @@ pub enum Target {
 ///   reject other names when the handler is registered (checked by [`validate_user_command_name`]).
 /// - `TARGET` says which side registers the handler; registering it on the other side is refused.
 ///
+/// Programs on the `clusterfy` crate write it as `#[derive(Command)]` with
+/// `#[command(name = "get_timestamp", target = worker, reply = u64)]`, which also checks the
+/// name while compiling. By hand:
+///
 /// ```
 /// use clusterfy_core::{Command, Target};
 /// use serde::{Deserialize, Serialize};
@@ -62,35 +66,70 @@ pub trait Command: Serialize + DeserializeOwned + Send + 'static {
     type Reply: Serialize + DeserializeOwned + Send + 'static;
 }
 
+/// What is wrong with a command name, if anything: the one statement of the naming rule, as a
+/// `const fn` so `#[derive(Command)]` can check a name while the program compiles.
+///
+/// `reserved_ok` admits the [`RESERVED_PREFIX`] (Clusterfy's built-ins); user commands pass
+/// `false`.
+pub const fn command_name_problem(name: &str, reserved_ok: bool) -> Option<&'static str> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() {
+        return Some("a command name must not be empty");
+    }
+    if bytes.len() > MAX_COMMAND_NAME_LEN {
+        return Some("a command name must be at most 128 bytes");
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')) {
+            return Some("a command name may only contain ASCII letters, digits, '_', '-', '.' and ':'");
+        }
+        i += 1;
+    }
+    if !reserved_ok && is_reserved(bytes) {
+        return Some(
+            "names starting with \"cy_\" are reserved for Clusterfy's built-in commands; rename the command",
+        );
+    }
+    None
+}
+
+const fn is_reserved(name: &[u8]) -> bool {
+    let prefix = RESERVED_PREFIX.as_bytes();
+    if name.len() < prefix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if name[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Checks the syntax of a command name, reserved names included (for built-ins).
 pub fn validate_command_name(name: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Error::new(ErrorKind::InvalidInput, why.to_owned())
-            .with_context("command", format!("{:?}", crate::error::excerpt(name)))
-    };
-    if name.is_empty() {
-        return Err(bad("a command name must not be empty"));
-    }
-    if name.len() > MAX_COMMAND_NAME_LEN {
-        return Err(bad("a command name must be at most 128 bytes"));
-    }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')) {
-        return Err(bad("a command name may only contain ASCII letters, digits, '_', '-', '.' and ':'"));
-    }
-    Ok(())
+    check(name, true)
 }
 
 /// Checks a user command name: valid syntax and not in the reserved `cy_` namespace.
 pub fn validate_user_command_name(name: &str) -> Result<()> {
-    validate_command_name(name)?;
-    if name.starts_with(RESERVED_PREFIX) {
-        return Err(Error::new(
-            ErrorKind::AlreadyExists,
-            "names starting with \"cy_\" are reserved for Clusterfy's built-in commands; rename the command",
-        )
-        .with_context("command", name));
+    check(name, false)
+}
+
+fn check(name: &str, reserved_ok: bool) -> Result<()> {
+    let Some(why) = command_name_problem(name, reserved_ok) else {
+        return Ok(());
+    };
+    if command_name_problem(name, true).is_none() {
+        // Well formed, only reserved: the name is taken, not malformed.
+        return Err(Error::new(ErrorKind::AlreadyExists, why).with_context("command", name));
     }
-    Ok(())
+    Err(Error::new(ErrorKind::InvalidInput, why)
+        .with_context("command", format!("{:?}", crate::error::excerpt(name))))
 }
 
 #[cfg(test)]

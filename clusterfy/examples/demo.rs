@@ -8,65 +8,38 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clusterfy::transport::{StdioTransport, UdsTransport};
-use clusterfy::{
-    Command, Event, Primary, Result, Role, Target, Worker, WorkerOptions, WorkerStatus, role, value,
-};
+use clusterfy::{Command, Event, Primary, Result, Role, Worker, WorkerOptions, WorkerStatus, role, value};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 /// Asks a worker for its clock.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Command)]
+#[command(name = "get_timestamp", target = worker, reply = u128)]
 struct GetTimestamp;
 
-impl Command for GetTimestamp {
-    const NAME: &'static str = "get_timestamp";
-    const TARGET: Target = Target::Worker;
-    type Reply = u128;
-}
-
 /// Asks a worker to get the timestamp of another worker (worker -> worker, through the primary).
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Command)]
+#[command(name = "ask_timestamp_of", target = worker, reply = u128)]
 struct AskTimestampOf {
     other: String,
 }
 
-impl Command for AskTimestampOf {
-    const NAME: &'static str = "ask_timestamp_of";
-    const TARGET: Target = Target::Worker;
-    type Reply = u128;
-}
-
 /// Asks a worker to save a greeting to `test` and read it back.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Command)]
+#[command(name = "save_greeting", target = worker, reply = Option<String>)]
 struct SaveGreeting {
     text: String,
 }
 
-impl Command for SaveGreeting {
-    const NAME: &'static str = "save_greeting";
-    const TARGET: Target = Target::Worker;
-    type Reply = Option<String>;
-}
-
 /// Asks a worker to read `test`.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Command)]
+#[command(name = "read_greeting", target = worker, reply = Option<String>)]
 struct ReadGreeting;
 
-impl Command for ReadGreeting {
-    const NAME: &'static str = "read_greeting";
-    const TARGET: Target = Target::Worker;
-    type Reply = Option<String>;
-}
-
 /// Makes a worker crash, to show revival.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Command)]
+#[command(name = "crash", target = worker, reply = ())]
 struct Crash;
-
-impl Command for Crash {
-    const NAME: &'static str = "crash";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
 
 fn now_millis() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())

@@ -4,19 +4,14 @@
 
 use std::time::Duration;
 
-use clusterfy::{Command, Primary, Result, Role, Target, Worker, WorkerOptions, role, value};
+use clusterfy::{Command, Primary, Result, Role, Worker, WorkerOptions, role, value};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Asks a worker to count.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Command)]
+#[command(name = "tick", target = worker, reply = u64)]
 struct Tick;
-
-impl Command for Tick {
-    const NAME: &'static str = "tick";
-    const TARGET: Target = Target::Worker;
-    type Reply = u64;
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {

@@ -8,19 +8,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clusterfy::storage::SledStorage;
-use clusterfy::{Command, Primary, Result, Role, Target, Worker, WorkerOptions, role, value};
+use clusterfy::{Command, Primary, Result, Role, Worker, WorkerOptions, role, value};
 use serde::{Deserialize, Serialize};
 
 /// Asks a worker to add one to the counter `times` times; answers the last value it wrote.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Command)]
+#[command(name = "count_up", target = worker, reply = i64)]
 struct CountUp {
     times: u32,
-}
-
-impl Command for CountUp {
-    const NAME: &'static str = "count_up";
-    const TARGET: Target = Target::Worker;
-    type Reply = i64;
 }
 
 const WORKERS: [&str; 3] = ["Paul", "Sarah", "John"];

@@ -26,6 +26,9 @@ pub use clusterfy_core::{
     Command, Error, ErrorKind, Origin, Path, Result, Target, Value, WorkerId, WorkerSelector, WorkerStatus,
     from_value, to_value, value,
 };
+/// `#[derive(Command)]`: `#[command(name = "...", target = worker, reply = Type)]` (see
+/// [`clusterfy_derive`](https://docs.rs/clusterfy-derive) for the keys).
+pub use clusterfy_derive::Command;
 pub use commands::BroadcastReply;
 pub use events::{Event, EventStream, ExitReason, GiveUpCause, WorkerRef};
 pub use listen::{
@@ -44,6 +47,12 @@ pub use worker::{
     DEFAULT_WORKER_REQUEST_TIMEOUT, SHUTDOWN_HOOKS_TIMEOUT, ShutdownReason, Worker, WorkerBuilder,
     WorkerContext, WorkerEvent,
 };
+
+/// What `#[derive(Command)]` expands to refers to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use clusterfy_core::command::command_name_problem;
+}
 
 /// The contracts, for writing your own transport or storage backend.
 pub use clusterfy_core as core;

@@ -9,7 +9,7 @@ use std::fmt;
 
 pub mod remote_kv;
 
-use clusterfy::{Command, Target, Value, WorkerSelector, WorkerStatus};
+use clusterfy::{Command, Value, WorkerSelector, WorkerStatus};
 use serde::{Deserialize, Serialize};
 
 /// Path of a file the worker's shutdown hook writes `"<name> ran its shutdown hook: <why>"` to,
@@ -195,16 +195,11 @@ impl fmt::Display for Scenario {
 }
 
 /// Answers with its text.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.echo", target = worker, reply = String)]
 pub struct Echo {
     /// What to send back.
     pub text: String,
-}
-
-impl Command for Echo {
-    const NAME: &'static str = "test.echo";
-    const TARGET: Target = Target::Worker;
-    type Reply = String;
 }
 
 /// Who a worker is, as it sees itself.
@@ -221,17 +216,13 @@ pub struct Identity {
 }
 
 /// Answers with the worker's [`Identity`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.who_am_i", target = worker, reply = Identity)]
 pub struct WhoAmI;
 
-impl Command for WhoAmI {
-    const NAME: &'static str = "test.who_am_i";
-    const TARGET: Target = Target::Worker;
-    type Reply = Identity;
-}
-
 /// As [`WhoAmI`], but the worker named `slow` first waits `ms` milliseconds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.slow_who_am_i", target = worker, reply = Identity)]
 pub struct SlowWhoAmI {
     /// The worker that answers late.
     pub slow: String,
@@ -239,133 +230,83 @@ pub struct SlowWhoAmI {
     pub ms: u64,
 }
 
-impl Command for SlowWhoAmI {
-    const NAME: &'static str = "test.slow_who_am_i";
-    const TARGET: Target = Target::Worker;
-    type Reply = Identity;
-}
-
 /// Turns Processing, sleeps `ms` milliseconds, turns Idle (which exits the worker if a shutdown
 /// request arrived meanwhile), then answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.sleep", target = worker, reply = ())]
 pub struct Sleep {
     /// How long to be busy.
     pub ms: u64,
 }
 
-impl Command for Sleep {
-    const NAME: &'static str = "test.sleep";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// Exits the worker process at once with `code`; never answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.exit_with", target = worker, reply = ())]
 pub struct ExitWith {
     /// The exit code.
     pub code: i32,
 }
 
-impl Command for ExitWith {
-    const NAME: &'static str = "test.exit_with";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// Ends the worker with `Worker::exit(code)`: shutdown hooks, a last Stopping status to the
 /// primary, then the process exits; never answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.exit_gracefully", target = worker, reply = ())]
 pub struct ExitGracefully {
     /// The exit code.
     pub code: i32,
 }
 
-impl Command for ExitGracefully {
-    const NAME: &'static str = "test.exit_gracefully";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// Changes the worker's status with `Worker::set_status`; answers with the status afterwards.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.set_status", target = worker, reply = WorkerStatus)]
 pub struct SetStatus {
     /// The status to set.
     pub status: WorkerStatus,
 }
 
-impl Command for SetStatus {
-    const NAME: &'static str = "test.set_status";
-    const TARGET: Target = Target::Worker;
-    type Reply = WorkerStatus;
-}
-
 /// Switches Processing / Idle `times` times each, as fast as possible (many status events).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.flap_status", target = worker, reply = ())]
 pub struct FlapStatus {
     /// How many Processing -> Idle rounds.
     pub times: u32,
 }
 
-impl Command for FlapStatus {
-    const NAME: &'static str = "test.flap_status";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// Turns Processing and answers; the worker stays busy until the primary asks it to shut down
 /// (`Worker::shutdown_requested`), works `finish_ms` milliseconds more, then turns Idle; the
 /// process ends only after that work.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.work_until_shutdown", target = worker, reply = ())]
 pub struct WorkUntilShutdown {
     /// Time from the shutdown request to the end of the work.
     pub finish_ms: u64,
 }
 
-impl Command for WorkUntilShutdown {
-    const NAME: &'static str = "test.work_until_shutdown";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// Asks another worker, through the primary, for its [`Identity`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.ask_who_am_i", target = worker, reply = Identity)]
 pub struct AskWhoAmI {
     /// The worker to ask.
     pub target: WorkerSelector,
 }
 
-impl Command for AskWhoAmI {
-    const NAME: &'static str = "test.ask_who_am_i";
-    const TARGET: Target = Target::Worker;
-    type Reply = Identity;
-}
-
 /// Broadcasts [`WhoAmI`] from this worker to every worker; answers with each worker's name and
 /// identity or error text, in the order the broadcast returned them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.broadcast_who_am_i", target = worker, reply = Vec<(String, Result<Identity, String>)>)]
 pub struct BroadcastWhoAmI;
 
-impl Command for BroadcastWhoAmI {
-    const NAME: &'static str = "test.broadcast_who_am_i";
-    const TARGET: Target = Target::Worker;
-    type Reply = Vec<(String, Result<Identity, String>)>;
-}
-
 /// Runs [`PrimaryEcho`] on the primary and answers with its reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.call_primary", target = worker, reply = String)]
 pub struct CallPrimary {
     /// The text to pass on.
     pub text: String,
 }
 
-impl Command for CallPrimary {
-    const NAME: &'static str = "test.call_primary";
-    const TARGET: Target = Target::Worker;
-    type Reply = String;
-}
-
 /// Saves `value` at `path` from the worker (`save`, or `save_with_parents` if `create_parents`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.save_at", target = worker, reply = ())]
 pub struct SaveAt {
     /// Dotted path.
     pub path: String,
@@ -375,28 +316,18 @@ pub struct SaveAt {
     pub create_parents: bool,
 }
 
-impl Command for SaveAt {
-    const NAME: &'static str = "test.save_at";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// Reads the value or subtree at `path` from the worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.read_at", target = worker, reply = Option<Value>)]
 pub struct ReadAt {
     /// Dotted path.
     pub path: String,
 }
 
-impl Command for ReadAt {
-    const NAME: &'static str = "test.read_at";
-    const TARGET: Target = Target::Worker;
-    type Reply = Option<Value>;
-}
-
 /// Saves `acks.<worker name>.k<n>` = n for n = 0, 1, ... `count - 1`, one after the other,
 /// printing an [`ACK_LINE_PREFIX`] line on stdout after each acknowledgement if `announce`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.write_sequence", target = worker, reply = u64)]
 pub struct WriteSequence {
     /// How many writes.
     pub count: u64,
@@ -404,15 +335,10 @@ pub struct WriteSequence {
     pub announce: bool,
 }
 
-impl Command for WriteSequence {
-    const NAME: &'static str = "test.write_sequence";
-    const TARGET: Target = Target::Worker;
-    type Reply = u64;
-}
-
 /// Runs one key-value operation through the worker's remote view of the storage, below `root`
 /// (see [`remote_kv`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.run_kv", target = worker, reply = remote_kv::KvReply)]
 pub struct RunKv {
     /// Dotted path of the map that holds the keys.
     pub root: String,
@@ -420,37 +346,22 @@ pub struct RunKv {
     pub op: remote_kv::KvOp,
 }
 
-impl Command for RunKv {
-    const NAME: &'static str = "test.run_kv";
-    const TARGET: Target = Target::Worker;
-    type Reply = remote_kv::KvReply;
-}
-
 /// Makes the worker watch `path`; answers once the primary registered the watch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.start_watch", target = worker, reply = ())]
 pub struct StartWatch {
     /// Dotted path.
     pub path: String,
 }
 
-impl Command for StartWatch {
-    const NAME: &'static str = "test.start_watch";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// Answers the next change the worker's watch (from [`StartWatch`]) reported, as a dotted path.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.next_change", target = worker, reply = String)]
 pub struct NextChange;
 
-impl Command for NextChange {
-    const NAME: &'static str = "test.next_change";
-    const TARGET: Target = Target::Worker;
-    type Reply = String;
-}
-
 /// Compare-and-swap from the worker; answers `Err(current)` when it lost.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.compare_and_swap_at", target = worker, reply = Result<(), Option<Value>>)]
 pub struct CompareAndSwapAt {
     /// Dotted path.
     pub path: String,
@@ -460,15 +371,10 @@ pub struct CompareAndSwapAt {
     pub new: Option<Value>,
 }
 
-impl Command for CompareAndSwapAt {
-    const NAME: &'static str = "test.compare_and_swap_at";
-    const TARGET: Target = Target::Worker;
-    type Reply = Result<(), Option<Value>>;
-}
-
 /// Adds one to the integer at `path` (missing counts as 0) `times` times, each with
 /// `Storage::update`; answers with the last value written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.increment_many", target = worker, reply = i64)]
 pub struct IncrementMany {
     /// Dotted path of the counter.
     pub path: String,
@@ -476,15 +382,10 @@ pub struct IncrementMany {
     pub times: u32,
 }
 
-impl Command for IncrementMany {
-    const NAME: &'static str = "test.increment_many";
-    const TARGET: Target = Target::Worker;
-    type Reply = i64;
-}
-
 /// Adds one to the integer at `path` `times` times with `Storage::increment`, `in_flight` at a
 /// time; answers with every value its increments made, in no particular order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.increment_hot", target = worker, reply = Vec<i64>)]
 pub struct IncrementHot {
     /// Dotted path of the counter.
     pub path: String,
@@ -492,12 +393,6 @@ pub struct IncrementHot {
     pub times: u32,
     /// How many are in flight at once.
     pub in_flight: usize,
-}
-
-impl Command for IncrementHot {
-    const NAME: &'static str = "test.increment_hot";
-    const TARGET: Target = Target::Worker;
-    type Reply = Vec<i64>;
 }
 
 /// One atomic operation of the shared storage, run by a worker with its `Storage` handle.
@@ -522,14 +417,9 @@ pub enum AtomicOp {
 }
 
 /// Runs an [`AtomicOp`] on the worker; answers with what the operation returned, as a `Value`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.run_atomic", target = worker, reply = Value)]
 pub struct RunAtomic(pub AtomicOp);
-
-impl Command for RunAtomic {
-    const NAME: &'static str = "test.run_atomic";
-    const TARGET: Target = Target::Worker;
-    type Reply = Value;
-}
 
 /// A storage operation of the tests' own, registered on every test primary: keeps the `keep`
 /// largest numbers seen at its path, largest first, and answers whether `n` made it.
@@ -558,21 +448,17 @@ impl clusterfy::storage::Operation for TopScores {
 
 /// Starts the worker's replica of the branch at `path`, kept until the worker ends (one at a
 /// time: a second replaces the first).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.start_replica", target = worker, reply = ())]
 pub struct StartReplica {
     /// The branch.
     pub path: String,
 }
 
-impl Command for StartReplica {
-    const NAME: &'static str = "test.start_replica";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// Reads `path` from the worker's replica; with `until`, waits (for up to 10 s of changes) until
 /// it shows that value. Answers with what it shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.replica_get", target = worker, reply = Option<Value>)]
 pub struct ReplicaGet {
     /// The dotted path.
     pub path: String,
@@ -580,15 +466,10 @@ pub struct ReplicaGet {
     pub until: Option<Value>,
 }
 
-impl Command for ReplicaGet {
-    const NAME: &'static str = "test.replica_get";
-    const TARGET: Target = Target::Worker;
-    type Reply = Option<Value>;
-}
-
 /// Saves `value` at `path` through the worker's storage, then reads `path` from its replica at
 /// once (no waiting); answers with what the replica showed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.save_then_read_replica", target = worker, reply = Option<Value>)]
 pub struct SaveThenReadReplica {
     /// The dotted path.
     pub path: String,
@@ -596,45 +477,24 @@ pub struct SaveThenReadReplica {
     pub value: Value,
 }
 
-impl Command for SaveThenReadReplica {
-    const NAME: &'static str = "test.save_then_read_replica";
-    const TARGET: Target = Target::Worker;
-    type Reply = Option<Value>;
-}
-
 /// Never registered by `test-worker`: sending it must fail with an unknown-command error.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.unregistered", target = worker, reply = ())]
 pub struct Unregistered;
 
-impl Command for Unregistered {
-    const NAME: &'static str = "test.unregistered";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// Targets the primary: the tests register a handler that answers with the text and who sent it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.primary_echo", target = primary, reply = String)]
 pub struct PrimaryEcho {
     /// The text.
     pub text: String,
 }
 
-impl Command for PrimaryEcho {
-    const NAME: &'static str = "test.primary_echo";
-    const TARGET: Target = Target::Primary;
-    type Reply = String;
-}
-
 /// Targets the primary: a one-way report from a worker (for example `"sigterm"` when the
 /// `ignore-shutdown` scenario traps one).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.note", target = primary, reply = ())]
 pub struct Note {
     /// What happened.
     pub text: String,
-}
-
-impl Command for Note {
-    const NAME: &'static str = "test.note";
-    const TARGET: Target = Target::Primary;
-    type Reply = ();
 }

@@ -113,6 +113,8 @@ async fn forking_a_second_worker_with_a_name_in_use_fails_with_already_exists() 
     shut_down_cleanly(&primary).await;
 }
 
+// Written by hand: `#[derive(Command)]` refuses a reserved name at compile time, and these
+// check that registering one is refused at run time too.
 #[derive(Serialize, Deserialize)]
 struct ReservedOnPrimary;
 

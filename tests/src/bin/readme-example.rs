@@ -3,18 +3,13 @@
 
 use std::time::Duration;
 
-use clusterfy::{Command, Primary, Role, Target, Worker, WorkerOptions, role, value};
+use clusterfy::{Command, Primary, Role, Worker, WorkerOptions, role, value};
 use serde::{Deserialize, Serialize};
 
 /// A command: typed arguments, a stable wire name, a reply type and where it runs.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Command)]
+#[command(name = "get_timestamp", target = worker, reply = u64)]
 struct GetTimestamp;
-
-impl Command for GetTimestamp {
-    const NAME: &'static str = "get_timestamp";
-    const TARGET: Target = Target::Worker;
-    type Reply = u64;
-}
 
 #[tokio::main]
 async fn main() -> clusterfy::Result<()> {

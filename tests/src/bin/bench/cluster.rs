@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clusterfy::storage::{RedisMirror, SledStorage};
 use clusterfy::transport::StdioTransport;
 use clusterfy::{
-    Command, Error, ErrorKind, Primary, PrimaryBuilder, Target, Worker, WorkerContext, WorkerOptions, value,
+    Command, Error, ErrorKind, Primary, PrimaryBuilder, Worker, WorkerContext, WorkerOptions, value,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -70,49 +70,29 @@ pub(crate) const HOT_IN_FLIGHT: usize = 32;
 const STALE_PATH: &str = "bench.stale";
 
 /// Ends a running [`Workload::SaveDistinctUntilStopped`] on this worker.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(name = "bench_stop_writing", target = worker, reply = ())]
 pub(crate) struct StopWriting;
-
-impl Command for StopWriting {
-    const NAME: &'static str = "bench_stop_writing";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
 
 /// Starts a replica of [`STALE_PATH`] on this worker and records, for each of the next `count`
 /// values written there, when the replica first showed it; answers once it watches.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(name = "bench_watch_staleness", target = worker, reply = ())]
 pub(crate) struct WatchStaleness {
     pub(crate) count: u64,
 }
 
-impl Command for WatchStaleness {
-    const NAME: &'static str = "bench_watch_staleness";
-    const TARGET: Target = Target::Worker;
-    type Reply = ();
-}
-
 /// The times [`WatchStaleness`] recorded: `(value, monotonic nanoseconds)`, once all arrived.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(name = "bench_staleness_seen", target = worker, reply = Vec<(u64, u64)>)]
 pub(crate) struct StalenessSeen;
-
-impl Command for StalenessSeen {
-    const NAME: &'static str = "bench_staleness_seen";
-    const TARGET: Target = Target::Worker;
-    type Reply = Vec<(u64, u64)>;
-}
 
 /// Saves `1..=count` at [`STALE_PATH`] one after the other; answers `(value, monotonic
 /// nanoseconds of its acknowledgement)` for each.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(name = "bench_save_sequence", target = worker, reply = Vec<(u64, u64)>)]
 pub(crate) struct SaveSequence {
     pub(crate) count: u64,
-}
-
-impl Command for SaveSequence {
-    const NAME: &'static str = "bench_save_sequence";
-    const TARGET: Target = Target::Worker;
-    type Reply = Vec<(u64, u64)>;
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine.
@@ -134,39 +114,24 @@ static STALENESS: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Seen>>>
     std::sync::Mutex::new(None);
 
 /// Asks the measuring worker to run one measurement and answer with its figures.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(name = "bench_measure", target = worker, reply = Figures)]
 pub(crate) struct Measure {
     pub(crate) workload: Workload,
     pub(crate) warmup: u32,
     pub(crate) iterations: u32,
 }
 
-impl Command for Measure {
-    const NAME: &'static str = "bench_measure";
-    const TARGET: Target = Target::Worker;
-    type Reply = Figures;
-}
-
 /// The trivial worker -> worker command: answers its payload.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(name = "bench_echo", target = worker, reply = String)]
 struct Echo(String);
-
-impl Command for Echo {
-    const NAME: &'static str = "bench_echo";
-    const TARGET: Target = Target::Worker;
-    type Reply = String;
-}
 
 /// Sent by the measuring worker to the primary of a Redis-mirrored cluster: answers once Redis
 /// has every write that returned before the command arrived ([`RedisMirror::wait_mirrored`]).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(name = "bench_wait_mirrored", target = primary, reply = ())]
 pub(crate) struct WaitMirrored;
-
-impl Command for WaitMirrored {
-    const NAME: &'static str = "bench_wait_mirrored";
-    const TARGET: Target = Target::Primary;
-    type Reply = ();
-}
 
 /// The number in the next distinct path this worker saves to (paths are never reused within a
 /// cluster: each cluster has its own workers).
