@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Signal;
 use clusterfy_core::{Error, Origin, StorageNotice, WorkerId, WorkerStatus};
 use futures::Stream;
 use tokio::sync::broadcast;
@@ -33,8 +34,8 @@ impl fmt::Display for WorkerRef {
 pub enum ExitReason {
     /// It exited with this code.
     Code(i32),
-    /// A signal ended it (for example 9 for SIGKILL).
-    Signal(i32),
+    /// A signal ended it ([`Signal::KILL`], say).
+    Signal(Signal),
 }
 
 impl ExitReason {
@@ -47,7 +48,7 @@ impl ExitReason {
         use std::os::unix::process::ExitStatusExt;
         match (status.code(), status.signal()) {
             (Some(code), _) => ExitReason::Code(code),
-            (None, Some(signal)) => ExitReason::Signal(signal),
+            (None, Some(signal)) => ExitReason::Signal(Signal::from_raw(signal)),
             // Neither code nor signal only happens for stopped/continued states, which `wait` does
             // not report; treat it as a crash rather than inventing success.
             (None, None) => ExitReason::Code(-1),
@@ -59,7 +60,7 @@ impl fmt::Display for ExitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ExitReason::Code(code) => write!(f, "exit code {code}"),
-            ExitReason::Signal(signal) => write!(f, "signal {signal}"),
+            ExitReason::Signal(signal) => write!(f, "{signal}"),
         }
     }
 }

@@ -17,6 +17,7 @@ mod link;
 mod listen;
 mod metrics;
 mod primary;
+mod signal;
 mod socket_file;
 pub mod storage;
 mod worker;
@@ -35,7 +36,6 @@ pub use listen::{
     Accepted, Balance, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, HandedListener, ListenAddr,
     ListenOptions, Listener,
 };
-pub use nix::sys::signal::Signal;
 pub use primary::{
     DEFAULT_HEARTBEAT, DEFAULT_KILL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, LOG_RING_BYTES, LOG_RING_LINES, LogLine,
@@ -43,6 +43,7 @@ pub use primary::{
     ReloadOptions, RestartPolicy, Scaled, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions,
     WorkerState,
 };
+pub use signal::Signal;
 pub use worker::{
     DEFAULT_WORKER_REQUEST_TIMEOUT, SHUTDOWN_HOOKS_TIMEOUT, ShutdownReason, Worker, WorkerBuilder,
     WorkerContext, WorkerEvent,

@@ -304,7 +304,7 @@ async fn the_stop_ladder_asks_then_signals_then_kills() {
     let polite = primary.shutdown_worker("polite", grace).await.expect("polite");
     assert_eq!(polite, ShutdownOutcome::Exited(ExitReason::Code(0)));
     let deaf = primary.shutdown_worker("deaf", grace).await.expect("deaf");
-    assert_eq!(deaf, ShutdownOutcome::Terminated(ExitReason::Signal(Signal::SIGTERM as i32)));
+    assert_eq!(deaf, ShutdownOutcome::Terminated(ExitReason::Signal(clusterfy::Signal::TERM)));
     let stubborn = primary.shutdown_worker("stubborn", grace).await.expect("stubborn");
     assert_eq!(stubborn, ShutdownOutcome::Killed);
     // It trapped the stop signal (and told us) before SIGKILL came.
@@ -415,7 +415,10 @@ async fn a_hung_worker_is_found_by_its_heartbeat_and_revived() {
     let Event::Unresponsive { waited, .. } = found else { unreachable!() };
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
     let exit = next_event_matching(&mut events, WAIT, "Exit", |e| matches!(e, Event::Exit { .. })).await;
-    assert!(matches!(exit, Event::Exit { reason: ExitReason::Signal(9), .. }), "{exit:?}");
+    assert!(
+        matches!(exit, Event::Exit { reason: ExitReason::Signal(clusterfy::Signal::KILL), .. }),
+        "{exit:?}"
+    );
     next_event_matching(&mut events, WAIT, "Revived", |e| matches!(e, Event::Revived { .. })).await;
     primary.shutdown(Duration::from_millis(200)).await.expect("shutdown");
 }

@@ -159,7 +159,10 @@ async fn request_to_a_worker_that_dies_midway_fails_promptly_with_worker_exited(
         matches!(e, Event::Exit { .. }) && is_about(e, "doomed")
     })
     .await;
-    assert!(matches!(exit, Event::Exit { reason: clusterfy::ExitReason::Signal(9), .. }), "{exit:?}");
+    assert!(
+        matches!(exit, Event::Exit { reason: clusterfy::ExitReason::Signal(clusterfy::Signal::KILL), .. }),
+        "{exit:?}"
+    );
 }
 
 common::over_transports!(

@@ -200,7 +200,7 @@ async fn a_worker_ignoring_shutdown_and_trapping_sigterm_is_killed_with_sigkill_
     assert!(started.elapsed() >= Duration::from_millis(500), "it had the whole timeout to exit");
     let exit = next_event_matching(&mut events, WAIT, "stubborn's exit", |e| is_exit_of(e, "stubborn")).await;
     assert!(
-        matches!(exit, Event::Exit { reason: ExitReason::Signal(9), .. }),
+        matches!(exit, Event::Exit { reason: ExitReason::Signal(clusterfy::Signal::KILL), .. }),
         "killed with SIGKILL: {exit:?}"
     );
     assert_eq!(info(&primary, "stubborn").state, WorkerState::Stopped, "a shut-down worker is not revived");
@@ -250,7 +250,7 @@ async fn a_worker_killed_with_sigkill_is_revived() {
     let seen = events_until(&mut events, WAIT, "victim ready again", ready_after_revival("victim")).await;
     assert!(
         seen.iter()
-            .any(|e| matches!(e, Event::Exit { reason: ExitReason::Signal(9), .. } if is_about(e, "victim"))),
+            .any(|e| matches!(e, Event::Exit { reason: ExitReason::Signal(clusterfy::Signal::KILL), .. } if is_about(e, "victim"))),
         "{seen:#?}"
     );
     assert!(

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use clusterfy_core::codec::DEFAULT_MAX_FRAME_LEN;
 use clusterfy_core::{Command, Error, ErrorKind, Result, StorageBackend, Target, Transport, Value};
-use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, watch};
 
 use super::directory::Directory;
 use super::usage::{self, DEFAULT_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
 use super::{DEFAULT_KILL_TIMEOUT, Primary, PrimaryContext, PrimaryInner, signals, watchers};
+use crate::Signal;
 use crate::commands::CommandRegistry;
 use crate::control::SocketPlace;
 use crate::events::EVENT_BUFFER;
@@ -65,7 +65,7 @@ impl PrimaryBuilder {
             non_dumpable: false,
             echo_output: true,
             listen: Vec::new(),
-            stop_signal: Signal::SIGTERM,
+            stop_signal: Signal::TERM,
             kill_timeout: DEFAULT_KILL_TIMEOUT,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             control: None,
@@ -298,6 +298,15 @@ impl PrimaryBuilder {
                 ),
             ));
         }
+        let Some(stop_signal) = self.stop_signal.to_nix() else {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the stop signal {} cannot be sent on this system; use Signal::TERM or another named signal",
+                    self.stop_signal
+                ),
+            ));
+        };
         let control_place = match &self.control {
             None => None,
             Some((app, Some(path))) => {
@@ -339,7 +348,7 @@ impl PrimaryBuilder {
                 max_frame_len: self.max_frame_len,
                 non_dumpable: self.non_dumpable,
                 listeners,
-                stop_signal: self.stop_signal,
+                stop_signal,
                 kill_timeout: self.kill_timeout,
                 reloading: tokio::sync::Mutex::new(()),
                 next_in_group: std::sync::atomic::AtomicUsize::new(0),
@@ -387,5 +396,19 @@ fn default_storage() -> Result<Arc<dyn StorageBackend>> {
             ErrorKind::Config,
             "no storage chosen: call PrimaryBuilder::storage or enable the `storage-mem` feature",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stop_signal_the_system_cannot_send_is_refused_at_build() {
+        let Err(err) = Primary::builder().stop_signal(Signal::from_raw(40)).build().await else {
+            panic!("signal 40 was accepted as the stop signal");
+        };
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("signal 40"), "{err}");
     }
 }

@@ -369,7 +369,11 @@ impl Harness {
                 }
                 self.world(id).process = None;
                 self.world(id).timers.retain(|t| *t == Timer::Revive);
-                let reason = if code < 0 { ExitReason::Signal(-code) } else { ExitReason::Code(code) };
+                let reason = if code < 0 {
+                    ExitReason::Signal(crate::Signal::from_raw(-code))
+                } else {
+                    ExitReason::Code(code)
+                };
                 self.feed(id, Input::Exited(reason))?;
             }
             Step::FireTimer { worker } => {
