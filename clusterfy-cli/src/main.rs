@@ -196,6 +196,7 @@ async fn run(cli: Cli) -> Result<()> {
                 match entry {
                     LogEntry::Line { worker, text } => println!("[{worker}] {text}"),
                     LogEntry::Skipped(n) => println!("... {n} lines not shown"),
+                    other => println!("{other:?}"),
                 }
             }
             Ok(())

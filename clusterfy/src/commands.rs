@@ -108,6 +108,7 @@ impl<Ctx: Send + 'static> CommandRegistry<Ctx> {
 
 /// One worker's answer to a broadcast.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct BroadcastReply<R> {
     /// The worker.
     pub worker: WorkerRef,

@@ -16,6 +16,7 @@ pub(crate) const EVENT_BUFFER: usize = 1024;
 
 /// Names one worker in events and statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct WorkerRef {
     /// The id, stable across revivals.
     pub id: WorkerId,
@@ -31,6 +32,7 @@ impl fmt::Display for WorkerRef {
 
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExitReason {
     /// It exited with this code.
     Code(i32),

@@ -70,7 +70,8 @@ pub mod transport {
 
 pub use clusterfy_core::env::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_WORKER_NAME};
 
-/// Which side of the cluster this process is.
+/// Which side of the cluster this process is. Exhaustive on purpose: a cluster has two sides, and
+/// `match role()` in `main` should need no catch-all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Started by hand: the primary.

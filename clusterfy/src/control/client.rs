@@ -15,6 +15,7 @@ use super::location::{control_dir, socket_path};
 
 /// A primary found in the control directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RunningApp {
     /// What the primary says about itself.
     pub info: AppInfo,
@@ -286,6 +287,7 @@ impl ControlStream {
 
 /// One entry of a logs stream ([`ControlClient::logs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LogEntry {
     /// A line worker `worker` wrote.
     Line {

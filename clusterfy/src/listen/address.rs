@@ -12,6 +12,7 @@ use clusterfy_core::{Error, ErrorKind};
 /// Parsed from `"0.0.0.0:8080"`, `"[::1]:0"` (port 0: the system picks a free one), or
 /// `"unix:/run/app.sock"` (also any text that starts with `/` or `.`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ListenAddr {
     /// A TCP socket address.
     Tcp(SocketAddr),

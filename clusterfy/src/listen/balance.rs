@@ -6,6 +6,7 @@
 /// [`Balance::Handover`] for Unix sockets. A socket systemd passed is [`Balance::Shared`] unless
 /// asked for [`Balance::Handover`]. The README compares the three, measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Balance {
     /// Each worker (by name) accepts on a socket of its own, all bound to the listener's address
     /// with `SO_REUSEPORT`: the kernel hashes each new connection to one of them, so the

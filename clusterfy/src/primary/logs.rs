@@ -32,6 +32,7 @@ const CUT_MARK: &str = " [line cut: longer than 16 KiB]";
 
 /// One line a worker wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LogLine {
     /// The worker's name.
     pub worker: String,

@@ -13,6 +13,7 @@ use crate::events::WorkerRef;
 
 /// What [`Primary::scale`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Scaled {
     /// The members forked, in number order.
     pub started: Vec<WorkerRef>,

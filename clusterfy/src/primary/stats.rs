@@ -12,6 +12,7 @@ use crate::events::ExitReason;
 
 /// A snapshot of one worker.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct WorkerInfo {
     /// Its id.
     pub id: WorkerId,
@@ -88,6 +89,7 @@ impl WorkerInfo {
 
 /// Statistics about the workers (the original's `getStatistics`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Statistics {
     /// Every worker, in id order.
     pub workers: Vec<WorkerInfo>,

@@ -2,6 +2,7 @@
 
 /// Where a worker is in its supervision cycle (its process, not its self-reported status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum WorkerState {
     /// Spawned, not yet connected.
     Starting,
