@@ -3,7 +3,7 @@
 //! ([`Balance::PerWorker`]), or its end of the channel the primary hands connections over on
 //! ([`Balance::Handover`]).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -244,13 +244,8 @@ fn bind(name: &str, address: &ListenAddr, balance: Option<Balance>) -> Result<Sh
     };
     socket.listen(BACKLOG).map_err(|e| failed("listening", e))?;
     let spread = match balance {
-        Balance::Handover => {
-            let accepting = socket.try_clone().map_err(|e| failed("copying the socket", e))?;
-            let handover = Handover::start(name, accepting.into(), kind_of(address))
-                .map_err(|e| failed("accepting", e))?;
-            Spread::Handover(handover)
-        }
         Balance::Shared | Balance::PerWorker => Spread::Shared,
+        Balance::Handover => Spread::Handover(start_handover(name, address, socket.as_fd())?),
     };
     let socket = OwnedFd::from(socket);
     let address = local_address(&socket).unwrap_or_else(|| address.clone());
@@ -265,12 +260,7 @@ fn spread_of_inherited(listener: &SharedListener, balance: Option<Balance>) -> R
     match balance {
         None | Some(Balance::Shared) => Ok(Spread::Shared),
         Some(Balance::Handover) => {
-            let failed =
-                |doing: &str, err: std::io::Error| bind_error(&listener.name, &listener.address, doing, err);
-            let accepting = listener.socket.try_clone().map_err(|e| failed("copying the socket", e))?;
-            let handover = Handover::start(&listener.name, accepting, kind_of(&listener.address))
-                .map_err(|e| failed("accepting", e))?;
-            Ok(Spread::Handover(handover))
+            Ok(Spread::Handover(start_handover(&listener.name, &listener.address, listener.socket.as_fd())?))
         }
         Some(Balance::PerWorker) => Err(Error::new(
             ErrorKind::Config,
@@ -282,6 +272,14 @@ fn spread_of_inherited(listener: &SharedListener, balance: Option<Balance>) -> R
             ),
         )),
     }
+}
+
+/// Starts the primary's accept loop that hands the connections of a listening socket to the
+/// workers, on a copy of the socket (the original stays for reloads and inheritance).
+fn start_handover(name: &str, address: &ListenAddr, socket: BorrowedFd<'_>) -> Result<Handover> {
+    let failed = |doing: &str, err: std::io::Error| bind_error(name, address, doing, err);
+    let accepting = socket.try_clone_to_owned().map_err(|e| failed("copying the socket", e))?;
+    Handover::start(name, accepting, kind_of(address)).map_err(|e| failed("accepting", e))
 }
 
 fn kind_of(address: &ListenAddr) -> handover::Kind {
