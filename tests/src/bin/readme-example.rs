@@ -6,7 +6,8 @@ use std::time::Duration;
 use clusterfy::{Command, Primary, Role, Worker, WorkerOptions, role, value};
 use serde::{Deserialize, Serialize};
 
-/// A command: typed arguments, a stable wire name, a reply type and where it runs.
+/// A command: typed arguments, a stable wire name, a reply type and where it runs (the derive
+/// checks the name while compiling; `clusterfy-derive`'s docs list its keys).
 #[derive(Serialize, Deserialize, Command)]
 #[command(name = "get_timestamp", target = worker, reply = u64)]
 struct GetTimestamp;
