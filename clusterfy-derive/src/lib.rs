@@ -92,33 +92,17 @@ fn parse_keys(input: &DeriveInput) -> syn::Result<Keys> {
     for attr in input.attrs.iter().filter(|attr| attr.path().is_ident("command")) {
         seen = true;
         attr.parse_nested_meta(|meta| {
-            let duplicate = || meta.error("this key is given twice");
             if meta.path.is_ident("name") {
-                if keys.name.is_some() {
-                    return Err(duplicate());
-                }
-                keys.name = Some(meta.value()?.parse()?);
+                set_once(&mut keys.name, &meta)
             } else if meta.path.is_ident("target") {
-                if keys.target.is_some() {
-                    return Err(duplicate());
-                }
-                keys.target = Some(meta.value()?.parse()?);
+                set_once(&mut keys.target, &meta)
             } else if meta.path.is_ident("reply") {
-                if keys.reply.is_some() {
-                    return Err(duplicate());
-                }
-                keys.reply = Some(meta.value()?.parse()?);
+                set_once(&mut keys.reply, &meta)
             } else if meta.path.is_ident("crate") {
-                if keys.krate.is_some() {
-                    return Err(duplicate());
-                }
-                keys.krate = Some(meta.value()?.parse()?);
+                set_once(&mut keys.krate, &meta)
             } else {
-                return Err(
-                    meta.error("unknown key: #[command(...)] takes `name`, `target`, `reply` and `crate`")
-                );
+                Err(meta.error("unknown key: #[command(...)] takes `name`, `target`, `reply` and `crate`"))
             }
-            Ok(())
         })?;
     }
     if !seen {
@@ -128,4 +112,16 @@ fn parse_keys(input: &DeriveInput) -> syn::Result<Keys> {
         ));
     }
     Ok(keys)
+}
+
+/// Reads the value of one `key = value`, refusing a key given twice.
+fn set_once<T: syn::parse::Parse>(
+    slot: &mut Option<T>,
+    meta: &syn::meta::ParseNestedMeta<'_>,
+) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(meta.error("this key is given twice"));
+    }
+    *slot = Some(meta.value()?.parse()?);
+    Ok(())
 }
