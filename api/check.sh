@@ -8,11 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CRATES=(clusterfy clusterfy-core clusterfy-derive)
+CRATES=(clusterfy clusterfy-core clusterfy-derive clusterfy-control)
 # The only crates whose types may appear in the public API (a 1.0 of ours must not hang on a
 # 0.x of someone else's): std, our own crates, and tokio, serde, futures, bytes and tracing
 # (with the crates they re-export from).
-ALLOWED=(std core alloc clusterfy clusterfy_core clusterfy_derive tokio serde serde_core futures futures_core bytes
+ALLOWED=(std core alloc clusterfy clusterfy_core clusterfy_derive clusterfy_control tokio serde serde_core futures futures_core bytes
     tracing tracing_core)
 update="${1:-}"
 status=0

@@ -1,7 +1,7 @@
 //! Storage values as JSON on the command line: what `clusterfy storage set` parses and
 //! `clusterfy storage get` prints.
 
-use clusterfy::{Error, ErrorKind, Result, Value, from_value, to_value};
+use clusterfy_control::{Error, ErrorKind, Result, Value, from_value, to_value};
 
 /// The storage value a JSON text on the command line stands for; malformed JSON is an
 /// [`ErrorKind::InvalidInput`] error that shows how to quote it.

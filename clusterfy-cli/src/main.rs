@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use clusterfy::control::{ControlClient, LogEntry, RunningApp};
-use clusterfy::core::control::CONTROL_PROTOCOL_VERSION;
-use clusterfy::{Error, ErrorKind, Result};
 use clusterfy_cli::json::{as_json, parse_json};
+use clusterfy_control::{
+    CONTROL_PROTOCOL_VERSION, ControlClient, Error, ErrorKind, LogEntry, Result, RunningApp,
+};
 
 /// Operate a running Clusterfy cluster: list its workers, restart or stop one, roll a reload,
 /// follow its events, read and write its shared storage.
@@ -204,19 +204,21 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Storage { ref command } => {
             let client = client(&cli, None).await?;
             match command {
-                StorageCommands::Get { path } => output::json(&as_json(client.storage_get(path).await?)?),
+                StorageCommands::Get { path } => {
+                    output::json(&as_json(client.storage_retrieve(path).await?)?)
+                }
                 StorageCommands::Set { path, json, parents } => {
                     let value = parse_json(json)?;
                     if *parents {
-                        client.storage_set_with_parents(path, value).await
+                        client.storage_save_with_parents(path, value).await
                     } else {
-                        client.storage_set(path, value).await
+                        client.storage_save(path, value).await
                     }
                 }
                 StorageCommands::Watch { path } => {
                     let mut changes = client.storage_watch(path).await?;
                     while let Some(changed) = changes.next_change().await? {
-                        let now = as_json(client.storage_get(path).await?)?;
+                        let now = as_json(client.storage_retrieve(path).await?)?;
                         output::json_line(&serde_json::json!({ "changed": changed, "value": now }))?;
                     }
                     Ok(())
@@ -260,7 +262,7 @@ async fn locate(cli: &Cli, positional: Option<&str>) -> Result<ControlClient> {
             format!(
                 "no running app found in {}: start a primary with PrimaryBuilder::control(\"<app>\"), or pass \
                  --socket for one that opened its socket elsewhere",
-                clusterfy::control::control_dir().display()
+                clusterfy_control::control_dir().display()
             ),
         )),
         several => Err(Error::new(

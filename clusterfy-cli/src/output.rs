@@ -2,9 +2,7 @@
 
 use std::io::Write;
 
-use clusterfy::control::RunningApp;
-use clusterfy::core::control::{EventRow, WorkerRow};
-use clusterfy::{Error, Result};
+use clusterfy_control::{Error, EventRow, Result, RunningApp, WorkerRow};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
 pub(crate) fn apps(apps: &[RunningApp], as_json: bool) -> Result<()> {
@@ -23,7 +21,7 @@ pub(crate) fn apps(apps: &[RunningApp], as_json: bool) -> Result<()> {
         return json(&serde_json::Value::Array(list));
     }
     if apps.is_empty() {
-        println!("no running app found in {}", clusterfy::control::control_dir().display());
+        println!("no running app found in {}", clusterfy_control::control_dir().display());
         return Ok(());
     }
     let mut table = table(["app", "pid", "workers", "socket"]);
@@ -43,7 +41,7 @@ pub(crate) fn workers(rows: &[WorkerRow], as_json: bool) -> Result<()> {
     if as_json {
         return json(&to_json(rows)?);
     }
-    println!("{}", clusterfy::control::workers_table(rows));
+    println!("{}", clusterfy_control::workers_table(rows));
     Ok(())
 }
 
@@ -58,7 +56,7 @@ pub(crate) fn event(event: &EventRow, as_json: bool) -> Result<()> {
 /// Pretty JSON.
 pub(crate) fn json(value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::new(clusterfy::ErrorKind::Serialization, e.to_string()))?;
+        .map_err(|e| Error::new(clusterfy_control::ErrorKind::Serialization, e.to_string()))?;
     println!("{text}");
     flush()
 }
@@ -70,7 +68,8 @@ pub(crate) fn json_line(value: &serde_json::Value) -> Result<()> {
 }
 
 fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(value).map_err(|e| Error::new(clusterfy::ErrorKind::Serialization, e.to_string()))
+    serde_json::to_value(value)
+        .map_err(|e| Error::new(clusterfy_control::ErrorKind::Serialization, e.to_string()))
 }
 
 fn flush() -> Result<()> {

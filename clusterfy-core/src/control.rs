@@ -4,9 +4,12 @@
 //! replies for [`ControlRequest::Events`] and [`ControlRequest::StorageWatch`] until either side
 //! closes. Every enum here is append-only, as in [`crate::protocol`]; see `docs/protocol.md`.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::error::WireError;
+use crate::codec::{FrameDecoder, encode_frame};
+use crate::error::{Error, Result, WireError};
 use crate::value::Value;
 
 /// Version of the control protocol; [`ControlReply::Info`] carries the primary's.
@@ -182,6 +185,38 @@ pub struct EventRow {
     pub worker: Option<String>,
     /// A one-line description.
     pub text: String,
+}
+
+/// Reads the next control frame from `reader` (a client's decoder takes frames of up to
+/// [`MAX_CONTROL_FRAME_LEN`]); `None` when the peer closed the stream between frames.
+pub async fn read_frame<T: DeserializeOwned>(
+    reader: &mut (impl AsyncRead + Unpin),
+    decoder: &mut FrameDecoder,
+) -> Result<Option<T>> {
+    loop {
+        if let Some(message) = decoder.decode::<T>()? {
+            return Ok(Some(message));
+        }
+        let n = reader
+            .read_buf(decoder.buffer_mut())
+            .await
+            .map_err(|e| Error::io("reading a control frame", e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Writes one control frame of at most `max_len` bytes to `writer` and flushes it.
+pub async fn write_frame<T: Serialize>(
+    writer: &mut (impl AsyncWrite + Unpin),
+    message: &T,
+    max_len: usize,
+) -> Result<()> {
+    let mut bytes = Vec::new();
+    encode_frame(message, max_len, &mut bytes)?;
+    writer.write_all(&bytes).await.map_err(|e| Error::io("writing a control frame", e))?;
+    writer.flush().await.map_err(|e| Error::io("writing a control frame", e))
 }
 
 #[cfg(test)]

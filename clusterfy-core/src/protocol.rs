@@ -29,6 +29,7 @@ pub type RequestId = u64;
 
 /// A worker's lifecycle status: `Initializing -> Loaded -> Idle <-> Processing -> Stopping`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum WorkerStatus {
     /// Spawned, not yet connected.
     Initializing,
@@ -126,6 +127,7 @@ pub struct Welcome {
 
 /// Addresses one worker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum WorkerSelector {
     /// By id.
     Id(WorkerId),
@@ -181,6 +183,7 @@ pub enum Destination {
 
 /// Where a command came from, as told to its handler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Origin {
     /// The primary.
     Primary,

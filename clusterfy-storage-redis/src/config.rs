@@ -14,7 +14,7 @@ use crate::tls::{self, Pem, TlsSettings};
 /// How long a write in [`AckMode::Redis`], a `flush` in that mode, or
 /// [`RedisMirror::wait_mirrored`] waits for Redis by default: 5 s.
 ///
-/// Half of a worker's default request timeout (10 s, `clusterfy::DEFAULT_WORKER_REQUEST_TIMEOUT`),
+/// Half of a worker's default request timeout (10 s, `clusterfy::worker::DEFAULT_WORKER_REQUEST_TIMEOUT`),
 /// so that a worker's save that waits for an unreachable Redis fails with the mirror's own error
 /// ("Redis did not confirm the write within 5s (it is unreachable or slow) ...") rather than with
 /// the worker's "no reply from the primary within 10s". See [`RedisMirrorBuilder::ack_timeout`]

@@ -248,7 +248,7 @@ async fn ack_redis_write_during_an_outage_times_out_and_still_arrives() {
     assert_eq!(in_redis(&url, mirror.data_key()).await, Map::from([(b"k".to_vec(), b"v".to_vec())]));
 }
 
-/// A worker's request timeout by default (`clusterfy::DEFAULT_WORKER_REQUEST_TIMEOUT`; this crate
+/// A worker's request timeout by default (`clusterfy::worker::DEFAULT_WORKER_REQUEST_TIMEOUT`; this crate
 /// does not depend on the facade). A worker's save waits for the primary, which waits for Redis.
 const WORKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -8,7 +8,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clusterfy::transport::{StdioTransport, UdsTransport};
-use clusterfy::{Command, Event, Primary, Result, Role, Worker, WorkerOptions, WorkerStatus, role, value};
+use clusterfy::{
+    Command, Primary, Result, Role, Worker, events::Event, primary::WorkerOptions, role, value,
+    worker::WorkerStatus,
+};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 

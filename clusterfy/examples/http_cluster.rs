@@ -14,7 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clusterfy::{Balance, ListenOptions, Primary, Result, Role, Worker, WorkerOptions, role, value};
+use clusterfy::{
+    Primary, Result, Role, Worker,
+    listen::{Balance, ListenOptions},
+    primary::WorkerOptions,
+    role, value,
+};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONNECTION, HeaderValue};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use clusterfy::{Command, Primary, Result, Role, Worker, WorkerOptions, role, value};
+use clusterfy::{Command, Primary, Result, Role, Worker, primary::WorkerOptions, role, value};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clusterfy::storage::SledStorage;
-use clusterfy::{Command, Primary, Result, Role, Worker, WorkerOptions, role, value};
+use clusterfy::{Command, Primary, Result, Role, Worker, primary::WorkerOptions, role, value};
 use serde::{Deserialize, Serialize};
 
 /// Asks a worker to add one to the counter `times` times; answers the last value it wrote.

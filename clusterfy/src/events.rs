@@ -75,7 +75,7 @@ pub enum GiveUpCause {
     Crashes,
     /// Its replacements outgrew its memory limit too often: the limit is below what the program
     /// needs, so replacing it again would not help. Raise
-    /// [`WorkerOptions::max_memory`](crate::WorkerOptions::max_memory) or find the leak.
+    /// [`WorkerOptions::max_memory`](crate::primary::WorkerOptions::max_memory) or find the leak.
     MemoryLimit {
         /// The resident memory of the last process, in bytes.
         rss: u64,
@@ -145,7 +145,7 @@ pub enum Event {
         restarts: u32,
     },
     /// A worker needed restarting too often (it crashed, or outgrew its memory limit, more often
-    /// than its [`RestartPolicy`](crate::RestartPolicy) allows) and is not started again.
+    /// than its [`RestartPolicy`](crate::primary::RestartPolicy) allows) and is not started again.
     GaveUp {
         /// The worker.
         worker: WorkerRef,
@@ -190,7 +190,7 @@ pub enum Event {
         waited: Duration,
     },
     /// A worker's resident memory passed its
-    /// [`WorkerOptions::max_memory`](crate::WorkerOptions::max_memory); it is replaced.
+    /// [`WorkerOptions::max_memory`](crate::primary::WorkerOptions::max_memory); it is replaced.
     MemoryLimit {
         /// The worker.
         worker: WorkerRef,

@@ -9,54 +9,49 @@
            when the crate is built with the features `storage-sled` and `storage-redis` (or `full`)."
 )]
 
-mod commands;
 pub mod control;
-mod events;
+pub mod events;
+mod handlers;
 mod hardening;
 mod link;
-mod listen;
+pub mod listen;
 mod metrics;
-mod primary;
+pub mod primary;
 mod signal;
 mod socket_file;
 pub mod storage;
-mod worker;
+pub mod worker;
 
-pub use clusterfy_core::command::{MAX_COMMAND_NAME_LEN, RESERVED_PREFIX, validate_user_command_name};
+// The handful of items a program starts with; everything else has its home in a module.
 pub use clusterfy_core::{
-    Command, Error, ErrorKind, Origin, Path, Result, Target, Value, WorkerId, WorkerSelector, WorkerStatus,
-    from_value, to_value, value,
+    Command, Error, ErrorKind, Path, Result, Target, Value, WorkerId, from_value, to_value, value,
 };
 /// `#[derive(Command)]`: `#[command(name = "...", target = worker, reply = Type)]` (see
 /// [`clusterfy_derive`](https://docs.rs/clusterfy-derive) for the keys).
 pub use clusterfy_derive::Command;
-pub use commands::BroadcastReply;
-pub use events::{Event, EventStream, ExitReason, GiveUpCause, WorkerRef};
-pub use listen::{
-    Accepted, Balance, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, HandedListener, ListenAddr,
-    ListenOptions, Listener,
-};
-pub use primary::{
-    DEFAULT_HEARTBEAT, DEFAULT_KILL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_SAMPLE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, LOG_RING_BYTES, LOG_RING_LINES, LogLine,
-    LogStream, MAX_GROUP_WORKERS, MAX_LOG_LINE, Primary, PrimaryBuilder, PrimaryContext, Program,
-    ReloadOptions, RestartPolicy, Scaled, ShutdownOutcome, Statistics, WorkerInfo, WorkerOptions,
-    WorkerState,
-};
+pub use primary::{Primary, PrimaryBuilder};
 pub use signal::Signal;
-pub use worker::{
-    DEFAULT_WORKER_REQUEST_TIMEOUT, SHUTDOWN_HOOKS_TIMEOUT, ShutdownReason, Worker, WorkerBuilder,
-    WorkerContext, WorkerEvent,
-};
+pub use worker::{Worker, WorkerBuilder};
+
+/// Commands: the naming rule, where one goes and who sent it, and what a broadcast returns. The
+/// trait and its derive are [`Command`] at the crate root.
+pub mod command {
+    pub use crate::handlers::BroadcastReply;
+    pub use clusterfy_core::command::{MAX_COMMAND_NAME_LEN, RESERVED_PREFIX, validate_user_command_name};
+    pub use clusterfy_core::{Origin, Target, WorkerSelector};
+}
+
+/// The environment variables a primary sets for its workers (besides those of
+/// [`transport`] and [`listen`]).
+pub mod env {
+    pub use clusterfy_core::env::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_WORKER_NAME};
+}
 
 /// What `#[derive(Command)]` expands to refers to; not part of the API.
 #[doc(hidden)]
 pub mod __private {
     pub use clusterfy_core::command::command_name_problem;
 }
-
-/// The contracts, for writing your own transport or storage backend.
-pub use clusterfy_core as core;
 
 /// Transports: how workers talk to the primary.
 pub mod transport {
@@ -67,8 +62,6 @@ pub mod transport {
     #[cfg(feature = "transport-uds")]
     pub use clusterfy_transport_uds::{ENV_UDS_FD, UdsTransport};
 }
-
-pub use clusterfy_core::env::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_WORKER_NAME};
 
 /// Which side of the cluster this process is. Exhaustive on purpose: a cluster has two sides, and
 /// `match role()` in `main` should need no catch-all.
@@ -102,7 +95,7 @@ pub fn role() -> Role {
 /// its program starts. If the primary is gone already, this process ends as that signal would
 /// have ended it.
 fn die_with_the_primary() {
-    let Some(parent) = std::env::var(ENV_PARENT_PID).ok().and_then(|pid| pid.parse::<u32>().ok()) else {
+    let Some(parent) = std::env::var(env::ENV_PARENT_PID).ok().and_then(|pid| pid.parse::<u32>().ok()) else {
         return;
     };
     match clusterfy_core::os::die_with_parent_now(parent) {

@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// A Unix signal: what [`PrimaryBuilder::stop_signal`](crate::PrimaryBuilder::stop_signal)
-/// sends and what [`ExitReason::Signal`](crate::ExitReason::Signal) reports.
+/// sends and what [`ExitReason::Signal`](crate::events::ExitReason::Signal) reports.
 ///
 /// The constants name the signals a cluster meets; any other number (a real-time signal that
 /// ended a worker, say) is kept as it came with [`Signal::from_raw`].

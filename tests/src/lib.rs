@@ -9,7 +9,7 @@ use std::fmt;
 
 pub mod remote_kv;
 
-use clusterfy::{Command, Value, WorkerSelector, WorkerStatus};
+use clusterfy::{Command, Value, command::WorkerSelector, worker::WorkerStatus};
 use serde::{Deserialize, Serialize};
 
 /// Path of a file the worker's shutdown hook writes `"<name> ran its shutdown hook: <why>"` to,

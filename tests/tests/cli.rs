@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use clusterfy::{Primary, WorkerState, value};
+use clusterfy::{Primary, primary::WorkerState, value};
 use clusterfy_tests::{Echo, Scenario, WhoAmI};
 use common::{bounded, options, primary_builder};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -292,7 +292,7 @@ async fn logs_show_each_workers_last_lines_in_order_and_follow_new_ones_without_
 
     // A worker printing far more than the ring holds is never held back, and the ring keeps the
     // newest lines, in order, and says how many it dropped.
-    let flood = 3 * clusterfy::LOG_RING_LINES as u64;
+    let flood = 3 * clusterfy::primary::LOG_RING_LINES as u64;
     bounded("a flood of lines", primary.run("w1", announce(flood))).await.expect("the flood");
     let last = bounded("the flood's last line", async {
         loop {
@@ -305,8 +305,12 @@ async fn logs_show_each_workers_last_lines_in_order_and_follow_new_ones_without_
     })
     .await;
     let (kept, dropped) = last;
-    assert_eq!(kept.len(), clusterfy::LOG_RING_LINES);
-    assert_eq!(dropped, 3 + flood - clusterfy::LOG_RING_LINES as u64, "the earlier 3 and the flood's oldest");
+    assert_eq!(kept.len(), clusterfy::primary::LOG_RING_LINES);
+    assert_eq!(
+        dropped,
+        3 + flood - clusterfy::primary::LOG_RING_LINES as u64,
+        "the earlier 3 and the flood's oldest"
+    );
     let numbers: Vec<u64> =
         kept.iter().map(|l| l.text.rsplit(' ').next().expect("n").parse().expect("a number")).collect();
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "in the order written");

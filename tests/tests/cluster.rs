@@ -13,8 +13,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clusterfy::{
-    Balance, Event, ExitReason, GiveUpCause, Heartbeat, ListenAddr, ListenOptions, Primary, Program,
-    ReloadOptions, RestartPolicy, ShutdownOutcome, WorkerOptions, WorkerState, value,
+    Primary,
+    events::{Event, ExitReason, GiveUpCause},
+    listen::{Balance, ListenAddr, ListenOptions},
+    primary::{
+        Heartbeat, Program, ReloadOptions, RestartPolicy, ShutdownOutcome, WorkerOptions, WorkerState,
+    },
+    value,
 };
 use clusterfy_test_support::http_load::{self, LoadReport};
 use clusterfy_tests::{API_ANSWER, ENV_GROW_BYTES, LISTENFD_ANSWER, READY_LINE, Scenario};
@@ -230,7 +235,8 @@ async fn a_group_scaled_up_and_down_under_load_fails_no_request() {
     primary.fork_group("http", 2, http_worker(program)).await.expect("a group of 2");
     bounded("ready", primary.ready()).await.expect("ready");
     let Some(ListenAddr::Tcp(addr)) = primary.listener_addr("http") else { panic!("a TCP listener") };
-    let names = |workers: &[clusterfy::WorkerRef]| workers.iter().map(|w| w.name.clone()).collect::<Vec<_>>();
+    let names =
+        |workers: &[clusterfy::events::WorkerRef]| workers.iter().map(|w| w.name.clone()).collect::<Vec<_>>();
     let (stop, load) = start_load(&format!("http://{addr}/"), 16);
     wait_for_hits(&primary, 100).await;
     let up = bounded("scaling up", primary.scale("http", 4)).await.expect("scale to 4");

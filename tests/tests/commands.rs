@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use clusterfy::{Command, ErrorKind, Event, WorkerSelector, WorkerStatus};
+use clusterfy::{Command, ErrorKind, command::WorkerSelector, events::Event, worker::WorkerStatus};
 use clusterfy_tests::{
     AskWhoAmI, BroadcastWhoAmI, CallPrimary, Echo, Identity, Sleep, SlowWhoAmI, Unregistered, WhoAmI,
 };
@@ -55,7 +55,7 @@ async fn worker_runs_a_command_on_another_worker_by_name_and_by_id_through_the_p
     // The primary saw both routed commands go from asker to answerer, named by its name.
     for how in ["by name", "by id"] {
         let routed = next_event_matching(&mut events, WAIT, "for the routed command", |e| {
-            matches!(e, Event::Command { from: clusterfy::Origin::Worker { name, .. }, name: command, .. }
+            matches!(e, Event::Command { from: clusterfy::command::Origin::Worker { name, .. }, name: command, .. }
                 if name == "asker" && command == WhoAmI::NAME)
         })
         .await;
@@ -160,7 +160,10 @@ async fn request_to_a_worker_that_dies_midway_fails_promptly_with_worker_exited(
     })
     .await;
     assert!(
-        matches!(exit, Event::Exit { reason: clusterfy::ExitReason::Signal(clusterfy::Signal::KILL), .. }),
+        matches!(
+            exit,
+            Event::Exit { reason: clusterfy::events::ExitReason::Signal(clusterfy::Signal::KILL), .. }
+        ),
         "{exit:?}"
     );
 }

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use clusterfy::control::ControlClient;
-use clusterfy::core::control::ControlRequest;
 use clusterfy::{ErrorKind, Primary, value};
+use clusterfy_core::control::ControlRequest;
 use common::{bounded, primary_builder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -99,7 +99,7 @@ async fn two_hundred_idle_connections_do_not_keep_an_operator_out() {
     }
     let client = ControlClient::at(&socket);
     assert!(bounded("info", client.info()).await.is_ok(), "the oldest idle connection made room");
-    assert_eq!(bounded("get", client.storage_get("x")).await.expect("get"), Some(value!(1)));
+    assert_eq!(bounded("get", client.storage_retrieve("x")).await.expect("get"), Some(value!(1)));
     drop(idle);
     primary.shutdown(Duration::from_secs(2)).await.expect("shutdown");
 }
@@ -141,6 +141,6 @@ async fn a_connection_past_the_cap_of_busy_ones_is_refused_with_busy() {
 fn the_request_variants_fit_the_small_cap() {
     // Everything but a storage value is far below 64 KiB: the budget only ever holds values.
     let request = ControlRequest::Restart { worker: "w".repeat(1000) };
-    let bytes = clusterfy::core::codec::to_payload(&request).expect("encodes");
-    assert!(bytes.len() < clusterfy::core::control::SMALL_CONTROL_REQUEST_LEN);
+    let bytes = clusterfy_core::codec::to_payload(&request).expect("encodes");
+    assert!(bytes.len() < clusterfy_core::control::SMALL_CONTROL_REQUEST_LEN);
 }

@@ -72,7 +72,7 @@ async fn assert_every_ack_is_stored(backend: Arc<dyn StorageBackend>, acked: &BT
     for (worker, numbers) in acked {
         for n in numbers {
             let path = Path::parse(&format!("acks.{worker}.k{n}")).expect("path");
-            let stored = storage.get(&path).await.expect("read back");
+            let stored = storage.retrieve_value(&path).await.expect("read back");
             assert_eq!(stored, Some(clusterfy::Value::from(*n)), "acknowledged write {path} is lost");
             checked += 1;
         }

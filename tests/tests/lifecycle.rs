@@ -7,8 +7,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use clusterfy::{
-    Command, ErrorKind, Event, Primary, PrimaryContext, Target, Worker, WorkerContext, WorkerState,
-    WorkerStatus,
+    Command, ErrorKind, Primary, Target, Worker,
+    events::Event,
+    primary::{PrimaryContext, WorkerState},
+    worker::{WorkerContext, WorkerStatus},
 };
 use clusterfy_tests::{ENV_START_DELAY_MS, Echo, FlapStatus, Scenario, SetStatus, WhoAmI};
 use common::{
@@ -144,7 +146,7 @@ async fn on_worker<C: Command<Reply = ()>>(_: C, _: WorkerContext) -> clusterfy:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registering_a_reserved_or_duplicate_command_fails_when_building() {
     let reserved = Primary::builder().command(on_primary::<ReservedOnPrimary>).build().await;
-    let err = reserved.err().expect("a cy_ name is refused at build()");
+    let err = reserved.expect_err("a cy_ name is refused at build()");
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
     assert_eq!(err.context_value("command"), Some("cy_mine"), "{err}");
 
@@ -153,22 +155,22 @@ async fn registering_a_reserved_or_duplicate_command_fails_when_building() {
         .command(on_primary::<clusterfy_tests::Note>)
         .build()
         .await;
-    let err = duplicate.err().expect("a duplicate name is refused at build()");
+    let err = duplicate.expect_err("a duplicate name is refused at build()");
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
 
     let wrong_side = Primary::builder().command(on_primary::<clusterfy_tests::Unregistered>).build().await;
-    assert_eq!(wrong_side.err().expect("a worker command on the primary").kind(), ErrorKind::InvalidInput);
+    assert_eq!(wrong_side.expect_err("a worker command on the primary").kind(), ErrorKind::InvalidInput);
 
     // A worker checks its registrations before it reads its environment or connects.
     let reserved = Worker::builder().command(on_worker::<ReservedOnWorker>).connect().await;
-    let err = reserved.err().expect("a cy_ name is refused at connect()");
+    let err = reserved.expect_err("a cy_ name is refused at connect()");
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
     let duplicate = Worker::builder()
         .command(on_worker::<clusterfy_tests::Unregistered>)
         .command(on_worker::<clusterfy_tests::Unregistered>)
         .connect()
         .await;
-    assert_eq!(duplicate.err().expect("a duplicate name at connect()").kind(), ErrorKind::AlreadyExists);
+    assert_eq!(duplicate.expect_err("a duplicate name at connect()").kind(), ErrorKind::AlreadyExists);
 }
 
 async fn ready_fails_with_timeout_when_a_worker_never_connects() {
@@ -244,7 +246,7 @@ async fn statistics_count_running_workers_and_the_table_names_them() {
     primary.print_statistics();
 
     let outcome = bounded("shutdown Sarah", primary.shutdown_worker("Sarah", Duration::from_secs(5))).await;
-    assert!(matches!(outcome.expect("shutdown Sarah"), clusterfy::ShutdownOutcome::Exited(_)));
+    assert!(matches!(outcome.expect("shutdown Sarah"), clusterfy::primary::ShutdownOutcome::Exited(_)));
     let stats = primary.statistics();
     assert_eq!(stats.running(), 2);
     assert!(stats.table().contains("Running workers: 2"), "{}", stats.table());

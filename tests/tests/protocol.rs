@@ -3,7 +3,10 @@
 
 mod common;
 
-use clusterfy::{ErrorKind, Event, ExitReason};
+use clusterfy::{
+    ErrorKind,
+    events::{Event, ExitReason},
+};
 use clusterfy_tests::{
     ENV_GARBAGE, Echo, GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE, HUNG_UP_WITH_NOTICE, Scenario,
 };
@@ -98,7 +101,7 @@ async fn a_worker_that_sent_a_malformed_frame_is_told_why_and_sees_its_connectio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revivable_worker_whose_connection_broke_is_revived_though_its_program_ended_cleanly() {
     let primary = start_cluster(&[]).await;
-    let revive = clusterfy::RestartPolicy {
+    let revive = clusterfy::primary::RestartPolicy {
         max_restarts: 3,
         window: std::time::Duration::from_secs(60),
         initial_backoff: std::time::Duration::from_millis(10),

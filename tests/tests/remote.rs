@@ -5,7 +5,11 @@
 mod common;
 
 use clusterfy::transport::StdioTransport;
-use clusterfy::{ErrorKind, Event, Primary, Program, Value, WorkerOptions};
+use clusterfy::{
+    ErrorKind, Primary, Value,
+    events::Event,
+    primary::{Program, WorkerOptions},
+};
 use clusterfy_tests::{Echo, SaveAt, Scenario};
 use common::{WAIT, bounded, is_error_of, next_event_matching, shut_down_cleanly, test_worker_path};
 

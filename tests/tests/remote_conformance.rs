@@ -91,7 +91,7 @@ impl StorageBackend for ViaWorker {
         Ok(())
     }
 
-    fn notices(&self) -> Option<clusterfy::core::NoticeReceiver> {
+    fn notices(&self) -> Option<clusterfy::storage::NoticeReceiver> {
         None
     }
 }

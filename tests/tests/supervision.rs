@@ -6,8 +6,10 @@ mod common;
 use std::time::Duration;
 
 use clusterfy::{
-    ErrorKind, Event, ExitReason, GiveUpCause, RestartPolicy, ShutdownOutcome, WorkerOptions, WorkerState,
-    WorkerStatus,
+    ErrorKind,
+    events::{Event, ExitReason, GiveUpCause},
+    primary::{RestartPolicy, ShutdownOutcome, WorkerOptions, WorkerState},
+    worker::WorkerStatus,
 };
 use clusterfy_tests::{
     ENV_HOOK_FILE, Echo, ExitGracefully, ExitWith, HOOK_SHUTDOWN_REQUESTED, PIDS_LINE_PREFIX, Scenario,

@@ -5,8 +5,8 @@ mod common;
 
 use std::os::unix::ffi::OsStrExt;
 
-use clusterfy::core::transport::ENV_TOKEN;
-use clusterfy::{Program, WorkerOptions};
+use clusterfy::primary::{Program, WorkerOptions};
+use clusterfy::transport::ENV_TOKEN;
 use clusterfy_testkit::transport::listening_unix_sockets_of_this_process;
 use clusterfy_tests::{Echo, Scenario};
 use common::{bounded, clusterfy_entries, options, pid_of, primary_builder, test_worker_path};

@@ -9,19 +9,18 @@ use std::time::Duration;
 use clusterfy_core::codec::encode_frame;
 use clusterfy_core::control::{
     AppInfo, CONTROL_PROTOCOL_VERSION, ControlReply, ControlRequest, EventRow, MAX_CONTROL_FRAME_LEN,
+    write_frame,
 };
 use clusterfy_core::{Error, ErrorKind, Result, WireError};
 use futures::StreamExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use super::frames::write_frame;
 use super::limits::{Admission, ControlLimits};
-use super::location::ensure_private_dir;
+use super::private_dir::ensure_private_dir;
 use crate::events::Event;
-use crate::primary::{Primary, PrimaryInner, WorkerInfo};
+use crate::primary::{DEFAULT_SHUTDOWN_TIMEOUT, Primary, PrimaryInner, ReloadOptions, WorkerInfo};
 use crate::socket_file::{self, SocketFile};
-use crate::{DEFAULT_SHUTDOWN_TIMEOUT, ReloadOptions};
 
 /// Time a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -206,9 +205,9 @@ async fn answer(primary: &Primary, app: &str, request: ControlRequest) -> Result
             primary.scale(&group, workers as usize).await?;
             ControlReply::Done
         }
-        ControlRequest::StorageGet { path } => {
-            ControlReply::Value(primary.shared_storage().get(&clusterfy_core::Path::parse(&path)?).await?)
-        }
+        ControlRequest::StorageGet { path } => ControlReply::Value(
+            primary.shared_storage().retrieve_value(&clusterfy_core::Path::parse(&path)?).await?,
+        ),
         ControlRequest::StorageSet { path, value } => {
             primary.shared_storage().save(&clusterfy_core::Path::parse(&path)?, value, false).await?;
             ControlReply::Done
@@ -258,7 +257,7 @@ async fn stream_logs(
         Ok(found) => found,
         Err(err) => return drop(send(writer, &ControlReply::Error(WireError::from(&err))).await),
     };
-    let log = |line: crate::LogLine| ControlReply::Log { worker: line.worker, text: line.text };
+    let log = |line: crate::primary::LogLine| ControlReply::Log { worker: line.worker, text: line.text };
     if skipped > 0 && send(writer, &ControlReply::LogsSkipped { lines: skipped }).await.is_err() {
         return;
     }
@@ -291,7 +290,7 @@ async fn stream_logs(
 
 /// An event as one row: its kind, the worker it is about, a line of text.
 fn event_row(event: &Event) -> EventRow {
-    let row = |kind: &str, worker: Option<&crate::WorkerRef>, text: String| EventRow {
+    let row = |kind: &str, worker: Option<&crate::events::WorkerRef>, text: String| EventRow {
         kind: kind.to_owned(),
         worker: worker.map(|w| w.name.clone()),
         text,

@@ -5,9 +5,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A connection from [`Listener::accept`](crate::Listener::accept): it reads and writes as the
+/// A connection from [`Listener::accept`](crate::listen::Listener::accept): it reads and writes as the
 /// stream inside it does, so a server can take it whatever the listener's address and
-/// [`Balance`](crate::Balance).
+/// [`Balance`](crate::listen::Balance).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Accepted {

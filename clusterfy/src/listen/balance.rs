@@ -24,7 +24,7 @@ pub enum Balance {
     /// (`into_tcp` has no listening socket to give, and a worker written for `listenfd` cannot
     /// use it). Costs the primary an accept and two messages per connection.
     ///
-    /// [`Listener::accept`]: crate::Listener::accept
+    /// [`Listener::accept`]: crate::listen::Listener::accept
     Handover,
     /// Every worker accepts on the one socket the primary bound: no queue is ever tied to one
     /// worker, but the worker that is awake first takes what is queued, so under load a few

@@ -21,7 +21,7 @@ pub enum Listener {
     /// A Unix stream socket listener.
     Unix(tokio::net::UnixListener),
     /// Connections the primary accepts and hands to this process
-    /// ([`Balance::Handover`](crate::Balance::Handover)).
+    /// ([`Balance::Handover`](crate::listen::Balance::Handover)).
     Handed(HandedListener),
 }
 

@@ -13,9 +13,9 @@ use super::directory::Directory;
 use super::usage::{self, DEFAULT_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
 use super::{DEFAULT_KILL_TIMEOUT, Primary, PrimaryContext, PrimaryInner, signals, watchers};
 use crate::Signal;
-use crate::commands::CommandRegistry;
 use crate::control::SocketPlace;
 use crate::events::EVENT_BUFFER;
+use crate::handlers::CommandRegistry;
 use crate::listen::{ListenOptions, SharedListeners};
 use crate::storage::{Operation, Operations, SharedStorage};
 
@@ -27,6 +27,7 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_MAX_FRAME_LEN: usize = 4096;
 
 /// Builds a [`Primary`].
+#[derive(Debug)]
 pub struct PrimaryBuilder {
     transport: Option<Arc<dyn Transport>>,
     storage: Option<Arc<dyn StorageBackend>>,
@@ -128,8 +129,8 @@ impl PrimaryBuilder {
     /// [`PrimaryBuilder::build`] fails with an error naming the address when it cannot bind (in
     /// use, a privileged port, a malformed address or name).
     ///
-    /// [`ListenAddr`]: crate::ListenAddr
-    /// [`Balance`]: crate::Balance
+    /// [`ListenAddr`]: crate::listen::ListenAddr
+    /// [`Balance`]: crate::listen::Balance
     /// [`Worker::listener`]: crate::Worker::listener
     #[must_use]
     pub fn listen(self, name: impl Into<String>, address: impl Into<String>) -> Self {
@@ -141,7 +142,7 @@ impl PrimaryBuilder {
     ///
     /// ```no_run
     /// # async fn run() -> clusterfy::Result<()> {
-    /// use clusterfy::{Balance, ListenOptions, Primary};
+    /// use clusterfy::{Primary, listen::{Balance, ListenOptions}};
     ///
     /// let primary = Primary::builder()
     ///     .listen_with("http", "0.0.0.0:8080", ListenOptions::new().balance(Balance::Shared))
@@ -152,7 +153,7 @@ impl PrimaryBuilder {
     /// # }
     /// ```
     ///
-    /// [`ListenOptions::balance`]: crate::ListenOptions::balance
+    /// [`ListenOptions::balance`]: crate::listen::ListenOptions::balance
     #[must_use]
     pub fn listen_with(
         mut self,

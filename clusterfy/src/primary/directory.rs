@@ -217,6 +217,8 @@ impl<W: SlotIo> Directory<W> {
         let found = self.slots.values().find(|s| match selector {
             WorkerSelector::Id(id) => s.worker().id == *id,
             WorkerSelector::Name(name) => s.worker().name == *name && s.answers_to_name(),
+            // A selector of a newer peer names no worker here: an unknown-worker error.
+            _ => false,
         });
         found.map(|s| s.worker().clone()).ok_or_else(|| {
             let names: Vec<&str> = self.slots.values().map(|s| s.worker().name.as_str()).collect();

@@ -210,6 +210,7 @@ fn line_of(worker: &str, bytes: &[u8], cut: bool) -> LogLine {
 }
 
 /// The lines the workers it follows write from now on ([`Primary::follow_logs`]).
+#[derive(Debug)]
 pub struct LogStream {
     lines: broadcast::Receiver<LogLine>,
     which: Option<String>,

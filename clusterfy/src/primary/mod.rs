@@ -1,4 +1,7 @@
-//! The primary: forks workers, supervises them, routes their commands and owns the storage.
+//! The primary: a [`Primary`] forks workers ([`WorkerOptions`], [`Program`]), supervises them
+//! ([`RestartPolicy`], [`Heartbeat`]), routes their commands (handled with a
+//! [`PrimaryContext`]), owns the storage, and reports on them ([`Statistics`], [`WorkerInfo`],
+//! [`LogStream`]).
 
 mod builder;
 mod connect;
@@ -43,8 +46,8 @@ pub use slot::WorkerState;
 pub use stats::{Statistics, WorkerInfo};
 pub use usage::DEFAULT_SAMPLE_INTERVAL;
 
-use crate::commands::{BroadcastReply, expect_target};
 use crate::events::{Event, EventStream, ExitReason, WorkerRef, subscribe};
+use crate::handlers::{BroadcastReply, expect_target};
 use crate::storage::{SharedStorage, Storage};
 
 /// Default grace period: the time a worker has to exit after a shutdown request before it gets
@@ -54,7 +57,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The context a primary-side command handler gets.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PrimaryContext {
     primary: Primary,
     origin: Origin,
@@ -76,6 +79,12 @@ impl PrimaryContext {
 #[derive(Clone)]
 pub struct Primary {
     pub(crate) inner: Arc<PrimaryInner>,
+}
+
+impl std::fmt::Debug for Primary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Primary").field("pid", &std::process::id()).finish_non_exhaustive()
+    }
 }
 
 /// How [`Primary::shutdown_worker`] ended: which step of the stop ladder the worker's exit
@@ -349,7 +358,7 @@ impl Primary {
 
     /// The address the shared listener `name` accepts on, with the port the system chose when
     /// it was bound at port 0; `None` if there is no such listener.
-    pub fn listener_addr(&self, name: &str) -> Option<crate::ListenAddr> {
+    pub fn listener_addr(&self, name: &str) -> Option<crate::listen::ListenAddr> {
         self.inner.listeners.address(name)
     }
 

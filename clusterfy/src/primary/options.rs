@@ -113,7 +113,7 @@ impl WorkerOptions {
     /// [`PrimaryBuilder::sample_interval`](super::PrimaryBuilder::sample_interval) (default
     /// 1 s; pm2's `max_memory_restart` polls every 30 s).
     ///
-    /// [`Event::MemoryLimit`]: crate::Event::MemoryLimit
+    /// [`Event::MemoryLimit`]: crate::events::Event::MemoryLimit
     ///
     /// Each such replacement counts as a restart of the worker (in [`WorkerInfo::restarts`] and
     /// the statistics) and follows its [`RestartPolicy`] (the default one if it has none): the
@@ -122,8 +122,8 @@ impl WorkerOptions {
     /// good, with [`Event::GaveUp`] naming [`GiveUpCause::MemoryLimit`].
     ///
     /// [`WorkerInfo::restarts`]: super::WorkerInfo::restarts
-    /// [`Event::GaveUp`]: crate::Event::GaveUp
-    /// [`GiveUpCause::MemoryLimit`]: crate::GiveUpCause::MemoryLimit
+    /// [`Event::GaveUp`]: crate::events::Event::GaveUp
+    /// [`GiveUpCause::MemoryLimit`]: crate::events::GiveUpCause::MemoryLimit
     #[must_use]
     pub fn max_memory(mut self, bytes: u64) -> Self {
         self.max_memory = Some(bytes);
@@ -141,7 +141,7 @@ impl WorkerOptions {
 
     /// Whether the primary captures the worker's stdout and stderr (`pm2 logs`): each line is
     /// echoed on the primary's stderr as `[name] line`, kept in a ring of the last
-    /// [`LOG_RING_LINES`](crate::LOG_RING_LINES) per worker, and read with
+    /// [`LOG_RING_LINES`](crate::primary::LOG_RING_LINES) per worker, and read with
     /// [`Primary::logs`](super::Primary::logs), [`Primary::follow_logs`](super::Primary::follow_logs)
     /// or `clusterfy logs`. The default is on when the primary has a control socket
     /// ([`PrimaryBuilder::control`](super::PrimaryBuilder::control): someone may ask for the

@@ -63,7 +63,7 @@ impl Primary {
     /// when it calls [`Worker::ready`](crate::Worker::ready), after it took its listener, say.
     /// If a new worker fails to get ready (it exits, or the ready timeout passes), the rollout
     /// stops: that new process is stopped, the old worker and every one not yet replaced keep
-    /// serving, [`Event::ReloadFailed`](crate::Event::ReloadFailed) is published and the error is returned. Returns the
+    /// serving, [`Event::ReloadFailed`](crate::events::Event::ReloadFailed) is published and the error is returned. Returns the
     /// `(old, new)` pairs replaced, in id order. One reload runs at a time; a second call waits.
     pub async fn reload(&self, options: ReloadOptions) -> Result<Vec<(WorkerRef, WorkerRef)>> {
         self.reload_where(options, |_| true).await

@@ -8,8 +8,8 @@ use clusterfy_core::{Command, Error, ErrorKind, Result};
 
 use super::group::member_name;
 use super::{DEFAULT_SHUTDOWN_TIMEOUT, Primary, ShutdownOutcome, WorkerOptions};
-use crate::commands::BroadcastReply;
 use crate::events::WorkerRef;
+use crate::handlers::BroadcastReply;
 
 /// What [`Primary::scale`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

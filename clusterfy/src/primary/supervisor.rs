@@ -25,9 +25,9 @@ use super::options::{Heartbeat, WorkerOptions};
 use super::slot::{Action, Input, Replacing, Timer};
 use super::spawner;
 use super::{Control, PrimaryInner};
+use crate::env::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_WORKER_NAME};
 use crate::events::{ExitReason, WorkerRef};
 use crate::link::{Link, LinkEnd};
-use crate::{ENV_MAX_FRAME_LEN, ENV_NON_DUMPABLE, ENV_PARENT_PID, ENV_WORKER_NAME};
 
 /// Time to read what a worker wrote just before it exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);

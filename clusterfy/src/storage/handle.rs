@@ -155,6 +155,7 @@ impl Storage {
 
     /// Saves `value` at `path` (the original's `saveToStorage`). The parent map must exist:
     /// otherwise the error is [`ErrorKind::NotFound`] naming the missing prefix.
+    #[doc(alias = "set")]
     pub async fn save<T: Serialize + ?Sized>(&self, path: &str, value: &T) -> Result<()> {
         self.save_value(path, argument(path, value)?, false).await
     }
@@ -181,6 +182,7 @@ impl Storage {
 
     /// Reads the value at `path` as `T` (the original's `retrieveFromStorage`); `None` if nothing
     /// is there.
+    #[doc(alias = "get")]
     pub async fn retrieve<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
         match self.retrieve_value(path).await? {
             None => Ok(None),

@@ -10,8 +10,12 @@
 //! (the typed API), `serve` (a worker's requests on the primary), `replicas` and `replica` (the
 //! primary's and the worker's side of replicas).
 //!
+//! One pair of verbs throughout, the original's: `retrieve` reads and `save` writes, on
+//! [`Storage`], [`SharedStorage`], [`Replica`] and the control client (`get` and `set` find them
+//! in the docs' search; the `clusterfy storage get|set` commands keep the shell's words).
+//!
 //! The backends live here too (each behind its feature), with what they report
-//! ([`StorageNotice`], also published as [`Event::Storage`](crate::Event::Storage)).
+//! ([`StorageNotice`], also published as [`Event::Storage`](crate::events::Event::Storage)).
 //!
 //! # Keeping a handle to the backend
 //!

@@ -496,15 +496,16 @@ impl Replica {
 
     /// Reads the value at the dotted `path`, which must lie in the replicated branch, as `T`;
     /// `None` if nothing is there. A map path gives its whole subtree. Local memory only.
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
-        let value = self.get_value(path)?;
+    #[doc(alias = "get")]
+    pub fn retrieve<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        let value = self.retrieve_value(path)?;
         value
             .map(|v| from_value(v).map_err(|e| e.with_context("path", clusterfy_core::error::excerpt(path))))
             .transpose()
     }
 
-    /// [`Replica::get`] as a [`Value`].
-    pub fn get_value(&self, path: &str) -> Result<Option<Value>> {
+    /// [`Replica::retrieve`] as a [`Value`].
+    pub fn retrieve_value(&self, path: &str) -> Result<Option<Value>> {
         match &self.kind {
             Kind::Local { core, path: branch } => {
                 let path = self.checked(path, branch)?;

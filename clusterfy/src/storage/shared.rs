@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clusterfy_core::protocol::{Reply, StorageRequest};
-use clusterfy_core::{Error, ErrorKind, Path, Result, StorageBackend, Value};
+use clusterfy_core::{Capabilities, Error, ErrorKind, Path, Result, StorageBackend, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use super::core::StorageCore;
@@ -50,8 +50,16 @@ impl SharedStorage {
         self.core.changes()
     }
 
-    /// The backend underneath, for flushing or inspecting its capabilities.
-    pub fn backend(&self) -> &Arc<dyn StorageBackend> {
+    /// What the backend underneath promises (durable, shared outside the primary, ...).
+    ///
+    /// The backend itself is not handed out here: every write must go through the one writer
+    /// task, so that reads from memory stay what the backend holds. A program that needs the
+    /// backend's own methods keeps an `Arc` of it (see [the module](super)).
+    pub fn capabilities(&self) -> Capabilities {
+        self.core.backend().capabilities()
+    }
+
+    pub(crate) fn backend(&self) -> &Arc<dyn StorageBackend> {
         self.core.backend()
     }
 
@@ -112,7 +120,8 @@ impl SharedStorage {
     /// Answered from memory: it sees every write acknowledged before it.
     ///
     /// Fails with [`ErrorKind::Storage`] if the backend holds data this layout never writes.
-    pub async fn get(&self, path: &Path) -> Result<Option<Value>> {
+    #[doc(alias = "get")]
+    pub async fn retrieve_value(&self, path: &Path) -> Result<Option<Value>> {
         self.core.read(path)
     }
 
@@ -125,6 +134,7 @@ impl SharedStorage {
     /// that holds something other than a map is never overwritten: that fails with
     /// [`ErrorKind::InvalidInput`]. The root can only be replaced by a map, and map keys must be
     /// valid path segments so that every stored value stays addressable.
+    #[doc(alias = "set")]
     pub async fn save(&self, path: &Path, value: Value, create_parents: bool) -> Result<()> {
         let request = StorageRequest::Save { path: String::new(), value, create_parents };
         self.request(path.clone(), request).await.map(drop)

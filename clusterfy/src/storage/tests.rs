@@ -116,16 +116,16 @@ async fn nested_save_then_get_returns_value_and_subtree() {
     storage.save(&p("test"), map([("some", Value::Int(1))]), false).await.unwrap();
     storage.save(&p("test.other"), map([("deep", s("x"))]), false).await.unwrap();
     storage.save(&p("test.some"), Value::Int(2), false).await.unwrap();
-    assert_eq!(storage.get(&p("test.some")).await.unwrap(), Some(Value::Int(2)));
-    assert_eq!(storage.get(&p("test.other.deep")).await.unwrap(), Some(s("x")));
+    assert_eq!(storage.retrieve_value(&p("test.some")).await.unwrap(), Some(Value::Int(2)));
+    assert_eq!(storage.retrieve_value(&p("test.other.deep")).await.unwrap(), Some(s("x")));
     assert_eq!(
-        storage.get(&p("test")).await.unwrap(),
+        storage.retrieve_value(&p("test")).await.unwrap(),
         Some(map([("other", map([("deep", s("x"))])), ("some", Value::Int(2))]))
     );
-    assert_eq!(storage.get(&p("test.missing")).await.unwrap(), None);
-    assert_eq!(storage.get(&p("nothing.at.all")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&p("test.missing")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&p("nothing.at.all")).await.unwrap(), None);
     // Below a leaf there is nothing, and that is not an error either.
-    assert_eq!(storage.get(&p("test.some.below")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&p("test.some.below")).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -144,14 +144,14 @@ async fn saving_a_subtree_replaces_old_children() {
         .unwrap();
     storage.save(&p("a"), map([("kept", Value::Int(2)), ("new", Value::Null)]), false).await.unwrap();
     assert_eq!(
-        storage.get(&p("a")).await.unwrap(),
+        storage.retrieve_value(&p("a")).await.unwrap(),
         Some(map([("kept", Value::Int(2)), ("new", Value::Null)]))
     );
     assert_eq!(raw_keys(&backend), [&b"a\0"[..], b"a\0kept\0", b"a\0new\0"]);
     // A leaf replacing a map leaves no children behind either.
     storage.save(&p("a"), Value::Bool(true), false).await.unwrap();
     assert_eq!(raw_keys(&backend), [b"a\0"]);
-    assert_eq!(storage.get(&p("a.kept")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&p("a.kept")).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -177,13 +177,13 @@ async fn create_parents_creates_missing_maps() {
     storage.save(&p("a"), map([("keep", Value::Int(1))]), false).await.unwrap();
     storage.save(&p("a.b.c.d"), Value::Int(4), true).await.unwrap();
     assert_eq!(
-        storage.get(&p("")).await.unwrap(),
+        storage.retrieve_value(&p("")).await.unwrap(),
         Some(map([("a", map([("b", map([("c", map([("d", Value::Int(4))]))])), ("keep", Value::Int(1))]))]))
     );
     // Existing parents are left as they are.
     storage.save(&p("a.b.e"), Value::Int(5), true).await.unwrap();
-    assert_eq!(storage.get(&p("a.b.c.d")).await.unwrap(), Some(Value::Int(4)));
-    assert_eq!(storage.get(&p("a.keep")).await.unwrap(), Some(Value::Int(1)));
+    assert_eq!(storage.retrieve_value(&p("a.b.c.d")).await.unwrap(), Some(Value::Int(4)));
+    assert_eq!(storage.retrieve_value(&p("a.keep")).await.unwrap(), Some(Value::Int(1)));
 }
 
 #[tokio::test]
@@ -198,7 +198,7 @@ async fn save_below_a_leaf_is_refused_and_keeps_the_leaf() {
             assert_eq!(err.context_value("prefix"), Some("a.b"));
         }
     }
-    assert_eq!(storage.get(&p("a.b")).await.unwrap(), Some(s("text")));
+    assert_eq!(storage.retrieve_value(&p("a.b")).await.unwrap(), Some(s("text")));
 }
 
 #[tokio::test]
@@ -209,11 +209,11 @@ async fn delete_removes_the_whole_subtree() {
         .await
         .unwrap();
     assert!(storage.delete(&p("a.b")).await.unwrap());
-    assert_eq!(storage.get(&p("a.b")).await.unwrap(), None);
-    assert_eq!(storage.get(&p("a.b.c")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&p("a.b")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&p("a.b.c")).await.unwrap(), None);
     assert_eq!(raw_keys(&backend), [&b"a\0"[..], b"a\0d\0"]);
     assert!(storage.delete(&p("a.d")).await.unwrap());
-    assert_eq!(storage.get(&p("a")).await.unwrap(), Some(empty()));
+    assert_eq!(storage.retrieve_value(&p("a")).await.unwrap(), Some(empty()));
 }
 
 #[tokio::test]
@@ -223,7 +223,7 @@ async fn delete_of_missing_path_is_ok_false() {
     storage.save(&p("a"), Value::Int(1), false).await.unwrap();
     assert!(!storage.delete(&p("a.below.leaf")).await.unwrap());
     assert!(!storage.delete(&p("b")).await.unwrap());
-    assert_eq!(storage.get(&p("a")).await.unwrap(), Some(Value::Int(1)));
+    assert_eq!(storage.retrieve_value(&p("a")).await.unwrap(), Some(Value::Int(1)));
 }
 
 #[tokio::test]
@@ -232,10 +232,10 @@ async fn cas_succeeds_when_expected_matches() {
     storage.save(&p("n"), Value::Int(1), false).await.unwrap();
     let swapped = storage.compare_and_swap(&p("n"), Some(&Value::Int(1)), Some(Value::Int(2))).await.unwrap();
     assert_eq!(swapped, Ok(()));
-    assert_eq!(storage.get(&p("n")).await.unwrap(), Some(Value::Int(2)));
+    assert_eq!(storage.retrieve_value(&p("n")).await.unwrap(), Some(Value::Int(2)));
     // `None` as the new value deletes.
     assert_eq!(storage.compare_and_swap(&p("n"), Some(&Value::Int(2)), None).await.unwrap(), Ok(()));
-    assert_eq!(storage.get(&p("n")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&p("n")).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -246,10 +246,10 @@ async fn cas_conflict_returns_current_and_writes_nothing() {
     assert_eq!(lost, Err(Some(Value::Int(1))));
     let lost = storage.compare_and_swap(&p("n"), None, None).await.unwrap();
     assert_eq!(lost, Err(Some(Value::Int(1))));
-    assert_eq!(storage.get(&p("n")).await.unwrap(), Some(Value::Int(1)));
+    assert_eq!(storage.retrieve_value(&p("n")).await.unwrap(), Some(Value::Int(1)));
     let lost = storage.compare_and_swap(&p("gone"), Some(&Value::Int(0)), Some(Value::Int(2))).await.unwrap();
     assert_eq!(lost, Err(None));
-    assert_eq!(storage.get(&p("gone")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&p("gone")).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -273,7 +273,7 @@ async fn a_swap_lost_early_in_a_round_is_answered_with_what_the_round_commits() 
         Err(Some(Value::Int(2))),
         "A, B, A: a lost swap reports what it saw, never its own expected value"
     );
-    assert_eq!(storage.get(&n).await.unwrap(), Some(one));
+    assert_eq!(storage.retrieve_value(&n).await.unwrap(), Some(one));
 }
 
 #[tokio::test]
@@ -296,8 +296,8 @@ async fn cas_compares_the_whole_subtree() {
         storage.compare_and_swap(&p("m"), Some(&map([("x", Value::Int(1))])), Some(empty())).await.unwrap();
     assert_eq!(lost, Err(Some(before.clone())));
     assert_eq!(storage.compare_and_swap(&p("m"), Some(&before), Some(Value::Null)).await.unwrap(), Ok(()));
-    assert_eq!(storage.get(&p("m")).await.unwrap(), Some(Value::Null));
-    assert_eq!(storage.get(&p("m.x")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&p("m")).await.unwrap(), Some(Value::Null));
+    assert_eq!(storage.retrieve_value(&p("m.x")).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -310,7 +310,7 @@ async fn concurrent_cas_increments_lose_nothing() {
             let storage = Arc::clone(&storage);
             tokio::spawn(async move {
                 for _ in 0..25 {
-                    let mut current = storage.get(&p("n")).await.unwrap();
+                    let mut current = storage.retrieve_value(&p("n")).await.unwrap();
                     loop {
                         let Some(Value::Int(n)) = current else { panic!("counter vanished: {current:?}") };
                         match storage
@@ -330,14 +330,14 @@ async fn concurrent_cas_increments_lose_nothing() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(storage.get(&p("n")).await.unwrap(), Some(Value::Int(100)));
+    assert_eq!(storage.retrieve_value(&p("n")).await.unwrap(), Some(Value::Int(100)));
 }
 
 #[tokio::test]
 async fn initialize_saves_only_into_an_empty_backend() {
     let (storage, backend) = storage().await;
     storage.initialize(map([("test", map([("some", Value::Int(1))]))])).await.unwrap();
-    assert_eq!(storage.get(&p("test.some")).await.unwrap(), Some(Value::Int(1)));
+    assert_eq!(storage.retrieve_value(&p("test.some")).await.unwrap(), Some(Value::Int(1)));
     storage.save(&p("test.some"), Value::Int(2), false).await.unwrap();
     // A restart over the same (durable) backend keeps the saved state.
     let reopened = open(backend).await;
@@ -345,7 +345,10 @@ async fn initialize_saves_only_into_an_empty_backend() {
         .initialize(map([("test", map([("some", Value::Int(1))])), ("extra", Value::Null)]))
         .await
         .unwrap();
-    assert_eq!(reopened.get(&p("")).await.unwrap(), Some(map([("test", map([("some", Value::Int(2))]))])));
+    assert_eq!(
+        reopened.retrieve_value(&p("")).await.unwrap(),
+        Some(map([("test", map([("some", Value::Int(2))]))]))
+    );
     let err = reopened.initialize(Value::Int(1)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.message().contains("must be a map, not an integer"), "{err}");
@@ -355,29 +358,29 @@ async fn initialize_saves_only_into_an_empty_backend() {
 async fn empty_map_round_trips() {
     let (storage, _) = storage().await;
     storage.save(&p("e"), empty(), false).await.unwrap();
-    assert_eq!(storage.get(&p("e")).await.unwrap(), Some(empty()));
+    assert_eq!(storage.retrieve_value(&p("e")).await.unwrap(), Some(empty()));
     storage.save(&p("n"), map([("inner", empty())]), false).await.unwrap();
-    assert_eq!(storage.get(&p("n")).await.unwrap(), Some(map([("inner", empty())])));
+    assert_eq!(storage.retrieve_value(&p("n")).await.unwrap(), Some(map([("inner", empty())])));
     // An empty map is a parent that exists.
     storage.save(&p("e.child"), Value::Int(1), false).await.unwrap();
-    assert_eq!(storage.get(&p("e")).await.unwrap(), Some(map([("child", Value::Int(1))])));
+    assert_eq!(storage.retrieve_value(&p("e")).await.unwrap(), Some(map([("child", Value::Int(1))])));
 }
 
 #[tokio::test]
 async fn root_get_save_delete() {
     let (storage, backend) = storage().await;
-    assert_eq!(storage.get(&Path::root()).await.unwrap(), Some(empty()));
+    assert_eq!(storage.retrieve_value(&Path::root()).await.unwrap(), Some(empty()));
     assert!(!storage.delete(&Path::root()).await.unwrap());
     storage.save(&p("old"), Value::Int(1), false).await.unwrap();
     let root = map([("a", map([("b", Value::Int(1))])), ("c", s("x"))]);
     storage.save(&Path::root(), root.clone(), false).await.unwrap();
-    assert_eq!(storage.get(&Path::root()).await.unwrap(), Some(root));
-    assert_eq!(storage.get(&p("old")).await.unwrap(), None);
+    assert_eq!(storage.retrieve_value(&Path::root()).await.unwrap(), Some(root));
+    assert_eq!(storage.retrieve_value(&p("old")).await.unwrap(), None);
     let err = storage.save(&Path::root(), Value::Int(1), false).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.message().contains("cannot save an integer at the root"), "{err}");
     assert!(storage.delete(&Path::root()).await.unwrap());
-    assert_eq!(storage.get(&Path::root()).await.unwrap(), Some(empty()));
+    assert_eq!(storage.retrieve_value(&Path::root()).await.unwrap(), Some(empty()));
     assert!(raw_keys(&backend).is_empty());
 }
 
@@ -388,11 +391,11 @@ async fn segment_boundaries_separate_similar_paths() {
         .save(&p("a"), map([("b", map([("x", Value::Int(1))])), ("bc", Value::Int(2))]), false)
         .await
         .unwrap();
-    assert_eq!(storage.get(&p("a.b")).await.unwrap(), Some(map([("x", Value::Int(1))])));
+    assert_eq!(storage.retrieve_value(&p("a.b")).await.unwrap(), Some(map([("x", Value::Int(1))])));
     storage.save(&p("a.b"), Value::Null, false).await.unwrap();
-    assert_eq!(storage.get(&p("a.bc")).await.unwrap(), Some(Value::Int(2)));
+    assert_eq!(storage.retrieve_value(&p("a.bc")).await.unwrap(), Some(Value::Int(2)));
     assert!(storage.delete(&p("a.b")).await.unwrap());
-    assert_eq!(storage.get(&p("a")).await.unwrap(), Some(map([("bc", Value::Int(2))])));
+    assert_eq!(storage.retrieve_value(&p("a")).await.unwrap(), Some(map([("bc", Value::Int(2))])));
 }
 
 #[tokio::test]
@@ -416,7 +419,7 @@ async fn unaddressable_map_keys_are_refused_and_nothing_is_written() {
     // Maps inside lists are leaf data and may use any keys.
     let list = Value::List(vec![map([("x.y", Value::Null)])]);
     storage.save(&p("l"), list.clone(), false).await.unwrap();
-    assert_eq!(storage.get(&p("l")).await.unwrap(), Some(list));
+    assert_eq!(storage.retrieve_value(&p("l")).await.unwrap(), Some(list));
 }
 
 #[tokio::test]
@@ -427,7 +430,7 @@ async fn keys_stored_with_surrounding_whitespace_before_it_was_refused_stay_read
     backend.map().insert(b"a\0".to_vec(), map_node);
     backend.map().insert(b"a\0 old\0".to_vec(), leaf);
     let storage = open(backend.clone()).await;
-    assert_eq!(storage.get(&p("a")).await.unwrap(), Some(map([(" old", Value::Int(1))])));
+    assert_eq!(storage.retrieve_value(&p("a")).await.unwrap(), Some(map([(" old", Value::Int(1))])));
     // It cannot be addressed on its own any more, but goes with its parent.
     assert_eq!(Path::parse("a. old").unwrap_err().kind(), ErrorKind::InvalidPath);
     assert!(storage.delete(&p("a")).await.unwrap());
@@ -449,7 +452,7 @@ async fn messages_quote_at_most_about_a_hundred_bytes_of_a_path_or_key() {
     backend.map().insert([key.as_bytes(), b"\0"].concat(), vec![0xff]);
     // Data written behind the storage's back counts from its next start.
     let storage = open(backend.clone()).await;
-    let err = storage.get(&Path::root()).await.unwrap_err();
+    let err = storage.retrieve_value(&Path::root()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Storage);
     assert!(err.message().len() < 500 && err.message().contains("… (5001 bytes)"), "{err}");
 }
@@ -477,7 +480,7 @@ async fn corrupt_backend_data_is_a_storage_error_not_a_panic() {
         }
         let storage = open(backend.clone()).await;
         for path in ["", "a"] {
-            if let Err(err) = storage.get(&p(path)).await {
+            if let Err(err) = storage.retrieve_value(&p(path)).await {
                 assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
                 assert!(err.message().contains("clusterfy never writes"), "{err}");
             } else {
@@ -519,7 +522,7 @@ async fn queued_saves_are_one_batch_with_one_flush_and_a_failing_one_fails_alone
     assert_eq!(results[50].as_ref().unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(backend.batches.load(Ordering::SeqCst) - batches, 1, "one backend batch for the round");
     assert_eq!(backend.flushes.load(Ordering::SeqCst) - flushes, 1, "one flush for the round");
-    let parent = storage.get(&p("parent")).await.unwrap().unwrap();
+    let parent = storage.retrieve_value(&p("parent")).await.unwrap().unwrap();
     assert!(matches!(parent, Value::Map(ref m) if m.len() == 100), "{parent:?}");
 }
 
@@ -540,7 +543,7 @@ async fn every_write_of_a_round_is_announced_in_order_once_applied() {
     for expected in [&a, &ab, &b, &ab] {
         assert_eq!(&changes.try_recv().unwrap(), expected);
     }
-    assert_eq!(storage.get(&a).await.unwrap(), Some(empty()), "the save below a fresh map saw it");
+    assert_eq!(storage.retrieve_value(&a).await.unwrap(), Some(empty()), "the save below a fresh map saw it");
 }
 
 #[tokio::test]
@@ -942,15 +945,15 @@ async fn a_replica_shows_its_branch_its_own_writes_at_once_and_others_writes_in_
     local.save("other", &1).await.unwrap();
     let replica = remote.replica("config").await.unwrap();
     assert!(replica.is_current());
-    assert_eq!(replica.get::<i64>("config.limit").unwrap(), Some(3));
-    assert_eq!(replica.get_value("config").unwrap(), Some(value!({"limit": 3, "name": "x"})));
-    assert_eq!(replica.get::<i64>("config.missing").unwrap(), None);
-    let outside = replica.get::<i64>("other").unwrap_err();
+    assert_eq!(replica.retrieve::<i64>("config.limit").unwrap(), Some(3));
+    assert_eq!(replica.retrieve_value("config").unwrap(), Some(value!({"limit": 3, "name": "x"})));
+    assert_eq!(replica.retrieve::<i64>("config.missing").unwrap(), None);
+    let outside = replica.retrieve::<i64>("other").unwrap_err();
     assert_eq!(outside.kind(), ErrorKind::InvalidInput, "{outside}");
     // Its own acknowledged write is there when the write returns.
     for n in 0..50 {
         remote.save("config.limit", &n).await.unwrap();
-        assert_eq!(replica.get::<i64>("config.limit").unwrap(), Some(n), "read-your-writes");
+        assert_eq!(replica.retrieve::<i64>("config.limit").unwrap(), Some(n), "read-your-writes");
     }
     // Another's writes arrive in commit order, and the version never goes back.
     let mut changed = replica.changed();
@@ -961,11 +964,11 @@ async fn a_replica_shows_its_branch_its_own_writes_at_once_and_others_writes_in_
         let super::ReplicaEvent::Changed { version } = event else { panic!("{event:?}") };
         assert!(version > last, "{version} after {last}");
         last = version;
-        assert_eq!(replica.get::<String>("config.name").unwrap(), Some(format!("n{n}")));
+        assert_eq!(replica.retrieve::<String>("config.name").unwrap(), Some(format!("n{n}")));
     }
     local.delete("config").await.unwrap();
     futures::StreamExt::next(&mut changed).await.unwrap();
-    assert_eq!(replica.get_value("config").unwrap(), None, "a delete of the branch empties it");
+    assert_eq!(replica.retrieve_value("config").unwrap(), None, "a delete of the branch empties it");
 }
 
 #[tokio::test]
@@ -1018,11 +1021,11 @@ async fn a_worker_that_stops_reading_gets_no_more_changes_then_its_branch_again(
     assert!(replica.is_current());
     for k in 0..20 {
         let n = 180 + k;
-        assert_eq!(replica.get::<String>(&format!("big.k{k}")).unwrap(), Some(format!("{n}{blob}")));
+        assert_eq!(replica.retrieve::<String>(&format!("big.k{k}")).unwrap(), Some(format!("{n}{blob}")));
     }
     // And its own writes show at once again.
     worker.save("big.k0", "mine").await.unwrap();
-    assert_eq!(replica.get::<String>("big.k0").unwrap().as_deref(), Some("mine"));
+    assert_eq!(replica.retrieve::<String>("big.k0").unwrap().as_deref(), Some("mine"));
 }
 
 #[tokio::test]
@@ -1033,7 +1036,7 @@ async fn a_branch_and_a_commit_larger_than_a_frame_reach_the_replica_in_parts_an
         (0..100).map(|n| (format!("k{n}"), Value::from(entry.as_str()))).collect();
     local.save("big", &Value::Map(branch.clone())).await.unwrap();
     let replica = remote.replica("big").await.unwrap();
-    assert_eq!(replica.get_value("big").unwrap(), Some(Value::Map(branch)), "the snapshot came whole");
+    assert_eq!(replica.retrieve_value("big").unwrap(), Some(Value::Map(branch)), "the snapshot came whole");
     // One commit of 100 new entries, about 25 KiB: parts again, shown at once when complete.
     let mut changed = replica.changed();
     let mut again: BTreeMap<String, Value> = (0..100).map(|n| (format!("n{n}"), Value::Int(n))).collect();
@@ -1041,7 +1044,7 @@ async fn a_branch_and_a_commit_larger_than_a_frame_reach_the_replica_in_parts_an
     local.save("big", &Value::Map(again.clone())).await.unwrap();
     let event = futures::StreamExt::next(&mut changed).await.unwrap();
     assert!(matches!(event, super::ReplicaEvent::Changed { .. }), "one event for the commit: {event:?}");
-    assert_eq!(replica.get_value("big").unwrap(), Some(Value::Map(again)));
+    assert_eq!(replica.retrieve_value("big").unwrap(), Some(Value::Map(again)));
     assert!(replica.is_current());
 }
 
@@ -1056,7 +1059,7 @@ async fn a_node_larger_than_a_frame_fails_the_replica_with_a_reason_instead_of_l
     let event = futures::StreamExt::next(&mut changed).await.unwrap();
     let super::ReplicaEvent::Failed { reason } = event else { panic!("{event:?}") };
     assert!(reason.contains("more than a frame holds"), "{reason}");
-    let err = replica.get::<i64>("big.small").unwrap_err();
+    let err = replica.retrieve::<i64>("big.small").unwrap_err();
     assert!(err.message().contains("Storage::retrieve"), "says what to do instead: {err}");
     assert!(!replica.is_current());
     let refused = remote.replica("big").await.unwrap_err();

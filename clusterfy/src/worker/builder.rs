@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, watch};
 use super::inbound::WorkerInbound;
 use super::shutdown::{ShutdownHook, ShutdownReason, ShutdownState, shut_down_when_primary_is_gone};
 use super::{DEFAULT_WORKER_REQUEST_TIMEOUT, Worker, WorkerContext, WorkerInner};
-use crate::commands::CommandRegistry;
 use crate::events::{EVENT_BUFFER, WorkerRef};
+use crate::handlers::CommandRegistry;
 use crate::link::{Link, read_first, write_single};
 use crate::listen::keep_listeners_from_children;
 use crate::storage::{RemoteStorage, ReplicaRegistry};
@@ -31,6 +31,20 @@ pub struct WorkerBuilder {
     env: Option<WorkerEnv>,
     transport: Option<Arc<dyn Transport>>,
     manual_ready: bool,
+}
+
+// By hand: the shutdown hooks are closures, shown by their count.
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("commands", &self.commands)
+            .field("shutdown_hooks", &self.hooks.len())
+            .field("request_timeout", &self.request_timeout)
+            .field("env", &self.env)
+            .field("transport", &self.transport)
+            .field("manual_ready", &self.manual_ready)
+            .finish()
+    }
 }
 
 impl WorkerBuilder {

@@ -1,5 +1,8 @@
-//! The worker side: connect to the primary ([`builder`]), report status, use the storage, send
-//! commands (here) and handle them ([`inbound`]), and shut down when asked ([`shutdown`]).
+//! The worker side: a [`Worker`] connects to its primary ([`WorkerBuilder::connect`]), reports
+//! its [`WorkerStatus`], uses the shared storage, sends commands and handles them (with a
+//! [`WorkerContext`]), and shuts down when asked ([`ShutdownReason`]).
+
+// Inside: connecting in `builder`, handling commands in `inbound`, the shutdown in `shutdown`.
 
 mod builder;
 mod inbound;
@@ -10,19 +13,19 @@ use std::time::Duration;
 
 use clusterfy_core::codec::{from_payload, to_payload};
 use clusterfy_core::protocol::{CommandRequest, Destination, Notice, Reply, Request};
-use clusterfy_core::{
-    Command, Error, ErrorKind, Origin, Result, Target, WorkerId, WorkerSelector, WorkerStatus,
-};
+use clusterfy_core::{Command, Error, ErrorKind, Origin, Result, Target, WorkerId, WorkerSelector};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 
 pub use builder::WorkerBuilder;
+/// The status a worker reports ([`Worker::set_status`]).
+pub use clusterfy_core::WorkerStatus;
 pub use shutdown::{SHUTDOWN_HOOKS_TIMEOUT, ShutdownReason};
 use shutdown::{ShutdownHook, ShutdownState};
 
-use crate::commands::{BroadcastReply, CommandRegistry, expect_target};
 use crate::events::{EventStream, WorkerRef, subscribe};
+use crate::handlers::{BroadcastReply, CommandRegistry, expect_target};
 use crate::link::Link;
 use crate::listen::{Listener, take_listener};
 use crate::storage::{RemoteStorage, Storage};
@@ -53,7 +56,7 @@ pub enum WorkerEvent {
 }
 
 /// The context a worker-side command handler gets.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct WorkerContext {
     worker: Worker,
     origin: Origin,
@@ -97,6 +100,12 @@ pub struct Worker {
     inner: Arc<WorkerInner>,
 }
 
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id()).field("name", &self.name()).finish_non_exhaustive()
+    }
+}
+
 impl Worker {
     /// Starts configuring this worker.
     pub fn builder() -> WorkerBuilder {
@@ -118,7 +127,7 @@ impl Worker {
 
     /// Takes the shared listener `name` that the primary bound with
     /// [`PrimaryBuilder::listen`](crate::PrimaryBuilder::listen) (cluster mode): a socket this
-    /// worker accepts on, or, with [`Balance::Handover`](crate::Balance::Handover), the
+    /// worker accepts on, or, with [`Balance::Handover`](crate::listen::Balance::Handover), the
     /// connections the primary hands it. [`Listener::accept`] takes the next one either way.
     /// Each listener can be taken once per process. Fails with [`ErrorKind::NotFound`] naming
     /// the inherited listeners when there is none called `name`. Call it inside the runtime.
@@ -130,7 +139,7 @@ impl Worker {
     }
 
     /// [`Worker::listener`] for a TCP listener with a socket of its own: not for
-    /// [`Balance::Handover`](crate::Balance::Handover), whose connections come from
+    /// [`Balance::Handover`](crate::listen::Balance::Handover), whose connections come from
     /// [`Listener::accept`].
     pub fn tcp_listener(&self, name: &str) -> Result<tokio::net::TcpListener> {
         self.listener(name)?.into_tcp().map_err(|e| e.with_context("listener", name))

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use clusterfy::{Command, Primary, Role, Worker, WorkerOptions, role, value};
+use clusterfy::primary::WorkerOptions;
+use clusterfy::{Command, Primary, Role, Worker, role, value};
 use serde::{Deserialize, Serialize};
 
 /// A command: typed arguments, a stable wire name, a reply type and where it runs (the derive

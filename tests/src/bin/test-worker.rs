@@ -5,14 +5,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterfy::core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, encode_frame};
-use clusterfy::core::protocol::{Hello, Message, Notice, PROTOCOL_VERSION};
-use clusterfy::core::transport::{ByteReader, ByteWriter, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
 use clusterfy::transport::{Connection, Transport, WorkerEnv};
 use clusterfy::{
-    Accepted, ENV_WORKER_NAME, Error, ErrorKind, Listener, Primary, Program, Result, ShutdownReason, Value,
-    Worker, WorkerBuilder, WorkerId, WorkerOptions, WorkerStatus,
+    Error, ErrorKind, Primary, Result, Value, Worker, WorkerBuilder, WorkerId,
+    env::ENV_WORKER_NAME,
+    listen::{Accepted, Listener},
+    primary::{Program, WorkerOptions},
+    worker::{ShutdownReason, WorkerStatus},
 };
+use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, encode_frame};
+use clusterfy_core::protocol::{Hello, Message, Notice, PROTOCOL_VERSION};
+use clusterfy_core::transport::{ByteReader, ByteWriter, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
 use clusterfy_tests::{
     ACK_LINE_PREFIX, API_ANSWER, AskWhoAmI, AtomicOp, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt,
     ENV_GARBAGE, ENV_GROW_BYTES, ENV_HOOK_FILE, ENV_NON_DUMPABLE_PRIMARY, ENV_START_DELAY_MS, Echo,
@@ -167,7 +170,7 @@ async fn connect(builder: WorkerBuilder) -> Result<Worker> {
 type HeldReplica = Arc<tokio::sync::Mutex<Option<clusterfy::storage::Replica>>>;
 
 /// The stream of the watch a [`StartWatch`] command opened.
-type Watch = Arc<tokio::sync::Mutex<Option<clusterfy::EventStream<clusterfy::Path>>>>;
+type Watch = Arc<tokio::sync::Mutex<Option<clusterfy::events::EventStream<clusterfy::Path>>>>;
 
 /// A builder with a handler for every worker command of `clusterfy_tests` and a shutdown hook
 /// that writes to the file named by [`ENV_HOOK_FILE`], if set.
@@ -304,11 +307,11 @@ fn worker_builder() -> WorkerBuilder {
                 let replica = guard
                     .as_ref()
                     .ok_or_else(|| Error::new(ErrorKind::InvalidState, "no replica started"))?;
-                let Some(until) = get.until else { return replica.get_value(&get.path) };
+                let Some(until) = get.until else { return replica.retrieve_value(&get.path) };
                 let mut changes = replica.changed();
                 let wait = async {
                     loop {
-                        let shown = replica.get_value(&get.path)?;
+                        let shown = replica.retrieve_value(&get.path)?;
                         if shown.as_ref() == Some(&until) {
                             return Ok(shown);
                         }
@@ -330,7 +333,7 @@ fn worker_builder() -> WorkerBuilder {
                 guard
                     .as_ref()
                     .ok_or_else(|| Error::new(ErrorKind::InvalidState, "no replica started"))?
-                    .get_value(&save.path)
+                    .retrieve_value(&save.path)
             }
         })
         .command(|inc: IncrementMany, ctx| async move {
@@ -474,9 +477,9 @@ async fn stall_hello() -> Result<()> {
     std::future::pending().await
 }
 
-/// A valid handshake by hand, then malformed bytes in answer to the first request.
-async fn garbage() -> Result<()> {
-    let mode = env_var(ENV_GARBAGE)?;
+/// This worker's own channel after a valid handshake by hand and `Ready`, with the decoder of
+/// what the primary sends.
+async fn ready_by_hand() -> Result<(ByteReader, ByteWriter, FrameDecoder)> {
     let Connection { mut reader, mut writer, .. } = raw_channel().await?;
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -490,6 +493,13 @@ async fn garbage() -> Result<()> {
         other => return Err(Error::new(ErrorKind::Protocol, format!("expected Welcome, got {other:?}"))),
     }
     write_message(&mut writer, &Message::Notice(Notice::Ready)).await?;
+    Ok((reader, writer, decoder))
+}
+
+/// A valid handshake by hand, then malformed bytes in answer to the first request.
+async fn garbage() -> Result<()> {
+    let mode = env_var(ENV_GARBAGE)?;
+    let (mut reader, mut writer, mut decoder) = ready_by_hand().await?;
     loop {
         match read_message(&mut reader, &mut decoder).await? {
             Some(Message::Request { .. }) => break,

@@ -10,8 +10,10 @@ use std::time::Duration;
 use clusterfy::storage::{RedisMirror, SledStorage};
 use clusterfy::transport::{StdioTransport, UdsTransport};
 use clusterfy::{
-    ErrorKind, Event, EventStream, Origin, Primary, PrimaryBuilder, Program, WorkerInfo, WorkerOptions,
-    WorkerRef,
+    ErrorKind, Primary, PrimaryBuilder,
+    command::Origin,
+    events::{Event, EventStream, WorkerRef},
+    primary::{Program, WorkerInfo, WorkerOptions},
 };
 use clusterfy_tests::{Note, PrimaryEcho, Scenario};
 use futures::StreamExt;
@@ -173,6 +175,7 @@ pub(crate) fn primary_builder() -> PrimaryBuilder {
             let from = match ctx.origin() {
                 Origin::Primary => "the primary".to_owned(),
                 Origin::Worker { name, .. } => name.clone(),
+                other => panic!("an origin this test does not know: {other:?}"),
             };
             Ok(format!("{} from {from}", echo.text))
         })
@@ -190,6 +193,7 @@ pub(crate) fn with_notes(
             let from = match ctx.origin() {
                 Origin::Primary => "the primary".to_owned(),
                 Origin::Worker { name, .. } => name.clone(),
+                other => panic!("an origin this test does not know: {other:?}"),
             };
             let _ = tx.send((from, note.text));
             Ok(())
@@ -333,7 +337,7 @@ pub(crate) async fn shut_down_cleanly(primary: &Primary) {
     for (worker, outcome) in outcomes.into_iter().filter(|(w, _)| running.contains(&w.name)) {
         assert_eq!(
             outcome,
-            clusterfy::ShutdownOutcome::Exited(clusterfy::ExitReason::Code(0)),
+            clusterfy::primary::ShutdownOutcome::Exited(clusterfy::events::ExitReason::Code(0)),
             "{worker} should exit cleanly on shutdown"
         );
     }

@@ -1,4 +1,4 @@
-//! The primary's side of [`Balance::Handover`](crate::Balance::Handover): accept on the listener
+//! The primary's side of [`Balance::Handover`](crate::listen::Balance::Handover): accept on the listener
 //! while some worker process has room, hand each connection to the next one (round-robin), and
 //! take back what a process that ended had not taken.
 

@@ -1,4 +1,4 @@
-//! The worker's side of [`Balance::Handover`](crate::Balance::Handover): connections arrive on
+//! The worker's side of [`Balance::Handover`](crate::listen::Balance::Handover): connections arrive on
 //! the process's handover channel instead of a listening socket.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -11,7 +11,7 @@ use nix::sys::socket::MsgFlags;
 use super::{HANDED_LEN, Kind, decode_handed, encode_taken};
 use crate::listen::Accepted;
 
-/// A shared listener balanced by the primary ([`Balance::Handover`](crate::Balance::Handover)):
+/// A shared listener balanced by the primary ([`Balance::Handover`](crate::listen::Balance::Handover)):
 /// the primary accepts each connection and hands it to this worker process, which takes it with
 /// [`HandedListener::accept`]. A TCP connection's [`peer_addr`](tokio::net::TcpStream::peer_addr)
 /// is the client's, as on a listener of its own.

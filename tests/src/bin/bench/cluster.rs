@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use clusterfy::storage::{RedisMirror, SledStorage};
 use clusterfy::transport::StdioTransport;
 use clusterfy::{
-    Command, Error, ErrorKind, Primary, PrimaryBuilder, Worker, WorkerContext, WorkerOptions, value,
+    Command, Error, ErrorKind, Primary, PrimaryBuilder, Worker, primary::WorkerOptions, value,
+    worker::WorkerContext,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -259,8 +260,8 @@ async fn run_measurement(worker: &Worker, measure: &Measure) -> clusterfy::Resul
         }
         Workload::ReplicaRead => {
             let replica = worker.storage().replica(DISTINCT_PARENT).await?;
-            read_loop(warmup, || replica.get::<String>(STORAGE_PATH))?;
-            read_loop(iterations, || replica.get::<String>(STORAGE_PATH))
+            read_loop(warmup, || replica.retrieve::<String>(STORAGE_PATH))?;
+            read_loop(iterations, || replica.retrieve::<String>(STORAGE_PATH))
         }
         Workload::RawMapRead => {
             // The same paths and values the replica holds, in a plain map of this process.
@@ -268,7 +269,7 @@ async fn run_measurement(worker: &Worker, measure: &Measure) -> clusterfy::Resul
                 std::collections::HashMap::new();
             // Copied from a replica: the branch may be larger than one frame (a retrieve of it).
             let replica = worker.storage().replica(DISTINCT_PARENT).await?;
-            flatten(DISTINCT_PARENT, replica.get_value(DISTINCT_PARENT)?, &mut map);
+            flatten(DISTINCT_PARENT, replica.retrieve_value(DISTINCT_PARENT)?, &mut map);
             drop(replica);
             let read = || map.get(STORAGE_PATH).cloned().map(clusterfy::from_value::<String>).transpose();
             read_loop(warmup, read)?;
@@ -314,7 +315,7 @@ async fn watch_staleness(worker: &Worker, count: u64) -> clusterfy::Result<()> {
         let mut last = 0;
         while last < count && changes.next().await.is_some() {
             let now = monotonic_nanos();
-            if let Ok(Some(shown)) = replica.get::<u64>(STALE_PATH)
+            if let Ok(Some(shown)) = replica.retrieve::<u64>(STALE_PATH)
                 && shown > last
             {
                 // Every value between was shown by an earlier event or this one.

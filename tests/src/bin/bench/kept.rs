@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clusterfy::core::NoticeReceiver;
-use clusterfy::storage::{BatchOp, Capabilities, StorageBackend};
+use clusterfy::storage::{BatchOp, Capabilities, NoticeReceiver, StorageBackend};
 
 use crate::sampling::Samples;
 

@@ -256,7 +256,7 @@ pub(crate) fn report(
          {HOT_IN_FLIGHT} in flight each, all on the one counter {HOT_PATH}, timed at the primary"
     );
     println!(
-        "  replica_read_ops: Replica::get::<String> of {STORAGE_PATH} from {WORKER_A}'s replica of bench, one read \
+        "  replica_read_ops: Replica::retrieve::<String> of {STORAGE_PATH} from {WORKER_A}'s replica of bench, one read \
          after the other ({} per repetition); baseline raw_map_read_ops: the same read of a plain HashMap of the same \
          paths and values in the worker; goal: at least 10M/s",
         plan.replica_reads

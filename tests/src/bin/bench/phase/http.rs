@@ -5,7 +5,11 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use clusterfy::{Balance, ListenAddr, ListenOptions, Primary, ReloadOptions, WorkerOptions};
+use clusterfy::{
+    Primary,
+    listen::{Balance, ListenAddr, ListenOptions},
+    primary::{ReloadOptions, WorkerOptions},
+};
 use clusterfy_test_support::http_load::{self, LoadReport};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{oneshot, watch};

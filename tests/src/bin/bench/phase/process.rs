@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use clusterfy::WorkerOptions;
+use clusterfy::primary::WorkerOptions;
 
 use crate::BenchResult;
 use crate::bare::{idle_rss, rss_kib, spawn_wait_noop};

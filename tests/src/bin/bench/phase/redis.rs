@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clusterfy::Primary;
-use clusterfy::core::{NoticeReceiver, StorageNotice};
-use clusterfy::storage::{AckMode, RedisMirror, StorageBackend};
+use clusterfy::storage::{AckMode, NoticeReceiver, RedisMirror, StorageBackend, StorageNotice};
 use clusterfy_test_support::redis_server::{RedisServer, TEST_REDIS_URL_ENV, running_in_ci};
 
 use crate::BenchResult;

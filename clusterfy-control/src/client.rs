@@ -1,17 +1,17 @@
-//! [`ControlClient`]: talks to a running primary's control socket (what the `clusterfy`
-//! command is made of).
+//! [`ControlClient`]: talks to a running primary's control socket.
 
 use std::path::{Path, PathBuf};
 
+use clusterfy_core::codec::FrameDecoder;
 use clusterfy_core::control::{
-    AppInfo, ControlReply, ControlRequest, EventRow, MAX_CONTROL_REQUEST_LEN, WorkerRow,
+    AppInfo, ControlReply, ControlRequest, EventRow, MAX_CONTROL_FRAME_LEN, MAX_CONTROL_REQUEST_LEN,
+    WorkerRow, read_frame, write_frame,
 };
 use clusterfy_core::{Error, ErrorKind, Result, Value};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::frames::{decoder, read_frame, write_frame};
-use super::location::{control_dir, socket_path};
+use crate::location::{control_dir, socket_path};
 
 /// A primary found in the control directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,21 +121,23 @@ impl ControlClient {
         self.done(ControlRequest::Scale { group: group.to_owned(), workers }).await
     }
 
-    /// The value or subtree at `path`.
-    pub async fn storage_get(&self, path: &str) -> Result<Option<Value>> {
+    /// The value or subtree at `path` (`clusterfy storage get`).
+    #[doc(alias = "storage_get")]
+    pub async fn storage_retrieve(&self, path: &str) -> Result<Option<Value>> {
         match self.call(ControlRequest::StorageGet { path: path.to_owned() }).await? {
             ControlReply::Value(value) => Ok(value),
             other => Err(unexpected(&other)),
         }
     }
 
-    /// Saves `value` at `path` (its parent must exist).
-    pub async fn storage_set(&self, path: &str, value: Value) -> Result<()> {
+    /// Saves `value` at `path` (its parent must exist; `clusterfy storage set`).
+    #[doc(alias = "storage_set")]
+    pub async fn storage_save(&self, path: &str, value: Value) -> Result<()> {
         self.done(ControlRequest::StorageSet { path: path.to_owned(), value }).await
     }
 
     /// Saves `value` at `path`, creating missing parent maps (`clusterfy storage set --parents`).
-    pub async fn storage_set_with_parents(&self, path: &str, value: Value) -> Result<()> {
+    pub async fn storage_save_with_parents(&self, path: &str, value: Value) -> Result<()> {
         let request = ControlRequest::StorageSave { path: path.to_owned(), value, create_parents: true };
         self.done(request).await
     }
@@ -193,7 +195,8 @@ impl ControlClient {
                 err
             }
         });
-        let mut stream = ControlStream { reader, _writer: writer, frames: decoder() };
+        let mut stream =
+            ControlStream { reader, _writer: writer, frames: FrameDecoder::new(MAX_CONTROL_FRAME_LEN) };
         if let Err(err) = sent {
             // A primary that refuses the connection says why, then closes before the request
             // is read: its reason is worth more than the broken pipe.
@@ -244,7 +247,7 @@ pub struct ControlStream {
     reader: OwnedReadHalf,
     // Held so the primary sees the connection open until the stream is dropped.
     _writer: OwnedWriteHalf,
-    frames: clusterfy_core::codec::FrameDecoder,
+    frames: FrameDecoder,
 }
 
 impl ControlStream {

@@ -23,6 +23,17 @@ pub(crate) struct CommandRegistry<Ctx> {
     first_error: Option<Error>,
 }
 
+impl<Ctx> std::fmt::Debug for CommandRegistry<Ctx> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.handlers.keys().copied().collect();
+        names.sort_unstable();
+        f.debug_struct("CommandRegistry")
+            .field("side", &self.side)
+            .field("commands", &names)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<Ctx: Send + 'static> CommandRegistry<Ctx> {
     pub(crate) fn new(side: Target) -> Self {
         CommandRegistry { side, handlers: HashMap::new(), first_error: None }
