@@ -18,18 +18,48 @@ use clusterfy_core::{Error, ErrorKind, Result, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
 
-/// Bytes queued for the writer before senders wait: enough to keep hundreds of requests in
-/// flight without unbounded memory. Replies and notices the link must not lose are queued past it.
+/// Bytes queued for the writer before senders wait, on a worker's side (the primary's side
+/// takes [`Limits::queued_bytes_per_worker`](crate::primary::Limits)): enough to keep hundreds
+/// of requests in flight without unbounded memory. Replies and notices the link must not lose
+/// are queued past it.
 const OUTBOX_HIGH_WATER: usize = 1 << 20;
 /// Most bytes the writer hands to one write call.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// How often the sweeper looks for requests past their deadline while any are in flight: a
 /// request fails at most this much after its deadline.
 const SWEEP_EVERY: Duration = Duration::from_millis(20);
-/// Requests of the peer being handled at once on one link: past it, the link reads no more of
-/// the peer's frames until some are answered, so a peer that pipelines without reading its
-/// replies slows itself down instead of growing this process's memory (the others go on).
-pub(crate) const MAX_ANSWERING: usize = 1024;
+/// Requests of the peer being handled at once on a worker's link (the primary's side takes
+/// [`Limits::requests_per_worker`](crate::primary::Limits)).
+const MAX_ANSWERING: usize = 1024;
+
+/// What one link may hold for its peer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkBounds {
+    /// The peer's requests handled at once: past it, the link reads no more of the peer's frames
+    /// until some are answered, so a peer that pipelines without end slows itself down instead
+    /// of growing this process's memory (the other links go on).
+    pub(crate) answering: usize,
+    /// Bytes queued for the peer past which senders wait.
+    pub(crate) queued_bytes: usize,
+    /// Also read none of the peer's frames while `queued_bytes` wait for it: a peer that does
+    /// not read its replies stops being served. The primary's side only: if both sides did it,
+    /// two peers writing to each other could each wait for the other to read, for good.
+    pub(crate) pause_when_backed_up: bool,
+    /// Bytes left unread by the peer past which the link ends instead of queueing more: answers
+    /// that cannot wait (the storage writer's) still arrive while reading is paused. `None` on a
+    /// worker's side, whose peer is its own primary.
+    pub(crate) unread_bytes: Option<usize>,
+}
+
+impl LinkBounds {
+    /// A worker's link to its primary: it always reads, so the primary's bounds can work.
+    pub(crate) const WORKER: LinkBounds = LinkBounds {
+        answering: MAX_ANSWERING,
+        queued_bytes: OUTBOX_HIGH_WATER,
+        pause_when_backed_up: false,
+        unread_bytes: None,
+    };
+}
 
 /// Handles what the peer sends besides replies.
 pub(crate) trait Inbound: Send + Sync + 'static {
@@ -42,8 +72,14 @@ pub(crate) trait Inbound: Send + Sync + 'static {
 
 /// Frames on their way to the writer task, encoded straight into one buffer that the writer
 /// swaps out whole: no allocation and no channel operation per frame.
-#[derive(Default)]
 struct Outbox {
+    /// Bytes queued past which senders wait.
+    high_water: usize,
+    /// Bytes queued past which nothing more is queued and the link ends
+    /// ([`LinkBounds::unread_bytes`]).
+    unread_cap: Option<usize>,
+    /// Wakes the reader to end the link once the cap is passed (a permit is kept).
+    overflow: Notify,
     state: Mutex<Queued>,
     /// Wakes the writer; `notify_one` keeps a permit, so a wake-up between its checks is kept.
     /// Shared with the writer task, which waits on it without holding the link.
@@ -61,9 +97,22 @@ struct Queued {
     close: bool,
     /// The writer is gone: nothing more goes out.
     gone: bool,
+    /// The peer left more than the unread cap queued: the link ends.
+    overflowed: bool,
 }
 
 impl Outbox {
+    fn new(bounds: &LinkBounds) -> Self {
+        Outbox {
+            high_water: bounds.queued_bytes,
+            unread_cap: bounds.unread_bytes,
+            overflow: Notify::new(),
+            state: Mutex::default(),
+            wake_writer: Arc::default(),
+            room: Notify::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queued> {
         // Every change keeps the state consistent (a failed encode leaves the bytes as they were).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -88,7 +137,7 @@ impl Outbox {
                 if queued.gone || queued.close {
                     return Err(SendError::Gone);
                 }
-                if queued.bytes.len() < OUTBOX_HIGH_WATER {
+                if queued.bytes.len() < self.high_water {
                     encode(&mut queued.bytes)?;
                     drop(queued);
                     self.wake_writer.notify_one();
@@ -111,7 +160,13 @@ impl Outbox {
     /// fails).
     fn push_with(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), SendError>) -> Result<(), SendError> {
         let mut queued = self.lock();
-        if queued.gone || queued.close {
+        if queued.gone || queued.close || queued.overflowed {
+            return Err(SendError::Gone);
+        }
+        if self.unread_cap.is_some_and(|cap| queued.bytes.len() > cap) {
+            queued.overflowed = true;
+            drop(queued);
+            self.overflow.notify_one();
             return Err(SendError::Gone);
         }
         encode(&mut queued.bytes)?;
@@ -163,7 +218,8 @@ pub(crate) struct Link {
     /// primary's side, `Closed` on a worker's.
     closed_kind: ErrorKind,
     max_frame_len: usize,
-    /// Wakes the reader paused at [`MAX_ANSWERING`] of the peer's requests.
+    bounds: LinkBounds,
+    /// Wakes the reader paused at [`LinkBounds::answering`] of the peer's requests.
     answered: Notify,
 }
 
@@ -228,14 +284,16 @@ impl Link {
         decoder: FrameDecoder,
         max_frame_len: usize,
         closed_kind: ErrorKind,
+        bounds: LinkBounds,
     ) -> (Arc<Link>, LinkReader) {
         let link = Arc::new(Link {
             peer,
-            outbox: Outbox::default(),
-            state: Mutex::new(LinkState::new(MAX_ANSWERING)),
+            outbox: Outbox::new(&bounds),
+            state: Mutex::new(LinkState::new(bounds.answering)),
             sweep: Arc::new(Notify::new()),
             closed_kind,
             max_frame_len,
+            bounds,
             answered: Notify::new(),
         });
         tokio::spawn(write_loop(writer, Arc::downgrade(&link), Arc::clone(&link.outbox.wake_writer)));
@@ -265,11 +323,20 @@ impl Link {
             id
         };
         let mut asked = Asked { link: self, id, answered: false };
-        self.send(&Message::Request { id, body }).await?;
-        // The waiter is dropped without an answer only when the link closed.
-        let answer = rx.await.unwrap_or_else(|_| Err(self.closed_error()));
+        let mut rx = rx;
+        let message = Message::Request { id, body };
+        // The deadline covers waiting for room to send, too: a peer that reads nothing must not
+        // hold the request (a shutdown's, say) past it.
+        let answer = tokio::select! {
+            sent = self.send(&message) => match sent {
+                Ok(()) => (&mut rx).await,
+                Err(err) => return Err(err),
+            },
+            unsent = &mut rx => unsent,
+        };
         asked.answered = true;
-        answer
+        // The waiter is dropped without an answer only when the link closed.
+        answer.unwrap_or_else(|_| Err(self.closed_error()))
     }
 
     /// Counts one of the peer's requests as answered, and lets a paused reader go on.
@@ -279,16 +346,21 @@ impl Link {
         }
     }
 
-    /// Waits while reading is paused (at [`MAX_ANSWERING`] of the peer's requests).
+    /// Waits while reading is paused: at [`LinkBounds::answering`] of the peer's requests, or
+    /// with [`LinkBounds::pause_when_backed_up`] while the peer leaves its queue unread.
     async fn room_to_read(&self) {
         loop {
             let answered = self.answered.notified();
             tokio::pin!(answered);
             answered.as_mut().enable();
             if !self.state().reading_paused() {
-                return;
+                break;
             }
             answered.await;
+        }
+        // Nothing is read meanwhile, so the count of requests being answered cannot grow again.
+        if self.bounds.pause_when_backed_up {
+            self.drained_below(self.bounds.queued_bytes).await;
         }
     }
 
@@ -368,14 +440,14 @@ impl Link {
         self.outbox.lock().bytes.len()
     }
 
-    /// Waits until fewer than `bytes` are queued for the peer, or the connection is gone.
+    /// Waits until fewer than `bytes` are queued for the peer, or the connection is gone or ending.
     pub(crate) async fn drained_below(&self, bytes: usize) {
         loop {
             let room = self.outbox.room.notified();
             tokio::pin!(room);
             {
                 let queued = self.outbox.lock();
-                if queued.gone || queued.bytes.len() < bytes {
+                if queued.gone || queued.overflowed || queued.bytes.len() < bytes {
                     return;
                 }
                 // Registered before the lock is released, so the writer's wake-up is not missed.
@@ -397,6 +469,20 @@ impl Link {
     pub(crate) async fn flush(&self) -> Result<()> {
         let written = self.outbox.flush().ok_or_else(|| self.closed_error())?;
         written.await.map_err(|_| self.closed_error())
+    }
+
+    /// Why a link whose peer left more than [`LinkBounds::unread_bytes`] unread ended.
+    fn unread_error(&self) -> Error {
+        let cap = self.outbox.unread_cap.unwrap_or_default();
+        Error::new(
+            ErrorKind::Busy,
+            format!(
+                "{} left more than {} KiB of replies and notices unread (Limits::unread_bytes_per_worker): \
+                 its connection is closed; a worker must read its replies, or raise the limit",
+                self.peer,
+                cap / 1024
+            ),
+        )
     }
 
     fn closed_error(&self) -> Error {
@@ -467,12 +553,19 @@ async fn read_loop(
                 let incoming = link.state().receive(message);
                 dispatch(&link, &inbound, incoming);
                 link.room_to_read().await;
+                if link.outbox.lock().overflowed {
+                    break LinkEnd::Failed(link.unread_error());
+                }
                 continue;
             }
             Ok(None) => {}
             Err(err) => break LinkEnd::Failed(err),
         }
-        match reader.read_buf(decoder.buffer_mut()).await {
+        let read = tokio::select! {
+            read = reader.read_buf(decoder.buffer_mut()) => read,
+            () = link.outbox.overflow.notified() => break LinkEnd::Failed(link.unread_error()),
+        };
+        match read {
             Ok(0) if decoder.buffered_len() == 0 => break LinkEnd::Eof,
             Ok(0) => {
                 break LinkEnd::Failed(Error::new(
@@ -560,4 +653,55 @@ async fn write_out(writer: &mut ByteWriter, bytes: &[u8]) -> std::io::Result<()>
         writer.write_all(chunk).await?;
     }
     writer.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use clusterfy_core::Value;
+
+    use super::*;
+
+    /// Handles nothing: the test drives the link's answers itself.
+    struct Nothing;
+
+    impl Inbound for Nothing {
+        fn on_request(self: Arc<Self>, _: &Arc<Link>, _: RequestId, _: Request) {}
+        fn on_notice(&self, _: &Arc<Link>, _: Notice) {}
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_leaves_more_than_the_unread_cap_is_cut_off_with_the_reason() {
+        // The peer's end stays open and unread: answers pile up past the small socket buffer.
+        let (ours, _peer) = tokio::io::duplex(4096);
+        let (read, write) = tokio::io::split(ours);
+        let bounds = LinkBounds {
+            answering: 16,
+            queued_bytes: 1024,
+            pause_when_backed_up: true,
+            unread_bytes: Some(8 * 1024),
+        };
+        let frames = 1 << 20;
+        let (link, reader) = Link::new(
+            "worker \"greedy\"".into(),
+            Box::new(read),
+            Box::new(write),
+            FrameDecoder::new(frames),
+            frames,
+            ErrorKind::WorkerExited,
+            bounds,
+        );
+        let reading = reader.spawn(Arc::new(Nothing));
+        // Answers that cannot wait, as the storage writer's: 64 KiB of them against a cap of 8.
+        for id in 0..64 {
+            link.reply_soon(id, Ok(Reply::Value(Some(Value::String("x".repeat(1024))))));
+        }
+        let end = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("the link ends instead of queueing on")
+            .expect("the reader task");
+        let LinkEnd::Failed(err) = &end else { panic!("ended by the cap, not {end:?}") };
+        assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+        assert!(err.message().contains("unread_bytes_per_worker"), "names the bound: {err}");
+        assert!(link.queued_len() <= 8 * 1024 + 2048, "queued {} bytes", link.queued_len());
+    }
 }

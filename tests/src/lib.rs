@@ -27,6 +27,15 @@ pub const GARBAGE_UNDECODABLE: &str = "undecodable";
 /// A frame header announcing a payload far above the primary's maximum frame size.
 pub const GARBAGE_OVERSIZE: &str = "oversize";
 
+/// How many increment-and-read pairs the `greedy` scenario sends.
+pub const GREEDY_PAIRS: u64 = 500;
+/// What the `greedy` scenario increments.
+pub const GREEDY_COUNT_PATH: &str = "greedy_count";
+/// What the `greedy` scenario reads, again and again (the test stores a large value there).
+pub const GREEDY_BIG_PATH: &str = "greedy_big";
+/// The stdout line of the `greedy` scenario once all its requests are written.
+pub const GREEDY_SENT_LINE: &str = "GREEDY SENT";
+
 /// What the `garbage` and `evil` scenarios' processes exit with when the primary closed their
 /// connection having told them why (a `Notice::Error` of kind protocol, or unauthorized).
 pub const HUNG_UP_WITH_NOTICE: i32 = 0;
@@ -59,6 +68,11 @@ pub enum Scenario {
     /// Speaks the protocol by hand: a valid handshake, `Ready`, then answers the first request
     /// with the malformed bytes [`ENV_GARBAGE`] names, and exits once the primary hangs up.
     Garbage,
+    /// Speaks the protocol by hand: a valid handshake, `Ready`, then [`GREEDY_PAIRS`] pairs of
+    /// requests in one write, each an increment of [`GREEDY_COUNT_PATH`] and a read of
+    /// [`GREEDY_BIG_PATH`], and never reads a reply. Prints [`GREEDY_SENT_LINE`] once all are
+    /// written, then waits.
+    Greedy,
     /// Plays a primary: forks two [`Scenario::Normal`] workers of this binary, waits until they
     /// are ready, forks `sleep 1000` as [`FOREIGN_WORKER`], prints [`PIDS_LINE_PREFIX`] and the
     /// three pids on one stdout line, and waits. It registers [`Note`], passes
@@ -135,13 +149,14 @@ pub const ACK_LINE_PREFIX: &str = "ACK";
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 19] = [
+    pub const ALL: [Scenario; 20] = [
         Scenario::Normal,
         Scenario::IgnoreShutdown,
         Scenario::NeverConnect,
         Scenario::CrashOnStart,
         Scenario::Evil,
         Scenario::Garbage,
+        Scenario::Greedy,
         Scenario::Primary,
         Scenario::PersistPrimary,
         Scenario::IgnoreRequest,
@@ -166,6 +181,7 @@ impl Scenario {
             Scenario::CrashOnStart => "crash-on-start",
             Scenario::Evil => "evil",
             Scenario::Garbage => "garbage",
+            Scenario::Greedy => "greedy",
             Scenario::Primary => "primary",
             Scenario::PersistPrimary => "persist-primary",
             Scenario::IgnoreRequest => "ignore-request",

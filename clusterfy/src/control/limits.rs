@@ -13,18 +13,18 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
-/// Control connections served at once (streams of events and watches included).
-pub(crate) const MAX_CONTROL_CONNECTIONS: usize = 64;
 /// Bytes of large requests (above [`SMALL_CONTROL_REQUEST_LEN`]) read at once, over all
 /// connections: with the small ones, a primary buffers at most
-/// `MAX_CONTROL_CONNECTIONS * SMALL_CONTROL_REQUEST_LEN + LARGE_REQUEST_BUDGET` (8 MiB) for its
-/// control clients.
+/// `control_connections * SMALL_CONTROL_REQUEST_LEN + LARGE_REQUEST_BUDGET` (8 MiB with the
+/// default [`Limits::control_connections`](crate::primary::Limits)) for its control clients.
 const LARGE_REQUEST_BUDGET: usize = 4 * MAX_CONTROL_REQUEST_LEN;
 /// The budget's unit: a semaphore counts permits in `u32`s, and a KiB is fine enough.
 const BUDGET_UNIT: usize = 1024;
 
 /// The limits of one control socket.
 pub(crate) struct ControlLimits {
+    /// Connections served at once (streams of events and watches included).
+    max_connections: usize,
     open: Mutex<OpenConnections>,
     large_requests: Arc<Semaphore>,
 }
@@ -57,8 +57,9 @@ impl Drop for Admission {
 }
 
 impl ControlLimits {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(max_connections: usize) -> Arc<Self> {
         Arc::new(ControlLimits {
+            max_connections,
             open: Mutex::new(OpenConnections::default()),
             large_requests: Arc::new(Semaphore::new(LARGE_REQUEST_BUDGET / BUDGET_UNIT)),
         })
@@ -75,7 +76,7 @@ impl ControlLimits {
     /// new one is refused with the error to send it.
     pub(crate) fn admit(self: &Arc<Self>) -> std::result::Result<Admission, Error> {
         let mut open = self.lock();
-        if open.by_age.len() >= MAX_CONTROL_CONNECTIONS {
+        if open.by_age.len() >= self.max_connections {
             let idle = open.by_age.iter().find(|(_, e)| e.waiting.load(Ordering::SeqCst)).map(|(id, _)| *id);
             match idle.and_then(|id| open.by_age.remove(&id)) {
                 Some(evicted) => {
@@ -87,8 +88,9 @@ impl ControlLimits {
                     return Err(Error::new(
                         ErrorKind::Busy,
                         format!(
-                            "the primary serves {MAX_CONTROL_CONNECTIONS} control connections already (event \
-                             streams, watches, reloads); close some, or retry when one ends"
+                            "the primary serves {} control connections already (event streams, watches, \
+                             reloads); close some, retry when one ends, or raise Limits::control_connections",
+                            self.max_connections
                         ),
                     ));
                 }
@@ -167,6 +169,8 @@ mod tests {
 
     use super::*;
 
+    const TEST_CAP: usize = 64;
+
     /// A client that announced `len` bytes and sent all but the last: its request is never whole.
     async fn stalled_request(len: usize) -> tokio::io::DuplexStream {
         let (mut client, server) = tokio::io::duplex(2 * MAX_CONTROL_REQUEST_LEN);
@@ -182,7 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn large_requests_share_a_budget_and_the_one_past_it_is_told_busy() {
-        let limits = ControlLimits::new();
+        let limits = ControlLimits::new(TEST_CAP);
         let len = MAX_CONTROL_REQUEST_LEN - 16;
         let mut readers = Vec::new();
         for _ in 0..LARGE_REQUEST_BUDGET / MAX_CONTROL_REQUEST_LEN {
@@ -219,9 +223,9 @@ mod tests {
 
     #[test]
     fn at_the_cap_the_oldest_idle_connection_makes_room_and_busy_ones_do_not() {
-        let limits = ControlLimits::new();
+        let limits = ControlLimits::new(TEST_CAP);
         let mut held: Vec<Admission> =
-            (0..MAX_CONTROL_CONNECTIONS).map(|_| limits.admit().expect("below the cap")).collect();
+            (0..TEST_CAP).map(|_| limits.admit().expect("below the cap")).collect();
         let oldest = held[0].id();
         let newcomer = limits.admit().expect("an idle one made room");
         assert!(!limits.lock().by_age.contains_key(&oldest), "the oldest idle connection left");

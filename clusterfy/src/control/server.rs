@@ -65,7 +65,12 @@ pub(crate) enum SocketPlace {
 
 /// Binds the control socket of `app` and serves it for as long as the primary lives. The socket
 /// file is made 0600 wherever it goes; the uid check on every connection is what guards it.
-pub(crate) fn open(app: &str, place: SocketPlace, primary: Weak<PrimaryInner>) -> Result<ControlSocket> {
+pub(crate) fn open(
+    app: &str,
+    place: SocketPlace,
+    max_connections: usize,
+    primary: Weak<PrimaryInner>,
+) -> Result<ControlSocket> {
     let path = match place {
         SocketPlace::ControlDir(path) => {
             if let Some(dir) = path.parent() {
@@ -106,7 +111,7 @@ pub(crate) fn open(app: &str, place: SocketPlace, primary: Weak<PrimaryInner>) -
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(format!("making the control socket {} private", path.display()), e))?;
     let app: Arc<str> = Arc::from(app);
-    let limits = ControlLimits::new();
+    let limits = ControlLimits::new(max_connections);
     let accepting = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             match limits.admit() {
@@ -345,7 +350,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("temp dir");
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(dir_mode)).expect("chmod");
             let path = dir.path().join("app.sock");
-            let socket = open("app", SocketPlace::Named(path.clone()), Weak::new()).expect("opens");
+            let socket = open("app", SocketPlace::Named(path.clone()), 64, Weak::new()).expect("opens");
             assert_eq!(mode(dir.path()), dir_mode, "the named directory is left as it was");
             assert_eq!(mode(&path), 0o600, "the socket itself is private");
             socket.close();
@@ -357,7 +362,7 @@ mod tests {
     async fn a_named_socket_in_a_missing_directory_is_refused_and_nothing_is_created() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("missing").join("app.sock");
-        let err = open("app", SocketPlace::Named(path), Weak::new()).err().expect("refused");
+        let err = open("app", SocketPlace::Named(path), 64, Weak::new()).err().expect("refused");
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
         assert!(err.message().contains("does not exist"), "{err}");
         assert!(!dir.path().join("missing").exists(), "no directory was created");

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::directory::Directory;
 use super::usage::{self, DEFAULT_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
-use super::{DEFAULT_KILL_TIMEOUT, Primary, PrimaryContext, PrimaryInner, signals, watchers};
+use super::{DEFAULT_KILL_TIMEOUT, Limits, Primary, PrimaryContext, PrimaryInner, signals, watchers};
 use crate::Signal;
 use crate::control::SocketPlace;
 use crate::events::EVENT_BUFFER;
@@ -39,6 +39,7 @@ pub struct PrimaryBuilder {
     request_timeout: Duration,
     ready_timeout: Duration,
     max_frame_len: usize,
+    limits: Limits,
     handle_signals: bool,
     non_dumpable: bool,
     echo_output: bool,
@@ -62,6 +63,7 @@ impl PrimaryBuilder {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            limits: Limits::default(),
             handle_signals: true,
             non_dumpable: false,
             echo_output: true,
@@ -285,11 +287,20 @@ impl PrimaryBuilder {
         self
     }
 
+    /// How much one worker or control client can make the primary hold (see [`Limits`]; its
+    /// default unless set).
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Checks the configuration, prepares the storage and returns the primary.
     pub async fn build(mut self) -> Result<Primary> {
         if let Some(err) = self.commands.take_error().or(self.operation_error.take()) {
             return Err(err);
         }
+        self.limits.check()?;
         if !(MIN_MAX_FRAME_LEN..=u32::MAX as usize).contains(&self.max_frame_len) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -347,6 +358,7 @@ impl PrimaryBuilder {
                 request_timeout: self.request_timeout,
                 ready_timeout: self.ready_timeout,
                 max_frame_len: self.max_frame_len,
+                limits: self.limits,
                 non_dumpable: self.non_dumpable,
                 listeners,
                 stop_signal,
@@ -359,7 +371,8 @@ impl PrimaryBuilder {
             }),
         };
         if let Some((app, place)) = control_place {
-            let socket = crate::control::open(&app, place, Arc::downgrade(&primary.inner))?;
+            let max_connections = primary.inner.limits.control_connections;
+            let socket = crate::control::open(&app, place, max_connections, Arc::downgrade(&primary.inner))?;
             tracing::info!(app = %app, socket = %socket.path().display(), "control socket open");
             let _ = primary.inner.control.set(socket);
         }

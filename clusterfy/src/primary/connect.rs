@@ -74,6 +74,7 @@ pub(super) async fn connect(
             decoder,
             inner.max_frame_len,
             ErrorKind::WorkerExited,
+            inner.limits.link_bounds(),
         );
         return Ok((link, reader));
     }

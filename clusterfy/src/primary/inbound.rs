@@ -22,7 +22,7 @@ pub(super) struct PrimaryInbound {
 
 impl PrimaryInbound {
     pub(super) fn new(inner: Arc<PrimaryInner>, worker: WorkerRef) -> Self {
-        let storage = StorageSession::new(Arc::clone(&inner.storage));
+        let storage = StorageSession::new(Arc::clone(&inner.storage), inner.limits.replicas_per_worker);
         PrimaryInbound { inner, worker, storage }
     }
 
@@ -47,6 +47,25 @@ impl PrimaryInbound {
     /// A watch belongs to this connection: registered here, answered at once.
     fn watch(&self, path: &str) -> Result<Reply> {
         let path = Path::parse(path)?;
+        // This connection's reader alone adds its watches, so the count cannot change meanwhile.
+        let max = self.inner.limits.watches_per_worker;
+        let held = self
+            .inner
+            .directory()
+            .get(self.worker.id)
+            .map(|s| (s.watches().len(), s.watches().contains(&path)));
+        if let Some((held, false)) = held
+            && held >= max
+        {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "this worker watches {held} paths already, the most Limits::watches_per_worker allows; \
+                     watch a common parent path instead, or raise the limit"
+                ),
+            )
+            .with_context("path", path.as_str()));
+        }
         self.inner.watch_dispatch.call_once(|| super::watchers::dispatch_changes(&self.inner));
         self.inner.apply(self.worker.id, Input::Watched(path));
         Ok(Reply::Done)

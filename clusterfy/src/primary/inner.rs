@@ -11,9 +11,9 @@ use clusterfy_core::{Error, ErrorKind, Result, Transport, WorkerId, WorkerSelect
 use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::PrimaryContext;
 use super::directory::Directory;
 use super::slot::{Action, Input, SlotIo};
+use super::{Limits, PrimaryContext};
 use crate::events::{Event, WorkerRef};
 use crate::handlers::CommandRegistry;
 use crate::link::Link;
@@ -47,6 +47,7 @@ pub(crate) struct PrimaryInner {
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Duration,
     pub(crate) max_frame_len: usize,
+    pub(crate) limits: Limits,
     /// Workers are told to mark themselves non-dumpable.
     pub(crate) non_dumpable: bool,
     /// What ends a worker that ignored its shutdown request past the grace period.

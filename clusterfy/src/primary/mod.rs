@@ -10,6 +10,7 @@ mod dispatch;
 mod group;
 mod inbound;
 mod inner;
+mod limits;
 mod logs;
 #[cfg(test)]
 mod machine_tests;
@@ -37,6 +38,7 @@ use clusterfy_core::{Command, Error, ErrorKind, Origin, Result, Target, WorkerId
 pub use builder::{DEFAULT_READY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, PrimaryBuilder};
 use inner::Control;
 pub(crate) use inner::PrimaryInner;
+pub use limits::Limits;
 pub use logs::{LOG_RING_BYTES, LOG_RING_LINES, LogLine, LogStream, MAX_LOG_LINE};
 pub use options::{DEFAULT_HEARTBEAT, Heartbeat, Program, WorkerOptions};
 pub use reload::ReloadOptions;

@@ -19,7 +19,7 @@ pub(crate) enum Work {
     Initialize(Value),
     /// Start replica `replica` of the branch at `path` for `link`: its snapshot, then every
     /// commit's changes.
-    Replicate { path: Path, replica: u64, link: Weak<Link> },
+    Replicate { path: Path, replica: u64, link: Weak<Link>, max_per_link: usize },
     /// Send a lagging replica its branch again, now that its link has room.
     Resync { subscription: u64 },
     /// Stop, after everything queued before: let go of the backend, then answer.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use clusterfy_core::protocol::{NodeChange, Notice, ReplicaSnapshot};
-use clusterfy_core::{BatchOp, Error, ErrorKind, Path, WireError};
+use clusterfy_core::{BatchOp, Error, ErrorKind, Path, Result, WireError};
 
 use tokio::sync::mpsc::WeakUnboundedSender;
 
@@ -28,7 +28,13 @@ const NOTICE_OVERHEAD: usize = 64;
 
 /// A replica to start, or one to bring current again.
 pub(crate) enum Subscribe {
-    Start { path: Path, replica: u64, link: Weak<Link> },
+    /// Refused when `link` holds `max_per_link` replicas already.
+    Start {
+        path: Path,
+        replica: u64,
+        link: Weak<Link>,
+        max_per_link: usize,
+    },
     Resync(u64),
 }
 
@@ -108,10 +114,21 @@ impl Replicas {
 
     /// Starts a replica, or resyncs a lagging one: sends its branch as it stands now in
     /// `committed`, at commit `version`.
-    pub(crate) fn subscribe(&self, committed: &Committed, version: u64, what: Subscribe) {
+    pub(crate) fn subscribe(&self, committed: &Committed, version: u64, what: Subscribe) -> Result<()> {
         let mut subscriptions = self.lock();
         let (id, link, replica, prefix) = match what {
-            Subscribe::Start { path, replica, link } => {
+            Subscribe::Start { path, replica, link, max_per_link } => {
+                let held = subscriptions.iter().filter(|s| s.link.ptr_eq(&link)).count();
+                if held >= max_per_link {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "this worker keeps {held} replicas already, the most Limits::replicas_per_worker \
+                             allows; drop one, replicate a common parent branch, or raise the limit"
+                        ),
+                    )
+                    .with_context("path", path.as_str()));
+                }
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let prefix = key_of(&path);
                 subscriptions.push(Subscription {
@@ -124,7 +141,7 @@ impl Replicas {
                 (id, link, replica, prefix)
             }
             Subscribe::Resync(id) => {
-                let Some(subscription) = subscriptions.iter_mut().find(|s| s.id == id) else { return };
+                let Some(subscription) = subscriptions.iter_mut().find(|s| s.id == id) else { return Ok(()) };
                 subscription.lagging = false;
                 (id, subscription.link.clone(), subscription.replica, subscription.prefix.clone())
             }
@@ -137,6 +154,7 @@ impl Replicas {
             send_in_parts(&link, replica, nodes, part)
         });
         subscriptions.retain(|s| s.link.strong_count() > 0 && (sent || s.id != id));
+        Ok(())
     }
 }
 

@@ -17,11 +17,13 @@ pub(crate) struct StorageSession {
     /// Writes of this worker not yet committed: while there are some, its reads go through the
     /// writer behind them, so it reads its own writes.
     uncommitted: Arc<AtomicUsize>,
+    /// Replicas this worker may keep at once ([`Limits::replicas_per_worker`](crate::primary::Limits)).
+    max_replicas: usize,
 }
 
 impl StorageSession {
-    pub(crate) fn new(storage: Arc<SharedStorage>) -> Self {
-        StorageSession { storage, uncommitted: Arc::new(AtomicUsize::new(0)) }
+    pub(crate) fn new(storage: Arc<SharedStorage>, max_replicas: usize) -> Self {
+        StorageSession { storage, uncommitted: Arc::new(AtomicUsize::new(0)), max_replicas }
     }
 
     /// Serves `request` (not a watch: that belongs to the connection), answering on `link`
@@ -40,7 +42,8 @@ impl StorageSession {
                 link.reply_soon(id, read.map(Reply::Value));
             }
             StorageRequest::Replicate { replica, .. } => {
-                let work = Work::Replicate { path, replica, link: Arc::downgrade(link) };
+                let link_ref = Arc::downgrade(link);
+                let work = Work::Replicate { path, replica, link: link_ref, max_per_link: self.max_replicas };
                 self.storage.submit(work, Completion::Reply { link: Arc::clone(link), id, pending: None });
             }
             request => {

@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 
 use super::layout::Node;
 use super::{Operations, RemoteStorage, ReplicaRegistry, SharedStorage, Storage, StorageSession};
-use crate::link::{Inbound, Link, LinkReader};
+use crate::link::{Inbound, Link, LinkBounds, LinkReader};
 
 /// A minimal backend: the facade may be built without any backend crate.
 #[derive(Debug, Default)]
@@ -636,7 +636,15 @@ fn link_with_frames(
 ) -> (Arc<Link>, LinkReader) {
     let (read, write) = tokio::io::split(end);
     let decoder = FrameDecoder::new(max_frame_len);
-    Link::new(peer.into(), Box::new(read), Box::new(write), decoder, max_frame_len, closed_kind)
+    Link::new(
+        peer.into(),
+        Box::new(read),
+        Box::new(write),
+        decoder,
+        max_frame_len,
+        closed_kind,
+        LinkBounds::WORKER,
+    )
 }
 
 /// The primary's `Storage` and a worker's `Storage` over an in-memory connection, both on the
@@ -655,7 +663,10 @@ async fn local_and_remote_with_frames(
     let (_, reader) =
         link_with_frames(primary_end, "worker \"w\" (#1)", ErrorKind::WorkerExited, max_frame_len);
     // The reader task keeps the primary's end alive.
-    reader.spawn(Arc::new(ServeStorage(StorageSession::new(Arc::clone(&shared)))));
+    reader.spawn(Arc::new(ServeStorage(StorageSession::new(
+        Arc::clone(&shared),
+        crate::primary::Limits::default().replicas_per_worker,
+    ))));
     let (worker_link, reader) = link_with_frames(worker_end, "the primary", ErrorKind::Closed, max_frame_len);
     let remote = Arc::new(RemoteStorage {
         link: worker_link,
@@ -979,7 +990,10 @@ async fn a_worker_that_stops_reading_gets_no_more_changes_then_its_branch_again(
     // A small pipe: the worker side reads nothing until told.
     let (primary_end, worker_end) = tokio::io::duplex(4096);
     let (primary_link, reader) = link_over(primary_end, "worker \"w\" (#1)", ErrorKind::WorkerExited);
-    reader.spawn(Arc::new(ServeStorage(StorageSession::new(Arc::clone(&shared)))));
+    reader.spawn(Arc::new(ServeStorage(StorageSession::new(
+        Arc::clone(&shared),
+        crate::primary::Limits::default().replicas_per_worker,
+    ))));
     let (worker_link, worker_reader) = link_over(worker_end, "the primary", ErrorKind::Closed);
     let remote = Arc::new(RemoteStorage {
         link: worker_link,

@@ -85,8 +85,8 @@ impl Round {
             Work::Initialize(initial) => {
                 (ops::initialize(view, initial).map(|()| Outcome::Reply(Reply::Done)), None)
             }
-            Work::Replicate { path, replica, link } => {
-                return self.subscribe.push((Subscribe::Start { path, replica, link }, done));
+            Work::Replicate { path, replica, link, max_per_link } => {
+                return self.subscribe.push((Subscribe::Start { path, replica, link, max_per_link }, done));
             }
             Work::Resync { subscription } => {
                 return self.subscribe.push((Subscribe::Resync(subscription), done));
@@ -133,8 +133,8 @@ impl Round {
             Err(err) => fail_all(staged, &err),
         }
         for (subscribe, done) in subscribe {
-            core.replicas().subscribe(&core.committed(), core.version(), subscribe);
-            done.complete(Ok(Outcome::Reply(Reply::Done)));
+            let started = core.replicas().subscribe(&core.committed(), core.version(), subscribe);
+            done.complete(started.map(|()| Outcome::Reply(Reply::Done)));
         }
         close
     }

@@ -19,7 +19,7 @@ use super::shutdown::{ShutdownHook, ShutdownReason, ShutdownState, shut_down_whe
 use super::{DEFAULT_WORKER_REQUEST_TIMEOUT, Worker, WorkerContext, WorkerInner};
 use crate::events::{EVENT_BUFFER, WorkerRef};
 use crate::handlers::CommandRegistry;
-use crate::link::{Link, read_first, write_single};
+use crate::link::{Link, LinkBounds, read_first, write_single};
 use crate::listen::keep_listeners_from_children;
 use crate::storage::{RemoteStorage, ReplicaRegistry};
 
@@ -171,6 +171,7 @@ impl WorkerBuilder {
             decoder,
             max_frame_len,
             ErrorKind::Closed,
+            LinkBounds::WORKER,
         );
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (shutdown, _) = watch::channel(ShutdownState::default());

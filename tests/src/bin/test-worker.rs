@@ -14,17 +14,17 @@ use clusterfy::{
     worker::{ShutdownReason, WorkerStatus},
 };
 use clusterfy_core::codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, encode_frame};
-use clusterfy_core::protocol::{Hello, Message, Notice, PROTOCOL_VERSION};
+use clusterfy_core::protocol::{Hello, Message, Notice, PROTOCOL_VERSION, Request, StorageRequest};
 use clusterfy_core::transport::{ByteReader, ByteWriter, ENV_TOKEN, ENV_TRANSPORT, ENV_WORKER_ID};
 use clusterfy_tests::{
     ACK_LINE_PREFIX, API_ANSWER, AskWhoAmI, AtomicOp, BroadcastWhoAmI, CallPrimary, CompareAndSwapAt,
     ENV_GARBAGE, ENV_GROW_BYTES, ENV_HOOK_FILE, ENV_NON_DUMPABLE_PRIMARY, ENV_START_DELAY_MS, Echo,
     ExitGracefully, ExitWith, FOREIGN_WORKER, FlapStatus, GARBAGE_OVERSIZE, GARBAGE_UNDECODABLE,
-    HOOK_NO_SHUTDOWN_REQUEST, HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE, HUNG_UP_WITHOUT_NOTICE, Identity,
-    IncrementHot, IncrementMany, LISTENFD_ANSWER, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX,
-    PrimaryEcho, READY_LINE, ReadAt, ReplicaGet, RunAtomic, RunKv, SaveAt, SaveThenReadReplica, Scenario,
-    SetStatus, Sleep, SlowWhoAmI, StartReplica, StartWatch, TopScores, WhoAmI, WorkUntilShutdown,
-    WriteSequence,
+    GREEDY_BIG_PATH, GREEDY_COUNT_PATH, GREEDY_PAIRS, GREEDY_SENT_LINE, HOOK_NO_SHUTDOWN_REQUEST,
+    HOOK_SHUTDOWN_REQUESTED, HUNG_UP_WITH_NOTICE, HUNG_UP_WITHOUT_NOTICE, Identity, IncrementHot,
+    IncrementMany, LISTENFD_ANSWER, NextChange, Note, PERSIST_WRITERS, PIDS_LINE_PREFIX, PrimaryEcho,
+    READY_LINE, ReadAt, ReplicaGet, RunAtomic, RunKv, SaveAt, SaveThenReadReplica, Scenario, SetStatus,
+    Sleep, SlowWhoAmI, StartReplica, StartWatch, TopScores, WhoAmI, WorkUntilShutdown, WriteSequence,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,6 +84,7 @@ async fn run(scenario: Scenario) -> Result<()> {
         Scenario::CrashOnStart => unreachable!("handled before the runtime starts"),
         Scenario::Evil => impersonate().await?,
         Scenario::Garbage => garbage().await?,
+        Scenario::Greedy => greedy().await?,
         Scenario::Primary => primary().await?,
         Scenario::PersistPrimary => persist_primary().await?,
         Scenario::IgnoreRequest => {
@@ -518,6 +519,27 @@ async fn garbage() -> Result<()> {
     writer.write_all(&bytes).await.map_err(|e| Error::io("writing garbage", e))?;
     writer.flush().await.map_err(|e| Error::io("writing garbage", e))?;
     exit_when_hung_up(&mut reader, &mut decoder, ErrorKind::Protocol).await
+}
+
+/// Pipelines requests whose replies are large and never reads one: what the primary's bounds
+/// on one worker are for.
+async fn greedy() -> Result<()> {
+    let (_reader, mut writer, _decoder) = ready_by_hand().await?;
+    // One write for all (a few dozen KiB): it fits the socket's buffer even when the primary
+    // stops reading, so the line below says the primary was offered everything.
+    let mut frames = Vec::new();
+    for pair in 0..GREEDY_PAIRS {
+        let increment = StorageRequest::Increment { path: GREEDY_COUNT_PATH.to_owned(), by: 1 };
+        let read = StorageRequest::Get { path: GREEDY_BIG_PATH.to_owned() };
+        for (n, body) in [increment, read].into_iter().enumerate() {
+            let request = Message::Request { id: 2 * pair + n as u64 + 1, body: Request::Storage(body) };
+            encode_frame(&request, DEFAULT_MAX_FRAME_LEN, &mut frames)?;
+        }
+    }
+    writer.write_all(&frames).await.map_err(|e| Error::io("writing the greedy requests", e))?;
+    writer.flush().await.map_err(|e| Error::io("writing the greedy requests", e))?;
+    println!("{GREEDY_SENT_LINE}");
+    std::future::pending().await
 }
 
 /// A primary of two workers of this binary and one `sleep`, that prints their pids and waits.

@@ -61,7 +61,15 @@ pub(crate) enum Workload {
     /// `save`s to new paths below [`DISTINCT_PARENT`] with [`IN_FLIGHT`] in flight, until
     /// [`StopWriting`] arrives: the load other workers' reads are measured under.
     SaveDistinctUntilStopped,
+    /// Retrieves of [`STORAGE_PATH`] with [`FLOOD_IN_FLIGHT`] in flight, far past the primary's
+    /// `Limits::requests_per_worker`, until [`StopWriting`] arrives: the greedy peer that other
+    /// workers' latency is measured beside.
+    FloodUntilStopped,
 }
+
+/// Requests [`Workload::FloodUntilStopped`] keeps in flight: four times the primary's default
+/// bound, so the primary slows this worker down.
+pub(crate) const FLOOD_IN_FLIGHT: usize = 4096;
 
 /// The counter of [`Workload::IncrementHot`].
 pub(crate) const HOT_PATH: &str = "bench.hot";
@@ -70,7 +78,8 @@ pub(crate) const HOT_IN_FLIGHT: usize = 32;
 /// Where [`SaveSequence`] writes and [`WatchStaleness`] watches.
 const STALE_PATH: &str = "bench.stale";
 
-/// Ends a running [`Workload::SaveDistinctUntilStopped`] on this worker.
+/// Ends a running [`Workload::SaveDistinctUntilStopped`] or [`Workload::FloodUntilStopped`] on
+/// this worker.
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[command(name = "bench_stop_writing", target = worker, reply = ())]
 pub(crate) struct StopWriting;
@@ -284,6 +293,17 @@ async fn run_measurement(worker: &Worker, measure: &Measure) -> clusterfy::Resul
                 saved += IN_FLIGHT as u32;
             }
             Ok(Figures::throughput(saved, start.elapsed()))
+        }
+        Workload::FloodUntilStopped => {
+            STOP_WRITING.store(false, Ordering::SeqCst);
+            let mut read = 0u32;
+            let start = Instant::now();
+            while !STOP_WRITING.load(Ordering::SeqCst) {
+                let retrieve = || async { worker.retrieve::<String>(STORAGE_PATH).await.map(drop) };
+                pipelined(FLOOD_IN_FLIGHT, FLOOD_IN_FLIGHT as u32, retrieve).await?;
+                read += FLOOD_IN_FLIGHT as u32;
+            }
+            Ok(Figures::throughput(read, start.elapsed()))
         }
         Workload::Storm => {
             let paths: Vec<String> = (0..STORM_IN_FLIGHT)

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use clusterfy::Primary;
 
 use crate::cluster::{
-    ClusterStorage, ClusterTransport, SaveSequence, StalenessSeen, WatchStaleness, Workload, measure,
-    measure_on, start_cluster,
+    ClusterStorage, ClusterTransport, SaveSequence, StalenessSeen, StopWriting, WatchStaleness, Workload,
+    measure, measure_on, start_cluster,
 };
 use crate::options::{Options, Plan};
 use crate::raw_echo::{RawLink, RawPeer};
@@ -44,6 +44,7 @@ pub(crate) async fn run_uds_phase(options: &Options, plan: &Plan, samples: &mut 
         let figures = measure(&primary, Workload::ReplicaRead, plan.replica_reads).await?;
         samples.add("replica_read_ops", figures.ops_per_sec);
         samples.add("replica_staleness_p99", replica_staleness_p99(&primary, plan.sequential).await?);
+        samples.add("save_rtt_p99_beside_flood", save_p99_beside_flood(&primary, plan.sequential).await?);
     }
     raw.finish().await?;
     primary.shutdown(Duration::from_secs(5)).await?;
@@ -64,6 +65,21 @@ async fn hot_key_increments(primary: &Primary, each: u32) -> BenchResult<f64> {
     b?;
     // The warm-ups ran inside the same window: count them too.
     Ok(rate(2 * (each + crate::options::Plan::warmup(each)) as usize, elapsed))
+}
+
+/// [`WORKER_A`]'s sequential save p99, in microseconds, while [`WORKER_B`] keeps
+/// [`FLOOD_IN_FLIGHT`](crate::cluster::FLOOD_IN_FLIGHT) retrieves in flight (the primary reads it only as fast as its bound lets).
+async fn save_p99_beside_flood(primary: &Primary, count: u32) -> BenchResult<f64> {
+    let flooder = primary.clone();
+    let flooding =
+        tokio::spawn(async move { measure_on(&flooder, WORKER_B, Workload::FloodUntilStopped, 0).await });
+    let saves = measure(primary, Workload::SaveSequential, count).await;
+    primary.run(WORKER_B, StopWriting).await?;
+    let flooded = flooding.await.map_err(|_| "the flooding measurement panicked")??;
+    if flooded.ops_per_sec == 0.0 {
+        return Err("no flood ran while the saves were measured".into());
+    }
+    Ok(saves?.latency.map_or(0.0, |l| l.p99_us))
 }
 
 /// The p99, in microseconds, of how long after [`WORKER_A`]'s save of a value was acknowledged
