@@ -35,12 +35,8 @@ fn http_cluster_example() -> PathBuf {
 
 /// Revives at once, as often as needed within these tests.
 fn revive() -> RestartPolicy {
-    RestartPolicy {
-        max_restarts: 10,
-        window: Duration::from_secs(60),
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
+    RestartPolicy::new(10, Duration::from_secs(60))
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
 }
 
 fn http_worker(program: Program) -> WorkerOptions {
@@ -364,12 +360,8 @@ async fn a_memory_limit_below_what_the_program_needs_backs_off_counts_restarts_a
     let limit = 48 << 20;
     let mut events = primary.events();
     // Every process of it needs 96 MiB from the start: no replacement can help.
-    let policy = RestartPolicy {
-        max_restarts: 2,
-        window: Duration::from_secs(60),
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
-    };
+    let policy = RestartPolicy::new(2, Duration::from_secs(60))
+        .backoff(Duration::from_millis(20), Duration::from_millis(100));
     let greedy = options(Scenario::Grow)
         .env(ENV_GROW_BYTES, (96u64 << 20).to_string())
         .max_memory(limit)
@@ -412,7 +404,7 @@ async fn a_memory_limit_below_what_the_program_needs_backs_off_counts_restarts_a
 async fn a_hung_worker_is_found_by_its_heartbeat_and_revived() {
     let primary = primary_builder().handle_signals(false).build().await.expect("primary");
     let mut events = primary.events();
-    let heartbeat = Heartbeat { interval: Duration::from_millis(100), timeout: Duration::from_millis(300) };
+    let heartbeat = Heartbeat::new(Duration::from_millis(100), Duration::from_millis(300));
     let hung = options(Scenario::Hang).heartbeat(Some(heartbeat)).restart_policy(revive());
     primary.fork("hung", hung).await.expect("fork");
     let found =

@@ -101,12 +101,8 @@ async fn a_worker_that_sent_a_malformed_frame_is_told_why_and_sees_its_connectio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revivable_worker_whose_connection_broke_is_revived_though_its_program_ended_cleanly() {
     let primary = start_cluster(&[]).await;
-    let revive = clusterfy::primary::RestartPolicy {
-        max_restarts: 3,
-        window: std::time::Duration::from_secs(60),
-        initial_backoff: std::time::Duration::from_millis(10),
-        max_backoff: std::time::Duration::from_millis(50),
-    };
+    let revive = clusterfy::primary::RestartPolicy::new(3, std::time::Duration::from_secs(60))
+        .backoff(std::time::Duration::from_millis(10), std::time::Duration::from_millis(50));
     let garbage = options(Scenario::Garbage).env(ENV_GARBAGE, GARBAGE_UNDECODABLE).restart_policy(revive);
     primary.fork("bad", garbage).await.expect("fork");
     bounded("ready", primary.ready()).await.expect("the handshake is valid");

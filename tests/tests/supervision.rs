@@ -25,12 +25,10 @@ use tokio::io::AsyncBufReadExt;
 
 /// A restart policy that revives at once (10 ms backoff), at most `max_restarts` times a minute.
 fn quick_revive(max_restarts: u32) -> WorkerOptions {
-    options(Scenario::Normal).restart_policy(RestartPolicy {
-        max_restarts,
-        window: Duration::from_secs(60),
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    })
+    options(Scenario::Normal).restart_policy(
+        RestartPolicy::new(max_restarts, Duration::from_secs(60))
+            .backoff(Duration::from_millis(10), Duration::from_millis(50)),
+    )
 }
 
 fn is_exit_of(event: &Event, name: &str) -> bool {
@@ -314,12 +312,8 @@ async fn a_crashed_worker_without_revive_stays_down() {
 async fn a_worker_crashing_too_often_is_given_up() {
     let primary = primary_builder().build().await.expect("primary");
     let mut events = primary.events();
-    let policy = RestartPolicy {
-        max_restarts: 2,
-        window: Duration::from_secs(60),
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(20),
-    };
+    let policy = RestartPolicy::new(2, Duration::from_secs(60))
+        .backoff(Duration::from_millis(10), Duration::from_millis(20));
     primary.fork("fragile", options(Scenario::CrashOnStart).restart_policy(policy)).await.expect("fork");
 
     let seen =

@@ -9,6 +9,7 @@ use super::restart::RestartPolicy;
 
 /// What to run as a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Program {
     /// The executable.
     pub path: PathBuf,
@@ -31,11 +32,19 @@ impl Program {
 /// merely busy answers; one whose runtime is blocked (a handler that blocks a current-thread
 /// runtime, a deadlock of every runtime thread) does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Heartbeat {
     /// Time between pings.
     pub interval: Duration,
     /// Time a ping may stay unanswered.
     pub timeout: Duration,
+}
+
+impl Heartbeat {
+    /// A ping every `interval`, unresponsive after `timeout` without an answer.
+    pub const fn new(interval: Duration, timeout: Duration) -> Self {
+        Heartbeat { interval, timeout }
+    }
 }
 
 /// Shortest heartbeat interval and timeout accepted.

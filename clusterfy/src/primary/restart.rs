@@ -5,7 +5,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// How a worker with revival is restarted after a crash (non-zero exit code or a signal).
+///
+/// Build one with [`RestartPolicy::new`] (or start from the default and set its fields): the
+/// struct may grow.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RestartPolicy {
     /// Most restarts allowed within [`RestartPolicy::window`]; one more crash gives up.
     pub max_restarts: u32,
@@ -26,6 +30,22 @@ impl Default for RestartPolicy {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
         }
+    }
+}
+
+impl RestartPolicy {
+    /// At most `max_restarts` restarts within `window`, with the default backoff.
+    pub fn new(max_restarts: u32, window: Duration) -> Self {
+        RestartPolicy { max_restarts, window, ..RestartPolicy::default() }
+    }
+
+    /// The delay before the first restart after a stable run, doubling per crash in a row up to
+    /// `max`.
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max;
+        self
     }
 }
 
