@@ -12,18 +12,7 @@ use clusterfy_tests::{
     Echo, GREEDY_BIG_PATH, GREEDY_COUNT_PATH, GREEDY_PAIRS, GREEDY_SENT_LINE, Scenario, StartReplica,
     StartWatch,
 };
-use common::{bounded, options, primary_builder, shut_down_cleanly};
-
-/// Resident memory of this process (the primary), in bytes.
-fn own_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
+use common::{bounded, options, own_rss, primary_builder, shut_down_cleanly};
 
 async fn cluster_with(limits: Limits, workers: &[&str]) -> Primary {
     let primary = primary_builder().limits(limits).build().await.expect("build");

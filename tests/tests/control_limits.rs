@@ -9,7 +9,7 @@ use std::time::Duration;
 use clusterfy::control::ControlClient;
 use clusterfy::{ErrorKind, Primary, value};
 use clusterfy_core::control::ControlRequest;
-use common::{bounded, primary_builder};
+use common::{bounded, own_rss, primary_builder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -23,17 +23,6 @@ async fn primary_with_control(dir: &std::path::Path) -> (Primary, std::path::Pat
         .await
         .expect("primary");
     (primary, socket)
-}
-
-/// This process's resident memory, in bytes.
-fn own_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib * 1024
 }
 
 /// Connects and sends a frame header announcing `len` bytes, then `sent` bytes of it; returns

@@ -342,3 +342,14 @@ pub(crate) async fn shut_down_cleanly(primary: &Primary) {
         );
     }
 }
+
+/// Resident memory of this process (the primary), in bytes.
+pub(crate) fn own_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
