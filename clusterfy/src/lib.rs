@@ -34,11 +34,11 @@ pub use signal::Signal;
 pub use worker::{Worker, WorkerBuilder};
 
 /// Commands: the naming rule, where one goes and who sent it, and what a broadcast returns. The
-/// trait and its derive are [`Command`] at the crate root.
+/// trait, its derive and [`Target`] are at the crate root.
 pub mod command {
     pub use crate::handlers::BroadcastReply;
     pub use clusterfy_core::command::{MAX_COMMAND_NAME_LEN, RESERVED_PREFIX, validate_user_command_name};
-    pub use clusterfy_core::{Origin, Target, WorkerSelector};
+    pub use clusterfy_core::{Origin, WorkerSelector};
 }
 
 /// The environment variables a primary sets for its workers (besides those of

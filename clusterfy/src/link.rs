@@ -134,7 +134,7 @@ impl Outbox {
             tokio::pin!(room);
             {
                 let mut queued = self.lock();
-                if queued.gone || queued.close {
+                if queued.gone || queued.close || queued.overflowed {
                     return Err(SendError::Gone);
                 }
                 if queued.bytes.len() < self.high_water {
@@ -166,7 +166,9 @@ impl Outbox {
         if self.unread_cap.is_some_and(|cap| queued.bytes.len() > cap) {
             queued.overflowed = true;
             drop(queued);
+            // The reader may be waiting for room or for answers rather than reading: wake both.
             self.overflow.notify_one();
+            self.room.notify_waiters();
             return Err(SendError::Gone);
         }
         encode(&mut queued.bytes)?;
@@ -190,6 +192,8 @@ impl Outbox {
     fn close(&self) {
         self.lock().close = true;
         self.wake_writer.notify_one();
+        // Senders waiting for room see the link closing instead of waiting for a stuck writer.
+        self.room.notify_waiters();
     }
 }
 
@@ -353,10 +357,14 @@ impl Link {
             let answered = self.answered.notified();
             tokio::pin!(answered);
             answered.as_mut().enable();
-            if !self.state().reading_paused() {
+            if !self.state().reading_paused() || self.outbox.lock().overflowed {
                 break;
             }
-            answered.await;
+            tokio::select! {
+                () = answered => {}
+                // The unread cap was passed while no answer came: the reader must end the link.
+                () = self.outbox.overflow.notified() => break,
+            }
         }
         // Nothing is read meanwhile, so the count of requests being answered cannot grow again.
         if self.bounds.pause_when_backed_up {
@@ -703,5 +711,48 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
         assert!(err.message().contains("unread_bytes_per_worker"), "names the bound: {err}");
         assert!(link.queued_len() <= 8 * 1024 + 2048, "queued {} bytes", link.queued_len());
+    }
+
+    #[tokio::test]
+    async fn a_reader_paused_at_its_cap_of_requests_still_ends_the_link_past_the_unread_cap() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let (read, write) = tokio::io::split(ours);
+        let bounds = LinkBounds {
+            answering: 4,
+            queued_bytes: 1024,
+            pause_when_backed_up: true,
+            unread_bytes: Some(8 * 1024),
+        };
+        let frames = 1 << 20;
+        let (link, reader) = Link::new(
+            "worker \"greedy\"".into(),
+            Box::new(read),
+            Box::new(write),
+            FrameDecoder::new(frames),
+            frames,
+            ErrorKind::WorkerExited,
+            bounds,
+        );
+        let reading = reader.spawn(Arc::new(Nothing));
+        // Four requests nobody answers: the reader pauses, waiting for answers, not for bytes.
+        let mut requests = Vec::new();
+        for id in 1..=4 {
+            let get = Request::Storage(clusterfy_core::protocol::StorageRequest::Get { path: "x".into() });
+            encode_frame(&Message::Request { id, body: get }, frames, &mut requests).expect("encodes");
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut peer, &requests).await.expect("requests sent");
+        while link.state().answering() < 4 {
+            tokio::task::yield_now().await;
+        }
+        // Notices that must not wait, as a replica's changes: 32 KiB of them against a cap of 8.
+        for _ in 0..64 {
+            link.notify_soon(Notice::StorageChanged { path: "p".repeat(512) });
+        }
+        let end = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("the paused reader wakes and ends the link")
+            .expect("the reader task");
+        let LinkEnd::Failed(err) = &end else { panic!("ended by the cap, not {end:?}") };
+        assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
     }
 }

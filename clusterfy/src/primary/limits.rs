@@ -3,6 +3,11 @@
 use clusterfy_core::{Error, ErrorKind, Result};
 
 use crate::link::LinkBounds;
+use crate::storage::LAGGING_ABOVE;
+
+/// Smallest [`Limits::unread_bytes_per_worker`]: room for what replicas queue before they are
+/// told they lag.
+const MIN_UNREAD_BYTES: usize = 2 * LAGGING_ABOVE;
 
 /// How much one peer can make the primary hold ([`PrimaryBuilder::limits`]). A worker past a
 /// bound is slowed (the primary stops reading its connection until it catches up) or refused
@@ -41,10 +46,12 @@ pub struct Limits {
     /// Bytes queued for a worker past which its connection is closed (it is revived by its
     /// restart policy): answers of storage operations already under way are queued even while
     /// the primary reads nothing more of the worker, so this bounds what a worker that never
-    /// reads can pile up. At least `queued_bytes_per_worker`. Default 64 MiB.
+    /// reads can pile up. At least `queued_bytes_per_worker` and 8 MiB, and above the largest
+    /// branch a worker replicates (a replica's snapshot is queued whole). Default 64 MiB.
     pub unread_bytes_per_worker: usize,
-    /// Distinct paths one worker watches at once (`Storage::watch`): every commit is checked
-    /// against each. Past it, a new watch fails with [`ErrorKind::Busy`]. Default 1024.
+    /// Distinct paths one worker watches (`Storage::watch`; a watch lasts as long as the
+    /// worker's connection, after its stream is dropped too): every commit is checked against
+    /// each. Past it, a new watch fails with [`ErrorKind::Busy`]. Default 1024.
     pub watches_per_worker: usize,
     /// Replicas one worker keeps at once (`Storage::replica`): each is sent every change of its
     /// branch. Past it, a new replica fails with [`ErrorKind::Busy`]. Default 64.
@@ -95,13 +102,16 @@ impl Limits {
                 format!("Limits::{name} is 0, which would stop every peer; use at least 1 (or the default)"),
             ));
         }
-        if self.unread_bytes_per_worker < self.queued_bytes_per_worker {
+        // Below either, a worker would be cut off before it is slowed, or before its lagging
+        // replicas are told to wait for a resync.
+        let least = self.queued_bytes_per_worker.max(MIN_UNREAD_BYTES);
+        if self.unread_bytes_per_worker < least {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
-                    "Limits::unread_bytes_per_worker ({}) is below queued_bytes_per_worker ({}): a worker \
-                     would be disconnected before it is slowed; make it at least as large",
-                    self.unread_bytes_per_worker, self.queued_bytes_per_worker
+                    "Limits::unread_bytes_per_worker ({}) is below {least}: the larger of queued_bytes_per_worker \
+                     and {MIN_UNREAD_BYTES} (twice what a lagging replica may queue); make it at least that",
+                    self.unread_bytes_per_worker
                 ),
             ));
         }

@@ -62,6 +62,7 @@ pub(crate) use handle::RemoteStorage;
 pub use handle::Storage;
 pub(crate) use replica::ReplicaRegistry;
 pub use replica::{Replica, ReplicaEvent};
+pub(crate) use replicas::LAGGING_ABOVE;
 pub(crate) use serve::StorageSession;
 pub use shared::SharedStorage;
 

@@ -174,7 +174,8 @@ fn send_in_parts(
         let error = Error::new(
             ErrorKind::Protocol,
             format!(
-                "replica stopped: a node of its branch takes {} bytes, more than a frame holds ({max_frame_len});                  read that branch with Storage::retrieve, or raise max_frame_len on both sides",
+                "replica stopped: a node of its branch takes {} bytes, more than a frame holds ({max_frame_len}); \
+                 read that branch with Storage::retrieve, or raise max_frame_len on both sides",
                 change_len(too_large)
             ),
         )

@@ -16,7 +16,7 @@ use super::layout::{decode_subtree, key_of};
 /// Every node, by key: the committed content of the storage.
 pub(crate) type Committed = KvMap;
 
-/// The value or subtree at `path` in `nodes`; see [`SharedStorage::get`](super::SharedStorage::get).
+/// The value or subtree at `path` in `nodes`; see [`SharedStorage::retrieve_value`](super::SharedStorage::retrieve_value).
 pub(crate) fn read(nodes: &Committed, path: &Path) -> Result<Option<Value>> {
     let prefix = key_of(path);
     decode_subtree(path, &prefix, kv::scan_prefix(nodes, &prefix).map(|(k, v)| (k.as_slice(), v.as_slice())))

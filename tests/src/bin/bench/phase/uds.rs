@@ -74,7 +74,10 @@ async fn save_p99_beside_flood(primary: &Primary, count: u32) -> BenchResult<f64
     let flooding =
         tokio::spawn(async move { measure_on(&flooder, WORKER_B, Workload::FloodUntilStopped, 0).await });
     let saves = measure(primary, Workload::SaveSequential, count).await;
-    primary.run(WORKER_B, StopWriting).await?;
+    if let Err(err) = primary.run(WORKER_B, StopWriting).await {
+        flooding.abort();
+        return Err(err.into());
+    }
     let flooded = flooding.await.map_err(|_| "the flooding measurement panicked")??;
     if flooded.ops_per_sec == 0.0 {
         return Err("no flood ran while the saves were measured".into());
