@@ -677,32 +677,38 @@ mod tests {
         fn on_notice(&self, _: &Arc<Link>, _: Notice) {}
     }
 
-    #[tokio::test]
-    async fn a_peer_that_leaves_more_than_the_unread_cap_is_cut_off_with_the_reason() {
-        // The peer's end stays open and unread: answers pile up past the small socket buffer.
-        let (ours, _peer) = tokio::io::duplex(4096);
+    /// Largest frame of the test links.
+    const FRAMES: usize = 1 << 20;
+    /// The test links' unread cap.
+    const UNREAD_CAP: usize = 8 * 1024;
+
+    /// A primary-side link to a peer whose end (returned, kept open) reads nothing, handling
+    /// `answering` of its requests at once, and its reader task.
+    fn link_to_a_greedy_peer(
+        answering: usize,
+    ) -> (Arc<Link>, tokio::task::JoinHandle<LinkEnd>, tokio::io::DuplexStream) {
+        let (ours, peer) = tokio::io::duplex(4096);
         let (read, write) = tokio::io::split(ours);
         let bounds = LinkBounds {
-            answering: 16,
+            answering,
             queued_bytes: 1024,
             pause_when_backed_up: true,
-            unread_bytes: Some(8 * 1024),
+            unread_bytes: Some(UNREAD_CAP),
         };
-        let frames = 1 << 20;
         let (link, reader) = Link::new(
             "worker \"greedy\"".into(),
             Box::new(read),
             Box::new(write),
-            FrameDecoder::new(frames),
-            frames,
+            FrameDecoder::new(FRAMES),
+            FRAMES,
             ErrorKind::WorkerExited,
             bounds,
         );
-        let reading = reader.spawn(Arc::new(Nothing));
-        // Answers that cannot wait, as the storage writer's: 64 KiB of them against a cap of 8.
-        for id in 0..64 {
-            link.reply_soon(id, Ok(Reply::Value(Some(Value::String("x".repeat(1024))))));
-        }
+        (link, reader.spawn(Arc::new(Nothing)), peer)
+    }
+
+    /// Waits for the reader to end the link, and checks it ended for the unread cap.
+    async fn ended_by_the_unread_cap(reading: tokio::task::JoinHandle<LinkEnd>) {
         let end = tokio::time::timeout(Duration::from_secs(10), reading)
             .await
             .expect("the link ends instead of queueing on")
@@ -710,35 +716,27 @@ mod tests {
         let LinkEnd::Failed(err) = &end else { panic!("ended by the cap, not {end:?}") };
         assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
         assert!(err.message().contains("unread_bytes_per_worker"), "names the bound: {err}");
-        assert!(link.queued_len() <= 8 * 1024 + 2048, "queued {} bytes", link.queued_len());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_leaves_more_than_the_unread_cap_is_cut_off_with_the_reason() {
+        let (link, reading, _peer) = link_to_a_greedy_peer(16);
+        // Answers that cannot wait, as the storage writer's: 64 KiB of them against a cap of 8.
+        for id in 0..64 {
+            link.reply_soon(id, Ok(Reply::Value(Some(Value::String("x".repeat(1024))))));
+        }
+        ended_by_the_unread_cap(reading).await;
+        assert!(link.queued_len() <= UNREAD_CAP + 2048, "queued {} bytes", link.queued_len());
     }
 
     #[tokio::test]
     async fn a_reader_paused_at_its_cap_of_requests_still_ends_the_link_past_the_unread_cap() {
-        let (ours, mut peer) = tokio::io::duplex(4096);
-        let (read, write) = tokio::io::split(ours);
-        let bounds = LinkBounds {
-            answering: 4,
-            queued_bytes: 1024,
-            pause_when_backed_up: true,
-            unread_bytes: Some(8 * 1024),
-        };
-        let frames = 1 << 20;
-        let (link, reader) = Link::new(
-            "worker \"greedy\"".into(),
-            Box::new(read),
-            Box::new(write),
-            FrameDecoder::new(frames),
-            frames,
-            ErrorKind::WorkerExited,
-            bounds,
-        );
-        let reading = reader.spawn(Arc::new(Nothing));
+        let (link, reading, mut peer) = link_to_a_greedy_peer(4);
         // Four requests nobody answers: the reader pauses, waiting for answers, not for bytes.
         let mut requests = Vec::new();
         for id in 1..=4 {
             let get = Request::Storage(clusterfy_core::protocol::StorageRequest::Get { path: "x".into() });
-            encode_frame(&Message::Request { id, body: get }, frames, &mut requests).expect("encodes");
+            encode_frame(&Message::Request { id, body: get }, FRAMES, &mut requests).expect("encodes");
         }
         tokio::io::AsyncWriteExt::write_all(&mut peer, &requests).await.expect("requests sent");
         while link.state().answering() < 4 {
@@ -748,11 +746,6 @@ mod tests {
         for _ in 0..64 {
             link.notify_soon(Notice::StorageChanged { path: "p".repeat(512) });
         }
-        let end = tokio::time::timeout(Duration::from_secs(10), reading)
-            .await
-            .expect("the paused reader wakes and ends the link")
-            .expect("the reader task");
-        let LinkEnd::Failed(err) = &end else { panic!("ended by the cap, not {end:?}") };
-        assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+        ended_by_the_unread_cap(reading).await;
     }
 }
