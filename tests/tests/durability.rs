@@ -1,14 +1,15 @@
 //! Acknowledged writes survive a crash of the primary: workers write, the primary is killed with
 //! SIGKILL at a random moment, and the storage opened again holds every write a worker saw
-//! acknowledged.
+//! acknowledged. And a primary that shut down lets go of its durable backend at once.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use clusterfy::Path;
 use clusterfy::storage::{RedisMirror, SledStorage, StorageBackend};
+use clusterfy::{Path, Primary};
 use clusterfy_test_support::redis_server::RedisServer;
 use clusterfy_tests::{ACK_LINE_PREFIX, Scenario};
 use common::{bounded, test_worker_path};
@@ -106,4 +107,26 @@ async fn acknowledged_writes_survive_sigkill_of_the_primary_on_redis_and_are_rel
             .await
             .expect("a new primary loads the state from Redis");
     assert_every_ack_is_stored(Arc::new(reloaded), &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_go_of_the_sled_directory_while_the_primary_lives_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sled = Arc::new(bounded("open", SledStorage::open(dir.path())).await.expect("open sled"));
+    let primary = Primary::builder()
+        .storage(Arc::clone(&sled))
+        .handle_signals(false)
+        .build()
+        .await
+        .expect("build the primary");
+    primary.storage().save("kept", &7u64).await.expect("save");
+    bounded("shutdown", primary.shutdown(Duration::from_secs(5))).await.expect("shut down");
+    // The primary (and its background tasks) still live, yet nothing of it holds the database:
+    // the release does not wait for those tasks to notice.
+    assert_eq!(Arc::strong_count(&sled), 1, "the shut-down primary still holds the sled database");
+    drop(sled);
+    let reopened = bounded("reopen", SledStorage::open(dir.path())).await.expect("reopen the sled directory");
+    let stored = Primary::builder().storage(reopened).handle_signals(false).build().await.expect("rebuild");
+    assert_eq!(stored.storage().retrieve::<u64>("kept").await.expect("read"), Some(7));
+    drop(primary);
 }

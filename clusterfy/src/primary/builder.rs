@@ -341,6 +341,8 @@ impl PrimaryBuilder {
             Some(s) => s,
             None => default_storage()?,
         };
+        // Taken here: the backend then belongs to the storage's writer task alone.
+        let notices = backend.notices();
         let storage = Arc::new(SharedStorage::open(backend, std::mem::take(&mut self.operations)).await?);
         if let Some(initial) = self.initial.take() {
             storage.initialize(initial).await?;
@@ -376,7 +378,7 @@ impl PrimaryBuilder {
             tracing::info!(app = %app, socket = %socket.path().display(), "control socket open");
             let _ = primary.inner.control.set(socket);
         }
-        watchers::forward_backend_notices(&primary.inner);
+        watchers::forward_backend_notices(&primary.inner, notices);
         usage::sample_workers(Arc::downgrade(&primary.inner), self.sample_interval);
         if self.handle_signals {
             signals::shut_down_on_signals(Arc::downgrade(&primary.inner))?;

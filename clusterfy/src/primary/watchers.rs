@@ -2,8 +2,8 @@
 
 use std::sync::{Arc, Weak};
 
-use clusterfy_core::Path;
 use clusterfy_core::protocol::Notice;
+use clusterfy_core::{NoticeReceiver, Path};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::PrimaryInner;
@@ -41,8 +41,8 @@ pub(super) fn dispatch_changes(inner: &Arc<PrimaryInner>) {
 }
 
 /// Publishes what the storage backend reports (outages, overflows, resyncs) as [`Event::Storage`].
-pub(super) fn forward_backend_notices(inner: &Arc<PrimaryInner>) {
-    let Some(mut notices) = inner.storage.backend().notices() else { return };
+pub(super) fn forward_backend_notices(inner: &Arc<PrimaryInner>, notices: Option<NoticeReceiver>) {
+    let Some(mut notices) = notices else { return };
     let primary: Weak<PrimaryInner> = Arc::downgrade(inner);
     tokio::spawn(async move {
         loop {

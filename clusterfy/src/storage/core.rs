@@ -1,10 +1,11 @@
 //! What the storage's writer task and its readers share: the committed tree in memory, its
-//! version, the backend, and who hears of commits (watchers, replicas).
+//! version, what the backend promises, and who hears of commits (watchers, replicas). The
+//! backend itself belongs to the writer task alone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
-use clusterfy_core::{BatchOp, Path, Result, StorageBackend, Value};
+use clusterfy_core::{BatchOp, Capabilities, Path, Result, StorageBackend, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use super::custom::Operations;
@@ -19,8 +20,7 @@ pub(crate) struct StorageCore {
     committed: RwLock<Committed>,
     /// Commits so far (of rounds that changed something).
     version: AtomicU64,
-    backend: Arc<dyn StorageBackend>,
-    durable: bool,
+    capabilities: Capabilities,
     changes: broadcast::Sender<Path>,
     operations: Operations,
     replicas: Replicas,
@@ -32,7 +32,7 @@ pub(crate) struct StorageCore {
 impl std::fmt::Debug for StorageCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageCore")
-            .field("backend", &self.backend)
+            .field("capabilities", &self.capabilities)
             .field("version", &self.version())
             .field("operations", &self.operations)
             .finish_non_exhaustive()
@@ -41,18 +41,13 @@ impl std::fmt::Debug for StorageCore {
 
 impl StorageCore {
     /// The core over `backend`, holding what the backend holds.
-    pub(super) async fn load(
-        backend: Arc<dyn StorageBackend>,
-        operations: Operations,
-    ) -> Result<StorageCore> {
+    pub(super) async fn load(backend: &dyn StorageBackend, operations: Operations) -> Result<StorageCore> {
         let committed: Committed = backend.scan_prefix(&[]).await?.into_iter().collect();
-        let durable = backend.capabilities().durable;
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         Ok(StorageCore {
             committed: RwLock::new(committed),
             version: AtomicU64::new(0),
-            backend,
-            durable,
+            capabilities: backend.capabilities(),
             changes,
             operations,
             replicas: Replicas::default(),
@@ -93,12 +88,8 @@ impl StorageCore {
         self.version.load(Ordering::Acquire)
     }
 
-    pub(crate) fn backend(&self) -> &Arc<dyn StorageBackend> {
-        &self.backend
-    }
-
-    pub(crate) fn durable(&self) -> bool {
-        self.durable
+    pub(crate) fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     pub(crate) fn operations(&self) -> &Operations {

@@ -36,10 +36,10 @@ impl SharedStorage {
     /// Tree semantics over `backend`, which is used as it is: existing data is loaded and stays.
     /// Starts the writer task, so it must be called within a tokio runtime.
     pub(crate) async fn open(backend: Arc<dyn StorageBackend>, operations: Operations) -> Result<Self> {
-        let core = Arc::new(StorageCore::load(backend, operations).await?);
+        let core = Arc::new(StorageCore::load(&*backend, operations).await?);
         let (writes, jobs) = mpsc::unbounded_channel();
         core.set_jobs(writes.downgrade());
-        tokio::spawn(writer::run(Arc::downgrade(&core), jobs));
+        tokio::spawn(writer::run(Arc::downgrade(&core), backend, jobs));
         Ok(SharedStorage { core, writes })
     }
 
@@ -56,11 +56,7 @@ impl SharedStorage {
     /// task, so that reads from memory stay what the backend holds. A program that needs the
     /// backend's own methods keeps an `Arc` of it (see [the module](super)).
     pub fn capabilities(&self) -> Capabilities {
-        self.core.backend().capabilities()
-    }
-
-    pub(crate) fn backend(&self) -> &Arc<dyn StorageBackend> {
-        self.core.backend()
+        self.core.capabilities()
     }
 
     pub(crate) fn core(&self) -> &Arc<StorageCore> {
@@ -89,9 +85,10 @@ impl SharedStorage {
     }
 
     /// Stops the writer once everything queued so far is committed, and lets go of the
-    /// backend: afterwards writes fail with [`ErrorKind::Closed`], reads still answer, and once
-    /// the last handle is dropped nothing holds the backend (a sled directory can be opened
-    /// again at once). [`Primary::shutdown`](crate::Primary::shutdown) calls it.
+    /// backend: afterwards writes fail with [`ErrorKind::Closed`], reads still answer, and
+    /// nothing of the storage holds the backend any more (a sled directory can be opened again
+    /// at once, even while a handle lives on). [`Primary::shutdown`](crate::Primary::shutdown)
+    /// calls it.
     pub(crate) async fn close(&self) {
         // An error means the writer has stopped already.
         let _ = self.run(Work::Close).await;

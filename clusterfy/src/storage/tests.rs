@@ -1081,3 +1081,15 @@ async fn a_node_larger_than_a_frame_fails_the_replica_with_a_reason_instead_of_l
     // The worker's other reads are unaffected.
     assert_eq!(remote.retrieve::<i64>("big.small").await.unwrap(), Some(1));
 }
+
+#[tokio::test]
+async fn close_lets_go_of_the_backend_while_the_storage_lives_on() {
+    let (storage, backend) = storage().await;
+    storage.save(&p("kept"), Value::Int(1), false).await.unwrap();
+    storage.close().await;
+    assert_eq!(Arc::strong_count(&backend), 1, "the closed storage still holds its backend");
+    let refused = storage.save(&p("late"), Value::Int(2), false).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Closed);
+    assert_eq!(storage.retrieve_value(&p("kept")).await.unwrap(), Some(Value::Int(1)));
+    assert_eq!(storage.capabilities(), backend.capabilities());
+}

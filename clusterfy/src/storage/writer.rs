@@ -5,10 +5,10 @@
 //! one flush, then the committed tree in memory, the replicas, and the answers. Write combining
 //! at the tree level, and group commit for durable backends.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use clusterfy_core::protocol::Reply;
-use clusterfy_core::{Error, Path, Result, WireError};
+use clusterfy_core::{Error, Path, Result, StorageBackend, WireError};
 use tokio::sync::mpsc;
 
 use super::core::StorageCore;
@@ -21,9 +21,14 @@ use super::state::{Draft, DraftView};
 /// round's replies do not wait long.
 const ROUND_JOBS: usize = 1024;
 
-/// Takes jobs until every sender is gone. Holds the core only while it works on a round, so a
-/// dropped storage lets go of its backend at once (a sled directory can be opened again).
-pub(super) async fn run(core: Weak<StorageCore>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+/// Takes jobs until every sender is gone or one asks it to close. The task owns the backend,
+/// and holds the core only while it works on a round: once it ends, nothing holds the backend
+/// (a sled directory can be opened again), however long a handle of the storage lives on.
+pub(super) async fn run(
+    core: Weak<StorageCore>,
+    backend: Arc<dyn StorageBackend>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
     let mut taken = Vec::with_capacity(ROUND_JOBS);
     while jobs.recv_many(&mut taken, ROUND_JOBS).await > 0 {
         let Some(core) = core.upgrade() else { return };
@@ -37,8 +42,8 @@ pub(super) async fn run(core: Weak<StorageCore>, mut jobs: mpsc::UnboundedReceiv
             }
             round.settle(&view);
         }
-        if let Some(closed) = round.finish(&core, draft).await {
-            drop(core);
+        if let Some(closed) = round.finish(&core, &*backend, draft).await {
+            drop((core, backend));
             return closed.complete(Ok(Outcome::Reply(Reply::Done)));
         }
     }
@@ -115,12 +120,17 @@ impl Round {
 
     /// Commits the round's draft, and answers; returns who asked the writer to stop, if anyone
     /// did.
-    async fn finish(self, core: &StorageCore, draft: Draft) -> Option<Completion> {
+    async fn finish(
+        self,
+        core: &StorageCore,
+        backend: &dyn StorageBackend,
+        draft: Draft,
+    ) -> Option<Completion> {
         let Round { staged, subscribe, close, counted } = self;
         for (name, ok, count) in counted {
             crate::metrics::storage_operations(name, ok, count);
         }
-        let committed = if draft.is_empty() { Ok(()) } else { commit(core, draft).await };
+        let committed = if draft.is_empty() { Ok(()) } else { commit(core, backend, draft).await };
         match committed {
             Ok(()) => {
                 for Staged { announce, outcome, done } in staged {
@@ -144,10 +154,10 @@ impl Round {
 /// and sends it to the replicas, before anyone is answered. A batch the backend refused changes
 /// nothing; one whose flush failed is in memory as it is in the backend, and its writes fail
 /// (they may not be durable).
-async fn commit(core: &StorageCore, draft: Draft) -> Result<()> {
+async fn commit(core: &StorageCore, backend: &dyn StorageBackend, draft: Draft) -> Result<()> {
     let batch = draft.into_batch();
-    core.backend().apply_batch(batch.clone()).await?;
-    let flushed = if core.durable() { core.backend().flush().await } else { Ok(()) };
+    backend.apply_batch(batch.clone()).await?;
+    let flushed = if core.capabilities().durable { backend.flush().await } else { Ok(()) };
     // Cut for the replicas first, so the batch can move into memory whole; sent after it is
     // there, so a worker that hears of a change reads it back from the primary too.
     let version = core.version() + 1;
