@@ -22,6 +22,8 @@ pub(crate) enum Work {
     Replicate { path: Path, replica: u64, link: Weak<Link>, max_per_link: usize },
     /// Send a lagging replica its branch again, now that its link has room.
     Resync { subscription: u64 },
+    /// Forget replica `replica` of `link`: its worker dropped it.
+    DropReplica { replica: u64, link: Weak<Link> },
     /// Stop, after everything queued before: let go of the backend, then answer.
     Close,
 }
@@ -33,6 +35,7 @@ impl fmt::Debug for Work {
             Work::Initialize(_) => f.write_str("initialize"),
             Work::Replicate { path, replica, .. } => write!(f, "replicate {path} as #{replica}"),
             Work::Resync { subscription } => write!(f, "resync #{subscription}"),
+            Work::DropReplica { replica, .. } => write!(f, "drop replica #{replica}"),
             Work::Close => f.write_str("close"),
         }
     }

@@ -6,7 +6,7 @@
 //! primary never queues more than a bound for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
 
 use clusterfy_core::protocol::{NodeChange, Notice, ReplicaSnapshot};
 use clusterfy_core::{BatchOp, Error, ErrorKind, Path, Result, WireError};
@@ -26,8 +26,10 @@ const RESYNC_BELOW: usize = 64 << 10;
 /// version, the lengths): a change within this of the frame limit is sent alone.
 const NOTICE_OVERHEAD: usize = 64;
 
-/// A replica to start, or one to bring current again.
-pub(crate) enum Subscribe {
+/// A replica to start, to bring current again, or to forget. All three go through the writer's
+/// queue, in the order the worker sent them: a replica dropped while its start still waits in
+/// the queue is forgotten after it started, never before.
+pub(crate) enum ReplicaChange {
     /// Refused when `link` holds `max_per_link` replicas already.
     Start {
         path: Path,
@@ -36,6 +38,11 @@ pub(crate) enum Subscribe {
         max_per_link: usize,
     },
     Resync(u64),
+    /// The worker dropped replica `replica`: send it nothing more.
+    Stop {
+        replica: u64,
+        link: Weak<Link>,
+    },
 }
 
 struct Subscription {
@@ -107,17 +114,22 @@ impl Replicas {
         subscriptions.retain(|s| s.link.strong_count() > 0 && !failed.contains(&s.id));
     }
 
-    /// Forgets replica `replica` of `link`: its worker dropped it.
-    pub(crate) fn unsubscribe(&self, link: &Arc<Link>, replica: u64) {
-        self.lock().retain(|s| !(s.replica == replica && std::ptr::eq(s.link.as_ptr(), Arc::as_ptr(link))));
+    /// Replicas kept, of every worker.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
     }
 
-    /// Starts a replica, or resyncs a lagging one: sends its branch as it stands now in
-    /// `committed`, at commit `version`.
-    pub(crate) fn subscribe(&self, committed: &Committed, version: u64, what: Subscribe) -> Result<()> {
+    /// Starts a replica, or resyncs a lagging one (sending its branch as it stands now in
+    /// `committed`, at commit `version`), or forgets one.
+    pub(crate) fn change(&self, committed: &Committed, version: u64, change: ReplicaChange) -> Result<()> {
         let mut subscriptions = self.lock();
-        let (id, link, replica, prefix) = match what {
-            Subscribe::Start { path, replica, link, max_per_link } => {
+        let (id, link, replica, prefix) = match change {
+            ReplicaChange::Stop { replica, link } => {
+                subscriptions.retain(|s| !(s.replica == replica && s.link.ptr_eq(&link)));
+                return Ok(());
+            }
+            ReplicaChange::Start { path, replica, link, max_per_link } => {
                 let held = subscriptions.iter().filter(|s| s.link.ptr_eq(&link)).count();
                 if held >= max_per_link {
                     return Err(Error::new(
@@ -140,7 +152,7 @@ impl Replicas {
                 });
                 (id, link, replica, prefix)
             }
-            Subscribe::Resync(id) => {
+            ReplicaChange::Resync(id) => {
                 let Some(subscription) = subscriptions.iter_mut().find(|s| s.id == id) else { return Ok(()) };
                 subscription.lagging = false;
                 (id, subscription.link.clone(), subscription.replica, subscription.prefix.clone())

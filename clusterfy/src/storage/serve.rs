@@ -61,8 +61,10 @@ impl StorageSession {
         }
     }
 
-    /// The worker dropped replica `replica`: send it nothing more.
+    /// The worker dropped replica `replica`: send it nothing more. Queued behind its start,
+    /// which may still wait in the writer's queue (the worker gave up waiting for it).
     pub(crate) fn replica_dropped(&self, link: &Arc<Link>, replica: u64) {
-        self.storage.core().replicas().unsubscribe(link, replica);
+        let work = Work::DropReplica { replica, link: Arc::downgrade(link) };
+        self.storage.submit(work, Completion::Nobody);
     }
 }

@@ -1093,3 +1093,23 @@ async fn close_lets_go_of_the_backend_while_the_storage_lives_on() {
     assert_eq!(storage.retrieve_value(&p("kept")).await.unwrap(), Some(Value::Int(1)));
     assert_eq!(storage.capabilities(), backend.capabilities());
 }
+
+#[tokio::test]
+async fn a_replica_dropped_while_its_start_waits_in_the_queue_is_not_kept() {
+    let shared = Arc::new(open(Arc::new(TestBackend::default())).await);
+    let session = StorageSession::new(Arc::clone(&shared), 1);
+    let (primary_end, _worker_end) = tokio::io::duplex(1 << 16);
+    let (link, _reader) = link_over(primary_end, "worker \"w\" (#1)", ErrorKind::WorkerExited);
+    // The worker asks for a replica and gives up on it (its request timed out) before the
+    // writer got to the start: the drop arrives while the start is still queued.
+    let replicate =
+        |replica| clusterfy_core::protocol::StorageRequest::Replicate { path: "a".into(), replica };
+    session.serve(&link, 1, replicate(1));
+    session.replica_dropped(&link, 1);
+    // Once a later write is answered, the writer has taken everything queued before it.
+    shared.save(&p("after"), Value::Int(1), false).await.unwrap();
+    assert_eq!(shared.core().replicas().len(), 0, "the dropped replica is kept and counts against the cap");
+    session.serve(&link, 2, replicate(2));
+    shared.save(&p("after"), Value::Int(2), false).await.unwrap();
+    assert_eq!(shared.core().replicas().len(), 1, "a new replica fits under a cap of one");
+}

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::core::StorageCore;
 use super::job::{Completion, Job, Work};
 use super::ops::{self, Outcome};
-use super::replicas::Subscribe;
+use super::replicas::ReplicaChange;
 use super::state::{Draft, DraftView};
 
 /// Most jobs taken in one round: enough to batch hundreds of writes in flight, few enough that a
@@ -61,8 +61,8 @@ struct Staged {
 #[derive(Default)]
 struct Round {
     staged: Vec<Staged>,
-    /// Replicas to start or resync once the round is committed.
-    subscribe: Vec<(Subscribe, Completion)>,
+    /// Replicas to start, resync or forget once the round is committed, in arrival order.
+    replica_changes: Vec<(ReplicaChange, Completion)>,
     /// Asked to stop after this round: who waits for it.
     close: Option<Completion>,
     /// Operations of the round by name and outcome, reported once per round (a metric per
@@ -91,10 +91,14 @@ impl Round {
                 (ops::initialize(view, initial).map(|()| Outcome::Reply(Reply::Done)), None)
             }
             Work::Replicate { path, replica, link, max_per_link } => {
-                return self.subscribe.push((Subscribe::Start { path, replica, link, max_per_link }, done));
+                let start = ReplicaChange::Start { path, replica, link, max_per_link };
+                return self.replica_changes.push((start, done));
             }
             Work::Resync { subscription } => {
-                return self.subscribe.push((Subscribe::Resync(subscription), done));
+                return self.replica_changes.push((ReplicaChange::Resync(subscription), done));
+            }
+            Work::DropReplica { replica, link } => {
+                return self.replica_changes.push((ReplicaChange::Stop { replica, link }, done));
             }
             Work::Close => return self.close = Some(done),
         };
@@ -126,7 +130,7 @@ impl Round {
         backend: &dyn StorageBackend,
         draft: Draft,
     ) -> Option<Completion> {
-        let Round { staged, subscribe, close, counted } = self;
+        let Round { staged, replica_changes, close, counted } = self;
         for (name, ok, count) in counted {
             crate::metrics::storage_operations(name, ok, count);
         }
@@ -142,9 +146,9 @@ impl Round {
             }
             Err(err) => fail_all(staged, &err),
         }
-        for (subscribe, done) in subscribe {
-            let started = core.replicas().subscribe(&core.committed(), core.version(), subscribe);
-            done.complete(started.map(|()| Outcome::Reply(Reply::Done)));
+        for (change, done) in replica_changes {
+            let changed = core.replicas().change(&core.committed(), core.version(), change);
+            done.complete(changed.map(|()| Outcome::Reply(Reply::Done)));
         }
         close
     }
