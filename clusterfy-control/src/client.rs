@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 
 use clusterfy_core::codec::FrameDecoder;
 use clusterfy_core::control::{
-    AppInfo, ControlReply, ControlRequest, EventRow, MAX_CONTROL_FRAME_LEN, MAX_CONTROL_REQUEST_LEN,
-    WorkerRow, read_frame, write_frame,
+    ControlReply, ControlRequest, MAX_CONTROL_FRAME_LEN, MAX_CONTROL_REQUEST_LEN, read_frame, write_frame,
 };
 use clusterfy_core::{Error, ErrorKind, Result, Value};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::location::{control_dir, socket_path};
+use crate::rows::{AppInfo, EventRow, LogEntry, WorkerRow};
 
 /// A primary found in the control directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +83,7 @@ impl ControlClient {
     /// Who the primary is.
     pub async fn info(&self) -> Result<AppInfo> {
         match self.call(ControlRequest::Info).await? {
-            ControlReply::Info(info) => Ok(info),
+            ControlReply::Info(info) => Ok(info.into()),
             other => Err(unexpected(&other)),
         }
     }
@@ -91,7 +91,7 @@ impl ControlClient {
     /// Every worker, in id order.
     pub async fn workers(&self) -> Result<Vec<WorkerRow>> {
         match self.call(ControlRequest::Workers).await? {
-            ControlReply::Workers(rows) => Ok(rows),
+            ControlReply::Workers(rows) => Ok(rows.into_iter().map(WorkerRow::from).collect()),
             other => Err(unexpected(&other)),
         }
     }
@@ -255,7 +255,7 @@ impl ControlStream {
     pub async fn next_event(&mut self) -> Result<Option<EventRow>> {
         match self.next_reply().await? {
             None => Ok(None),
-            Some(ControlReply::Event(row)) => Ok(Some(row)),
+            Some(ControlReply::Event(row)) => Ok(Some(row.into())),
             Some(other) => Err(unexpected(&other)),
         }
     }
@@ -286,22 +286,6 @@ impl ControlStream {
             other => Ok(other),
         }
     }
-}
-
-/// One entry of a logs stream ([`ControlClient::logs`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LogEntry {
-    /// A line worker `worker` wrote.
-    Line {
-        /// The worker's name.
-        worker: String,
-        /// The line.
-        text: String,
-    },
-    /// This many lines were not sent (older than asked for, dropped from a full ring, or
-    /// missed by a follower that fell behind).
-    Skipped(u64),
 }
 
 fn unexpected(reply: &ControlReply) -> Error {

@@ -22,11 +22,12 @@
 
 mod client;
 mod location;
+mod rows;
 mod table;
 
-pub use client::{ControlClient, ControlStream, LogEntry, RunningApp};
-/// What the primary answers, as the control protocol carries it.
-pub use clusterfy_core::control::{AppInfo, CONTROL_PROTOCOL_VERSION, EventRow, WorkerRow};
+pub use client::{ControlClient, ControlStream, RunningApp};
+pub use clusterfy_core::control::CONTROL_PROTOCOL_VERSION;
 pub use clusterfy_core::{Error, ErrorKind, Result, Value, from_value, to_value};
 pub use location::{control_dir, socket_path};
+pub use rows::{AppInfo, EventRow, LogEntry, WorkerRow};
 pub use table::workers_table;

@@ -1,6 +1,6 @@
 //! The workers' table, as `Primary::print_statistics` and `clusterfy ls` print it.
 
-use clusterfy_core::control::WorkerRow;
+use crate::rows::WorkerRow;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
 /// The rows as a text table: id, name, pid, status, state, restarts, uptime, cpu, memory.
@@ -19,7 +19,7 @@ pub fn workers_table(rows: &[WorkerRow]) -> String {
             w.state.clone(),
             w.restarts.to_string(),
             // No process, no uptime: a stopped worker's row says how it ended instead (its status).
-            if w.pid.is_some() { format!("{:.1}s", w.uptime_ms as f64 / 1000.0) } else { "-".to_owned() },
+            if w.pid.is_some() { format!("{:.1}s", w.uptime.as_secs_f64()) } else { "-".to_owned() },
             w.cpu_percent.map_or_else(|| "-".to_owned(), |c| format!("{c:.0}%")),
             w.memory.map_or_else(|| "-".to_owned(), |m| format!("{:.1} MiB", m as f64 / (1024.0 * 1024.0))),
         ]);

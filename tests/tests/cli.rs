@@ -139,7 +139,12 @@ async fn every_subcommand_works_against_a_running_cluster() {
         workers.as_array().expect("a list").iter().map(|w| w["name"].as_str().expect("name")).collect();
     assert_eq!(names, ["w1", "w2"]);
     assert!(
-        workers.as_array().expect("list").iter().all(|w| w["state"] == "ready" && w["pid"].is_u64()),
+        // Uptime in milliseconds, as the JSON always showed it.
+        workers
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|w| w["state"] == "ready" && w["pid"].is_u64() && w["uptime_ms"].is_u64()),
         "{workers}"
     );
     let table = ok(dir.path(), &["ls", APP]).await;

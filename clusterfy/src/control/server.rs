@@ -188,7 +188,7 @@ async fn answer(primary: &Primary, app: &str, request: ControlRequest) -> Result
             workers: primary.workers().len() as u32,
         }),
         ControlRequest::Workers => {
-            ControlReply::Workers(primary.workers().iter().map(WorkerInfo::to_row).collect())
+            ControlReply::Workers(primary.workers().iter().map(WorkerInfo::control_row).collect())
         }
         ControlRequest::Restart { worker } => {
             primary.restart_worker(worker.as_str()).await?;

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use clusterfy_core::control::WorkerRow;
+use clusterfy_core::control::WorkerRow as ControlRow;
 use clusterfy_core::{WorkerId, WorkerStatus};
 
-use crate::control::workers_table;
+use crate::control::{WorkerRow, workers_table};
 
 use super::slot::{Slot, SlotIo, WorkerState};
 use crate::events::ExitReason;
@@ -58,16 +58,16 @@ impl WorkerInfo {
         }
     }
 
-    /// The row `clusterfy ls` shows for it (the control protocol's form). A worker without a
-    /// process shows how its last one ended as its status (`exit code 0`, `signal 9`): the
-    /// status it reported before it ended says nothing any more.
-    pub fn to_row(&self) -> WorkerRow {
+    /// The row `clusterfy ls` shows for it, as the control protocol carries it. A worker
+    /// without a process shows how its last one ended as its status (`exit code 0`,
+    /// `signal 9`): the status it reported before it ended says nothing any more.
+    pub(crate) fn control_row(&self) -> ControlRow {
         let status = match (self.pid, self.last_exit) {
             (Some(_), _) => self.status.to_string(),
             (None, Some(exit)) => exit.to_string(),
             (None, None) => "-".to_owned(),
         };
-        WorkerRow {
+        ControlRow {
             id: self.id.0,
             name: self.name.clone(),
             group: self.group.clone(),
@@ -112,7 +112,7 @@ impl Statistics {
 
     /// The statistics as a text table with a summary line.
     pub fn table(&self) -> String {
-        let rows: Vec<WorkerRow> = self.workers.iter().map(WorkerInfo::to_row).collect();
+        let rows: Vec<WorkerRow> = self.workers.iter().map(|w| w.control_row().into()).collect();
         format!("{}\nRunning workers: {}", workers_table(&rows), self.running())
     }
 }
