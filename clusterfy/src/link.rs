@@ -560,6 +560,10 @@ async fn read_loop(
             Ok(Some(message)) => {
                 let incoming = link.state().receive(message);
                 dispatch(&link, &inbound, incoming);
+                // Decoding from the buffer never waits, so a peer that sent thousands of frames
+                // at once would hold this thread for all of them: after tokio's budget of
+                // frames, the other connections' tasks run first.
+                tokio::task::coop::consume_budget().await;
                 link.room_to_read().await;
                 if link.outbox.lock().overflowed {
                     break LinkEnd::Failed(link.unread_error());
@@ -716,6 +720,53 @@ mod tests {
         let LinkEnd::Failed(err) = &end else { panic!("ended by the cap, not {end:?}") };
         assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
         assert!(err.message().contains("unread_bytes_per_worker"), "names the bound: {err}");
+    }
+
+    /// Counts the notices it is given.
+    #[derive(Default)]
+    struct CountingNotices(std::sync::atomic::AtomicUsize);
+
+    impl Inbound for CountingNotices {
+        fn on_request(self: Arc<Self>, _: &Arc<Link>, _: RequestId, _: Request) {}
+        fn on_notice(&self, _: &Arc<Link>, _: Notice) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_with_thousands_of_frames_buffered_lets_other_tasks_run_between_them() {
+        const SENT: usize = 10_000;
+        let (ours, mut peer) = tokio::io::duplex(1 << 20);
+        let mut frames = Vec::new();
+        for _ in 0..SENT {
+            let notice = Message::Notice(Notice::StorageChanged { path: "p".into() });
+            encode_frame(&notice, FRAMES, &mut frames).expect("encodes");
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut peer, &frames).await.expect("frames sent");
+        let (read, write) = tokio::io::split(ours);
+        let (_link, reader) = Link::new(
+            "worker \"chatty\"".into(),
+            Box::new(read),
+            Box::new(write),
+            FrameDecoder::new(FRAMES),
+            FRAMES,
+            ErrorKind::WorkerExited,
+            LinkBounds::WORKER,
+        );
+        let counted = Arc::new(CountingNotices::default());
+        let _reading = reader.spawn(Arc::clone(&counted) as Arc<dyn Inbound>);
+        // On this one-thread runtime, the task spawned after the reader runs only once the
+        // reader gives way.
+        let seen = tokio::spawn({
+            let counted = Arc::clone(&counted);
+            async move { counted.0.load(std::sync::atomic::Ordering::Relaxed) }
+        })
+        .await
+        .expect("the other task");
+        assert!(
+            seen > 0 && seen < SENT,
+            "the reader handled {seen} of {SENT} frames before another task ran"
+        );
     }
 
     #[tokio::test]
